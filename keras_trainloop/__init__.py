@@ -1,0 +1,82 @@
+"""keras-trainloop: GoMLX's training loop (ml/train v0.9.1) for Keras 3 on JAX.
+
+Example:
+    import keras_trainloop as ktl
+
+    trainer = ktl.Trainer(model_fn, "sparse_categorical_crossentropy", "adam")
+    loop = ktl.Loop(trainer)
+    ktl.every_n_steps(loop, 100, "log", 0, lambda loop, metrics: print(metrics[1]))
+    loop.run_steps(ktl.ArrayDataset(x, y, batch_size=64, loop_forever=True), 1000)
+
+Importing the package only selects Keras' JAX backend; Keras, JAX and the
+rest load when a public name is first used, and TensorFlow, TFDS, orbax and
+matplotlib only inside the adapters and plugins that need them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from keras_trainloop._backend import ensure_jax_backend
+
+ensure_jax_backend()
+
+__version__ = "0.1.0"
+
+# Public name -> private module that defines it.
+_EXPORTS = {
+    "Dataset": "keras_trainloop.data",
+    "ArrayDataset": "keras_trainloop.data",
+    "IterableDataset": "keras_trainloop.data",
+    "TFDataset": "keras_trainloop.data",
+    "from_tfds": "keras_trainloop.data",
+    "Context": "keras_trainloop.context",
+    "Trainer": "keras_trainloop.trainer",
+    "GraphType": "keras_trainloop.trainer",
+    "DEFAULT_MAX_EXECUTORS": "keras_trainloop.trainer",
+    "add_loss": "keras_trainloop.trainer",
+    "get_losses": "keras_trainloop.trainer",
+    "add_per_step_update_fn": "keras_trainloop.trainer",
+    "Loop": "keras_trainloop.loop",
+    "HookError": "keras_trainloop.loop",
+    "NonFiniteLossError": "keras_trainloop.loop",
+    "every_n_steps": "keras_trainloop.loop",
+    "n_times_during_loop": "keras_trainloop.loop",
+    "periodic_callback": "keras_trainloop.loop",
+    "exponential_callback": "keras_trainloop.loop",
+}
+_SUBMODULES = (
+    "data", "losses", "metrics", "optimizers", "commandline", "checkpoints", "plots",
+)
+
+__all__ = sorted(_EXPORTS) + list(_SUBMODULES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"keras_trainloop.{name}")
+    raise AttributeError(f"module 'keras_trainloop' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from keras_trainloop.context import Context
+    from keras_trainloop.data import (
+        ArrayDataset, Dataset, IterableDataset, TFDataset, from_tfds,
+    )
+    from keras_trainloop.loop import (
+        HookError, Loop, NonFiniteLossError, every_n_steps, exponential_callback,
+        n_times_during_loop, periodic_callback,
+    )
+    from keras_trainloop.trainer import (
+        DEFAULT_MAX_EXECUTORS, GraphType, Trainer, add_loss, add_per_step_update_fn,
+        get_losses,
+    )

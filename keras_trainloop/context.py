@@ -1,0 +1,193 @@
+"""Context: scoped layers, variables and hyperparameters, as GoMLX's context.
+
+A `Context` is a view (a scope) over one shared store. `ctx.in_scope("a")`
+returns another view over the same store, so layers, variables and
+hyperparameters created through any view are seen by all of them.
+
+Layers and variables are owned by a Keras layer inside the store
+(`ctx.keras_layer`), which the Trainer's model tracks: whatever a `model_fn`
+creates through the context shows up in `trainer.model.summary()`,
+`save_weights()` and `load_weights()`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import keras
+
+SCOPE_SEPARATOR = "/"
+ROOT_SCOPE = "/"
+
+
+class _ContextLayer(keras.layers.Layer):
+    """Owns the layers and variables created through a Context."""
+
+    def __init__(self, name: str = "context", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.built = True
+        # Tracked containers: Keras tracks layers and variables put in them.
+        self.scoped_layers = {}
+        self.scoped_variables = {}
+
+    def call(self, *args, **kwargs):  # pragma: no cover - never called as a layer
+        raise TypeError("The context layer only owns variables; it is not callable.")
+
+
+class _Store:
+    """State shared by all scopes of one Context."""
+
+    def __init__(self):
+        self.params: dict[str, dict[str, Any]] = {}
+        self.layer = _ContextLayer()
+        self.training = False
+        self.global_step: Any = 0
+        # Filled while a step is traced; read by the Trainer.
+        self.losses: list[Any] = []
+        self.per_step_update_fns: dict[str, Callable[[Context], None]] = {}
+
+
+def _join(scope: str, name: str) -> str:
+    return scope + name if scope.endswith(SCOPE_SEPARATOR) else scope + SCOPE_SEPARATOR + name
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not isinstance(name, str) or not name or SCOPE_SEPARATOR in name:
+        raise ValueError(
+            f"A {kind} name must be a non-empty string without {SCOPE_SEPARATOR!r}. "
+            f"Received: name={name!r}. Use ctx.in_scope(...) to nest names."
+        )
+
+
+class Context:
+    """Scoped variables, layers and hyperparameters for a `model_fn`.
+
+    Example:
+        ctx = ktl.Context()
+        ctx.set_param("hidden", 128)
+        dense = ctx.in_scope("mlp").layer("dense", lambda: keras.layers.Dense(128))
+    """
+
+    def __init__(self, *, _store: _Store | None = None, _scope: str = ROOT_SCOPE):
+        self._store = _store if _store is not None else _Store()
+        self._scope = _scope
+
+    # Scopes ---------------------------------------------------------------
+    @property
+    def scope(self) -> str:
+        """The current scope, e.g. "/" or "/a/b"."""
+        return self._scope
+
+    def in_scope(self, name: str) -> Context:
+        """Returns a view of the same store nested into scope `name`."""
+        _check_name("scope", name)
+        return Context(_store=self._store, _scope=_join(self._scope, name))
+
+    def _key(self, name: str) -> str:
+        return _join(self._scope, name)
+
+    # Layers and variables -------------------------------------------------
+    @property
+    def keras_layer(self) -> keras.layers.Layer:
+        """The Keras layer that owns everything created through this context."""
+        return self._store.layer
+
+    def layer(self, name: str, factory: Callable[[], keras.layers.Layer]) -> keras.layers.Layer:
+        """Returns the layer `name` of this scope, created by `factory()` on first use.
+
+        Args:
+            name: name of the layer within the current scope.
+            factory: called with no arguments the first time; must return a
+                `keras.layers.Layer`.
+
+        Returns:
+            The same layer instance for every call with this scope and name.
+
+        Raises:
+            TypeError: `factory` did not return a Keras layer.
+        """
+        _check_name("layer", name)
+        key = self._key(name)
+        layers = self._store.layer.scoped_layers
+        if key not in layers:
+            if not callable(factory):
+                raise TypeError(
+                    f"ctx.layer() expects a factory: a callable returning a keras Layer. "
+                    f"Received: factory={factory!r} for layer {key!r}."
+                )
+            created = factory()
+            if not isinstance(created, keras.layers.Layer):
+                raise TypeError(
+                    f"The factory for layer {key!r} must return a keras.layers.Layer. "
+                    f"Received: {created!r}."
+                )
+            layers[key] = created
+        return layers[key]
+
+    def variable(
+        self,
+        name: str,
+        shape,
+        initializer: Any = "glorot_uniform",
+        dtype: str = "float32",
+        trainable: bool = True,
+    ) -> keras.Variable:
+        """Returns the variable `name` of this scope, created on first use.
+
+        Raises:
+            ValueError: an existing variable is requested with another shape.
+        """
+        _check_name("variable", name)
+        key = self._key(name)
+        variables = self._store.layer.scoped_variables
+        shape = tuple(int(d) for d in shape)
+        if key in variables:
+            existing = variables[key]
+            if tuple(existing.shape) != shape:
+                raise ValueError(
+                    f"Variable {key!r} already exists with shape {tuple(existing.shape)}. "
+                    f"Received: shape={shape}. Use another name or scope for a new variable."
+                )
+            return existing
+        created = self._store.layer.add_weight(
+            shape=shape, initializer=initializer, dtype=dtype, trainable=trainable, name=name,
+        )
+        variables[key] = created
+        return created
+
+    # Hyperparameters ------------------------------------------------------
+    def set_param(self, key: str, value: Any) -> Context:
+        """Sets hyperparameter `key` in the current scope; returns self."""
+        _check_name("parameter", key)
+        self._store.params.setdefault(self._scope, {})[key] = value
+        return self
+
+    def get_param(self, key: str, default: Any = None) -> Any:
+        """Looks `key` up in the current scope, then its parents up to the root."""
+        scope = self._scope
+        while True:
+            values = self._store.params.get(scope)
+            if values is not None and key in values:
+                return values[key]
+            if scope == ROOT_SCOPE:
+                return default
+            scope = scope.rsplit(SCOPE_SEPARATOR, 1)[0] or ROOT_SCOPE
+
+    def params(self) -> dict[str, dict[str, Any]]:
+        """A copy of all hyperparameters: scope -> {key: value}."""
+        return {scope: dict(values) for scope, values in self._store.params.items()}
+
+    # Training state -------------------------------------------------------
+    @property
+    def training(self) -> bool:
+        """True while the train step is traced."""
+        return self._store.training
+
+    @property
+    def global_step(self) -> Any:
+        """The step counter: a traced scalar inside the compiled step, an int outside."""
+        step = self._store.global_step
+        return step() if callable(step) else step
+
+    def __repr__(self) -> str:
+        return f"Context(scope={self._scope!r})"
