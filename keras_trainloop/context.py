@@ -44,7 +44,7 @@ class _Store:
         self.global_step: Any = 0
         # Filled while a step is traced; read by the Trainer.
         self.losses: list[Any] = []
-        self.per_step_update_fns: dict[str, Callable[[Context], None]] = {}
+        self.per_step_update_fns: dict[str, tuple[Context, Callable[[Context], None]]] = {}
 
 
 def _join(scope: str, name: str) -> str:

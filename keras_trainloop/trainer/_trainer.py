@@ -1,0 +1,551 @@
+"""Trainer: a `model_fn` and a `loss_fn` turned into compiled train and eval steps."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import keras
+from keras.src.backend.common.stateless_scope import StatelessScope
+
+from keras_trainloop import losses as losses_lib
+from keras_trainloop import metrics as metrics_lib
+from keras_trainloop import optimizers as optimizers_lib
+from keras_trainloop.context import Context
+from keras_trainloop.trainer._cache import Executor, ExecutorCache, GraphType
+from keras_trainloop.trainer._model import FnModel
+from keras_trainloop.trainer._model_losses import get_losses
+
+DEFAULT_MAX_EXECUTORS = 20
+"""Default `trainer.max_executors`, read when a Trainer is constructed (as in GoMLX)."""
+
+
+def _default_max_executors() -> int:
+    import keras_trainloop
+
+    # Users may set ktl.DEFAULT_MAX_EXECUTORS; the package attribute wins.
+    return int(getattr(keras_trainloop, "DEFAULT_MAX_EXECUTORS", DEFAULT_MAX_EXECUTORS))
+
+
+def _fresh(tree: Any) -> Any:
+    """Copies every leaf, so no two leaves share a buffer (donation needs that)."""
+    return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
+
+
+@jax.jit
+def _copy_tree(tree: Any) -> Any:
+    return jax.tree.map(jnp.copy, tree)
+
+
+def _as_array_list(kind: str, values: Any, spec: Any) -> list:
+    if values is None:
+        return []
+    if isinstance(values, (list, tuple)):
+        return list(values)
+    if isinstance(values, dict):
+        raise TypeError(
+            f"{kind} must be a list of arrays. Received: a dict for spec={spec!r}. "
+            "Fix: pass list(d.values()) and use the spec to name them."
+        )
+    return [values]
+
+
+def _loss_metrics(mean_kind: str) -> tuple[Any, Any]:
+    """The two loss entries GoMLX puts first: loss+regularization, and loss_fn alone."""
+    if mean_kind == "train":
+        return (
+            metrics_lib.MovingAverageMetric(
+                "Moving Average Loss+Regularization", "~loss+", "loss", None
+            ),
+            metrics_lib.MovingAverageMetric("Moving Average Loss", "~loss", "loss", None),
+        )
+    return (
+        metrics_lib.MeanMetric("Mean Loss+Regularization", "#loss+", "loss", None),
+        metrics_lib.MeanMetric("Mean Loss", "#loss", "loss", None),
+    )
+
+
+class Trainer:
+    """Compiles and runs train and eval steps of a model built from plain functions.
+
+    Args:
+        model_fn: `model_fn(ctx, spec, inputs: list) -> list` of predictions (a
+            single array is wrapped), or a `keras.Layer`/`keras.Model` called
+            on the inputs (one input as is, several as a list).
+        loss_fn: `loss_fn(labels: list, predictions: list) -> array`
+            (mean-reduced if not scalar), a `keras.losses.Loss`, a Keras loss
+            name, or None to optimize only `ktl.add_loss` terms.
+        optimizer: a `keras.optimizers.Optimizer` or a Keras optimizer name.
+        train_metrics: metrics reported by `train_step` after the loss entries
+            (moving averages recommended): `ktl.metrics` objects, Keras
+            metrics or names, or functions `fn(labels, predictions)`.
+        eval_metrics: metrics reported by `eval_step`/`eval` after the loss
+            entries (means recommended).
+        context: the Context holding variables and hyperparameters; a new one
+            when None.
+
+    Example:
+        def model_fn(ctx, spec, inputs):
+            x = ctx.layer("hidden", lambda: keras.layers.Dense(64, "relu"))(inputs[0])
+            return [ctx.layer("logits", lambda: keras.layers.Dense(10))(x)]
+
+        trainer = ktl.Trainer(model_fn, ktl.losses.sparse_categorical_cross_entropy_logits,
+                              "adam", eval_metrics=[ktl.metrics.SparseCategoricalAccuracy()])
+        metrics = trainer.train_step(None, [x_batch], [y_batch])
+    """
+
+    def __init__(
+        self,
+        model_fn: Callable | keras.layers.Layer,
+        loss_fn: Any,
+        optimizer: Any,
+        train_metrics: Sequence[Any] | None = None,
+        eval_metrics: Sequence[Any] | None = None,
+        *,
+        context: Context | None = None,
+    ):
+        if not (callable(model_fn) or isinstance(model_fn, keras.layers.Layer)):
+            raise TypeError(
+                "model_fn must be a function model_fn(ctx, spec, inputs) or a keras Layer/Model. "
+                f"Received: model_fn={model_fn!r}."
+            )
+        if context is not None and not isinstance(context, Context):
+            raise TypeError(f"context must be a ktl.Context. Received: context={context!r}.")
+        self._loss_fn = losses_lib.as_loss_fn(loss_fn)
+        self.optimizer = optimizers_lib.get(optimizer)
+        user_train = [metrics_lib.as_metric(m) for m in (train_metrics or [])]
+        user_eval = [metrics_lib.as_metric(m) for m in (eval_metrics or [])]
+
+        batch_loss = metrics_lib.BatchMetric("Batch Loss+Regularization", "batch_loss", "loss", None)
+        train_total, train_loss = _loss_metrics("train")
+        eval_total, eval_loss = _loss_metrics("eval")
+        has_loss = self._loss_fn is not None
+        self._train_metrics = [batch_loss, train_total] + ([train_loss] if has_loss else [])
+        self._train_metrics += user_train
+        self._eval_metrics = [eval_total] + ([eval_loss] if has_loss else []) + user_eval
+        self._num_train_loss_metrics = 3 if has_loss else 2
+        self._num_eval_loss_metrics = 2 if has_loss else 1
+
+        self._context = context if context is not None else Context()
+        self._model_fn = model_fn
+        self._model = self._new_model()
+        self._cache = ExecutorCache(_default_max_executors())
+        self._device = None
+
+        # State: variable values while training (None: the Keras variables hold them).
+        self._vars: tuple[list, list, list] | None = None
+        self._var_refs: tuple[list, list, list] | None = None
+        self._iterations_index = -1
+        self._train_mstates = None
+        self._eval_mstates = None
+        self._nonfinite = None
+        self.reset_train_metrics()
+        self._reset_eval_metrics()
+
+    # Construction helpers -------------------------------------------------
+    def _new_model(self) -> FnModel:
+        model = FnModel(self._model_fn, self._context)
+        model._sync_fn = self._sync_to_model
+        model.optimizer = self.optimizer
+        self._context._store.global_step = lambda: self.global_step
+        return model
+
+    # Public properties ------------------------------------------------------
+    @property
+    def model(self) -> keras.Model:
+        """The `keras.Model`, with the current weights (synced on every read)."""
+        self._sync_to_model()
+        return self._model
+
+    @property
+    def context(self) -> Context:
+        return self._context
+
+    def set_context(self, ctx: Context) -> Trainer:
+        """Uses `ctx` for the model's variables and hyperparameters; returns self.
+
+        Raises:
+            ValueError: a step already ran (the model's variables exist).
+        """
+        if not isinstance(ctx, Context):
+            raise TypeError(f"set_context() expects a ktl.Context. Received: ctx={ctx!r}.")
+        if len(self._cache):
+            raise ValueError(
+                "set_context() must be called before the first train or eval step: this "
+                f"trainer already compiled {len(self._cache)} executor(s). "
+                "Fix: create a new Trainer with context=ctx."
+            )
+        self._context = ctx
+        self._model = self._new_model()
+        return self
+
+    @property
+    def max_executors(self) -> int:
+        return self._cache.max_executors
+
+    @max_executors.setter
+    def max_executors(self, value: int) -> None:
+        if int(value) <= 0:
+            raise ValueError(f"max_executors must be positive. Received: {value!r}.")
+        self._cache.max_executors = int(value)
+
+    @property
+    def train_metrics(self) -> list:
+        """Metric objects for `train_step`'s values, loss entries first."""
+        return list(self._train_metrics)
+
+    @property
+    def eval_metrics(self) -> list:
+        """Metric objects for `eval_step`/`eval`'s values, loss entries first."""
+        return list(self._eval_metrics)
+
+    @property
+    def metrics(self) -> list:
+        """The eval metrics (GoMLX's Trainer.Metrics)."""
+        return self.eval_metrics
+
+    @property
+    def global_step(self) -> int:
+        """The optimizer's iteration count (reads the device)."""
+        if self._vars is not None:
+            return int(self._vars[2][self._iterations_index])
+        return int(self.optimizer.iterations.value)
+
+    def on_exec_creation(self, handler: Callable[[Executor, GraphType], None]) -> None:
+        """Registers `handler(executor, graph_type)`, called for each new executor.
+
+        It runs after the model's and optimizer's variables exist and before
+        the executor's first step; values assigned to those variables then are
+        used by that step.
+        """
+        self._cache.on_creation(handler)
+
+    def in_device(self, device_num: int) -> Trainer:
+        """Runs the steps on `jax.devices()[device_num]`; returns self."""
+        devices = jax.devices()
+        if not isinstance(device_num, int) or not 0 <= device_num < len(devices):
+            raise ValueError(
+                f"device_num must be in [0, {len(devices)}) for this machine's devices "
+                f"{[str(d) for d in devices]}. Received: device_num={device_num!r}."
+            )
+        self._sync_to_model()
+        self._device = devices[device_num]
+        return self
+
+    def reset_train_metrics(self) -> None:
+        """Resets the train metrics (moving averages start over)."""
+        self._train_mstates = _fresh([m.init_state() for m in self._train_metrics])
+        self._nonfinite_reset()
+
+    def _reset_eval_metrics(self) -> None:
+        self._eval_mstates = _fresh([m.init_state() for m in self._eval_metrics])
+
+    def _nonfinite_reset(self) -> None:
+        self._nonfinite = jnp.array(-1, dtype=jnp.int32)
+        if self._device is not None:
+            self._nonfinite = jax.device_put(self._nonfinite, self._device)
+
+    def nonfinite_step(self) -> int:
+        """The global step of the first non-finite batch loss since the last reset, or -1.
+
+        Once a non-finite loss is seen, train steps stop changing the state, so
+        the weights stay those from before that step. Reads the device.
+        """
+        return int(self._nonfinite)
+
+    def clear_nonfinite(self) -> None:
+        """Forgets a non-finite loss seen before, so training can go on."""
+        self._nonfinite_reset()
+
+    # State sync -------------------------------------------------------------
+    def _all_variables(self) -> tuple[list, list, list]:
+        return (
+            list(self._model.trainable_variables),
+            list(self._model.non_trainable_variables),
+            list(self.optimizer.variables),
+        )
+
+    def _sync_to_model(self) -> None:
+        """Writes the training state into the Keras variables; they own it afterwards."""
+        if self._vars is None:
+            return
+        for refs, values in zip(self._var_refs, self._vars):
+            for ref, value in zip(refs, values):
+                ref.assign(value)
+        self._vars = None
+
+    def _pull_from_model(self) -> None:
+        """Takes the state from the Keras variables (copied: the step donates it)."""
+        refs = self._all_variables()
+        values = tuple([v.value for v in group] for group in refs)
+        if self._device is not None:
+            values = jax.device_put(values, self._device)
+        self._vars = _copy_tree(values)
+        self._var_refs = refs
+        self._iterations_index = next(
+            i for i, v in enumerate(refs[2]) if v is self.optimizer.iterations
+        )
+
+    # Executors ---------------------------------------------------------------
+    def _executor(self, graph_type: GraphType, spec: Any, inputs: list, labels: list) -> Executor:
+        executor = self._cache.get(graph_type, spec)
+        if executor is None:
+            executor = self._create_executor(graph_type, spec, inputs, labels)
+        elif len(inputs) != executor.num_inputs or len(labels) != executor.num_labels:
+            raise ValueError(
+                f"The number of inputs and labels must stay the same for one spec. "
+                f"spec={spec!r} was compiled with {executor.num_inputs} input(s) and "
+                f"{executor.num_labels} label(s). Received: {len(inputs)} input(s) and "
+                f"{len(labels)} label(s). Fix: yield a different spec for differently "
+                "structured batches."
+            )
+        for x in inputs:
+            if x is None:
+                raise ValueError(
+                    f"Inputs may not be None. Received: inputs with a None entry for "
+                    f"spec={spec!r} ({len(inputs)} input(s), {len(labels)} label(s))."
+                )
+        return executor
+
+    def _create_executor(
+        self, graph_type: GraphType, spec: Any, inputs: list, labels: list
+    ) -> Executor:
+        if not inputs:
+            raise ValueError(
+                f"At least one input is required. Received: 0 inputs and {len(labels)} "
+                f"label(s) for spec={spec!r}."
+            )
+        if any(x is None for x in inputs):
+            raise ValueError(
+                f"Inputs may not be None. Received: inputs with a None entry for spec={spec!r} "
+                f"({len(inputs)} input(s), {len(labels)} label(s))."
+            )
+        self._cache.check_room(graph_type, spec)
+        self._build(graph_type, spec, inputs)
+        executor = Executor(spec, graph_type, len(inputs), len(labels))
+        if graph_type is GraphType.TRAIN:
+            executor.fn = jax.jit(self._make_train_fn(executor), donate_argnums=(0, 1, 2))
+        else:
+            executor.fn = jax.jit(self._make_eval_fn(executor), donate_argnums=(1,))
+        self._cache.add(executor)
+        return executor
+
+    def _build(self, graph_type: GraphType, spec: Any, inputs: list) -> None:
+        """Creates the variables a new spec needs with one eager call, outside jit."""
+        self._sync_to_model()
+        store = self._context._store
+        model = self._model
+        had_trainable = len(model.trainable_variables)
+        optimizer_built = self.optimizer.built
+        model._spec = spec
+        try:
+            keras.Model.__call__(model, inputs, training=graph_type is GraphType.TRAIN)
+        finally:
+            store.losses = []
+        if optimizer_built and len(model.trainable_variables) != had_trainable:
+            raise ValueError(
+                f"spec={spec!r} created new trainable variables after the optimizer was built "
+                f"({had_trainable} -> {len(model.trainable_variables)}). Fix: create all "
+                "variables on the first spec (e.g. call every branch of model_fn once)."
+            )
+        if not optimizer_built:
+            self.optimizer.build(model.trainable_variables)
+
+    # Step functions ------------------------------------------------------------
+    def _forward(self, spec, tv, ntv, inputs, training: bool, step):
+        """Runs model_fn statelessly; returns predictions, new non-trainables, extra losses."""
+        store = self._context._store
+        model = self._model
+        refs_t, refs_n, _ = self._var_refs
+        mapping = list(zip(refs_t, tv)) + list(zip(refs_n, ntv))
+        store.losses = []
+        store.global_step = step
+        model._spec = spec
+        try:
+            with StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+                predictions = keras.Model.__call__(model, inputs, training=training)
+                layer_losses = list(model.losses)
+            extra = get_losses(self._context)
+        finally:
+            store.losses = []
+            store.global_step = lambda: self.global_step
+        new_ntv = [scope.get_current_value(v) for v in refs_n]
+        for term in layer_losses:
+            extra = term if extra is None else extra + term
+        return predictions, new_ntv, extra
+
+    def _losses(self, spec, labels, predictions, extra):
+        loss = None
+        if self._loss_fn is not None:
+            loss = jnp.mean(jnp.asarray(self._loss_fn(labels, predictions)))
+        if loss is None and extra is None:
+            raise ValueError(
+                f"Nothing to optimize for spec={spec!r}: loss_fn is None and model_fn added "
+                "no loss with ktl.add_loss(). Fix: pass a loss_fn or call ktl.add_loss(ctx, ...)."
+            )
+        total = loss if extra is None else (extra if loss is None else loss + extra)
+        return total, loss
+
+    def _make_train_fn(self, executor: Executor):
+        spec = executor.spec
+        metrics = self._train_metrics
+        n_loss = self._num_train_loss_metrics
+
+        def train_fn(variables, mstates, nonfinite, inputs, labels):
+            executor.trace_count += 1
+            tv, ntv, ov = variables
+            step = ov[self._iterations_index]
+
+            def loss_and_aux(trainable):
+                predictions, new_ntv, extra = self._forward(spec, trainable, ntv, inputs, True, step)
+                total, loss = self._losses(spec, labels, predictions, extra)
+                return total, (predictions, new_ntv, loss)
+
+            (total, (predictions, new_ntv, loss)), grads = jax.value_and_grad(
+                loss_and_aux, has_aux=True
+            )(tv)
+            new_tv, new_ov = self.optimizer.stateless_apply(ov, grads, tv)
+            new_tv, new_ntv = self._per_step_updates(new_tv, new_ntv, step)
+
+            new_mstates, values = [], []
+            batch_size = predictions[0].shape[0] if predictions[0].ndim else 1
+            loss_values = [total, total, loss][:n_loss]
+            for metric, state, value in zip(metrics[:n_loss], mstates[:n_loss], loss_values):
+                state, result = metric.accumulate(state, value, batch_size)
+                new_mstates.append(state)
+                values.append(result)
+            for metric, state in zip(metrics[n_loss:], mstates[n_loss:]):
+                state, result = metric.update(state, labels, predictions)
+                new_mstates.append(state)
+                values.append(result)
+
+            finite = jnp.isfinite(total)
+            keep = finite & (nonfinite < 0)
+            new_nonfinite = jnp.where(
+                (nonfinite < 0) & ~finite, step.astype(jnp.int32), nonfinite
+            )
+            new_variables = jax.tree.map(
+                lambda new, old: jnp.where(keep, new, old),
+                (new_tv, new_ntv, new_ov), (tv, ntv, ov),
+            )
+            new_mstates = jax.tree.map(
+                lambda new, old: jnp.where(keep, new, old), new_mstates, list(mstates)
+            )
+            return (new_variables, new_mstates, new_nonfinite), values
+
+        return train_fn
+
+    def _per_step_updates(self, tv, ntv, step):
+        fns = list(self._context._store.per_step_update_fns.values())
+        if not fns:
+            return tv, ntv
+        refs_t, refs_n, _ = self._var_refs
+        store = self._context._store
+        mapping = list(zip(refs_t, tv)) + list(zip(refs_n, ntv))
+        store.global_step = step
+        store.training = True
+        try:
+            with StatelessScope(state_mapping=mapping) as scope:
+                for ctx, fn in fns:
+                    fn(ctx)
+        finally:
+            store.training = False
+            store.global_step = lambda: self.global_step
+        return (
+            [scope.get_current_value(v) for v in refs_t],
+            [scope.get_current_value(v) for v in refs_n],
+        )
+
+    def _make_eval_fn(self, executor: Executor):
+        spec = executor.spec
+        metrics = self._eval_metrics
+        n_loss = self._num_eval_loss_metrics
+
+        def eval_fn(variables, mstates, inputs, labels):
+            executor.trace_count += 1
+            tv, ntv, ov = variables
+            step = ov[self._iterations_index]
+            predictions, _, extra = self._forward(spec, tv, ntv, inputs, False, step)
+            total, loss = self._losses(spec, labels, predictions, extra)
+            batch_size = predictions[0].shape[0] if predictions[0].ndim else 1
+            new_mstates, values = [], []
+            for metric, state, value in zip(metrics[:n_loss], mstates[:n_loss], [total, loss]):
+                state, result = metric.accumulate(state, value, batch_size)
+                new_mstates.append(state)
+                values.append(result)
+            for metric, state in zip(metrics[n_loss:], mstates[n_loss:]):
+                state, result = metric.update(state, labels, predictions)
+                new_mstates.append(state)
+                values.append(result)
+            return new_mstates, values
+
+        return eval_fn
+
+    # Running -----------------------------------------------------------------
+    def _place(self, values: list) -> list:
+        return values if self._device is None else jax.device_put(values, self._device)
+
+    def train_step(self, spec: Any, inputs: Sequence[Any], labels: Sequence[Any]) -> list:
+        """Runs one train step on a batch; returns metric values as device arrays.
+
+        The values are, in order: the batch loss (loss + regularization), its
+        moving average, the moving average of `loss_fn`'s loss alone (when
+        `loss_fn` is set), then the train metrics. Nothing is copied to the
+        host: read a value (e.g. `float(metrics[0])`) only when needed.
+
+        Raises:
+            ValueError: no input, a None input, or input/label counts that
+                differ from earlier batches with the same spec.
+        """
+        inputs = _as_array_list("inputs", inputs, spec)
+        labels = _as_array_list("labels", labels, spec)
+        executor = self._executor(GraphType.TRAIN, spec, inputs, labels)
+        if self._vars is None:
+            self._pull_from_model()
+        if self._device is not None:
+            inputs, labels = self._place(inputs), self._place(labels)
+        (self._vars, self._train_mstates, self._nonfinite), values = executor.fn(
+            self._vars, self._train_mstates, self._nonfinite, inputs, labels
+        )
+        return values
+
+    def eval_step(self, spec: Any, inputs: Sequence[Any], labels: Sequence[Any]) -> list:
+        """Runs one eval step; returns the eval metrics accumulated so far.
+
+        The values are the mean loss + regularization, the mean `loss_fn` loss
+        (when set), then the eval metrics, all since the last reset (see `eval`).
+        """
+        inputs = _as_array_list("inputs", inputs, spec)
+        labels = _as_array_list("labels", labels, spec)
+        executor = self._executor(GraphType.EVAL, spec, inputs, labels)
+        if self._vars is None:
+            self._pull_from_model()
+        if self._device is not None:
+            inputs, labels = self._place(inputs), self._place(labels)
+        self._eval_mstates, values = executor.fn(self._vars, self._eval_mstates, inputs, labels)
+        return values
+
+    def eval(self, ds: Any) -> list:
+        """Evaluates the model on a finite dataset; returns the eval metric values.
+
+        Resets `ds` and the eval metrics first.
+
+        Raises:
+            ValueError: `ds` yielded no batch.
+        """
+        ds.reset()
+        self._reset_eval_metrics()
+        values = None
+        while True:
+            try:
+                spec, inputs, labels = ds.yield_batch()
+            except EOFError:
+                break
+            values = self.eval_step(spec, inputs, labels)
+        if values is None:
+            raise ValueError(
+                f"Dataset {getattr(ds, 'name', ds)!r} yielded no batch to evaluate. "
+                "Fix: check that it is not empty and that reset() starts a new pass."
+            )
+        return values
