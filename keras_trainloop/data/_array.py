@@ -1,0 +1,269 @@
+"""ArrayDataset: batches sliced from in-memory numpy (or JAX) arrays."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from keras_trainloop.data._common import (
+    check_batch_size,
+    check_name,
+    is_array_like,
+    short_repr,
+)
+
+
+def _to_numpy_list(side: str, value: Any) -> tuple[list[np.ndarray], tuple[str, ...] | None]:
+    """Converts one side to a list of numpy arrays; also returns the dict keys, if a dict."""
+    if value is None:
+        if side == "inputs":
+            raise TypeError(
+                "ArrayDataset needs at least one input array. Received: inputs=None. "
+                "Fix: pass an array or a list of arrays, e.g. ArrayDataset(x, y, batch_size=64)."
+            )
+        return [], None
+    keys = None
+    if isinstance(value, dict):
+        keys = tuple(value)
+        items = [(f"{side}[{key!r}]", v) for key, v in value.items()]
+    elif isinstance(value, (list, tuple)):
+        items = [(f"{side}[{i}]", v) for i, v in enumerate(value)]
+    elif is_array_like(value):
+        items = [(side, value)]
+    else:
+        raise TypeError(
+            f"ArrayDataset takes an array or a list of arrays for {side}. "
+            f"Received: {side}={short_repr(value)}. "
+            f"Fix: convert it with np.asarray(...) or pass a list of arrays."
+        )
+    if side == "inputs" and not items:
+        raise ValueError(
+            f"ArrayDataset needs at least one input array. Received: inputs={value!r}. "
+            "Fix: pass an array or a non-empty list of arrays."
+        )
+    arrays = []
+    for name, item in items:
+        if not is_array_like(item):
+            raise TypeError(
+                f"ArrayDataset takes arrays (numpy, JAX, or anything np.asarray accepts "
+                f"through __array__). Received: {name}={short_repr(item)}. "
+                f"Fix: convert it with np.asarray(...)."
+            )
+        array = np.asarray(item)
+        if array.dtype == object:
+            raise TypeError(
+                f"ArrayDataset takes numeric arrays. Received: {name} with dtype=object "
+                f"and shape={array.shape}. Fix: pad ragged data to a common shape and "
+                f"convert it to a numeric dtype."
+            )
+        if array.ndim == 0:
+            raise ValueError(
+                f"Each array needs a leading dimension indexing the examples. "
+                f"Received: {name}={short_repr(item)} with shape=(). "
+                f"Fix: pass arrays of shape (num_examples, ...)."
+            )
+        arrays.append(array)
+    return arrays, keys
+
+
+class ArrayDataset:
+    """Batches from in-memory numpy or JAX arrays, optionally shuffled and endless.
+
+    Arrays are converted to numpy once, at construction (`np.asarray`: no copy
+    for numpy arrays, nor for JAX arrays on the CPU; one device-to-host copy for
+    JAX arrays on an accelerator), and batches are numpy slices: about 2 µs a
+    batch, where indexing JAX arrays costs 80-600 µs a batch on the CPU. The
+    compiled step (or `maybe_prefetch_to_device`) moves them to the device.
+    Unshuffled batches are views of the arrays (no copy); shuffled ones are
+    gathered copies (`array[indices]`), so no second copy of the data is kept.
+
+    Each pass (epoch) visits every example once. With `shuffle=True` each pass
+    has its own order, drawn from `np.random.default_rng(seed)`: the same seed
+    gives the same sequence of epochs in every instance and every run. `reset()`
+    starts a fresh pass with a new order; calling it when no batch was read
+    since the pass began changes nothing, so an extra `reset()` before training
+    does not shift the sequence.
+
+    With `loop_forever=True` the passes follow each other without end and
+    `yield_batch` never raises `EOFError`; every batch is full, a batch that
+    reaches the end of a pass being completed from the start of the next one
+    (like `tf.data`'s `repeat().batch()`), so `drop_remainder` does not apply.
+    Otherwise the last batch of a pass is short unless `drop_remainder=True`.
+
+    Args:
+        inputs: an array, a list/tuple of arrays, or a dict of arrays (its values
+            in key order) sharing the leading (example) dimension.
+        labels: the same, or `None` / `[]` for no labels.
+        batch_size: examples per batch, a positive integer.
+        shuffle: whether to visit the examples in a new random order each pass.
+        seed: seed of the shuffling generator; `None` draws a fresh one.
+        loop_forever: whether to start a new pass at the end of each one
+            instead of raising `EOFError`.
+        drop_remainder: whether to drop the short last batch of a pass.
+        name: the dataset's name.
+        spec: the `spec` returned with every batch. Defaults to `None`, or to
+            the tuple of keys when `inputs` is a dict.
+
+    Raises:
+        TypeError: `inputs` is `None`, or an array is not array-like, or the
+            batch size or name has the wrong type.
+        ValueError: no input array, arrays with different numbers of examples,
+            zero examples, a rank-0 array, `batch_size <= 0`, or
+            `drop_remainder=True` with fewer examples than `batch_size`.
+
+    Example:
+        ds = ktl.ArrayDataset(x_train, y_train, batch_size=64, shuffle=True, seed=0)
+        spec, inputs, labels = ds.yield_batch()   # None, [x (64, ...)], [y (64,)]
+    """
+
+    def __init__(
+        self,
+        inputs: Any,
+        labels: Any,
+        *,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int | None = None,
+        loop_forever: bool = False,
+        drop_remainder: bool = False,
+        name: str = "array",
+        spec: Any = None,
+    ):
+        input_arrays, input_keys = _to_numpy_list("inputs", inputs)
+        label_arrays, _ = _to_numpy_list("labels", labels)
+        self._batch_size = check_batch_size(batch_size)
+        self.name = check_name(name)
+        self._arrays = input_arrays + label_arrays
+        self._num_inputs = len(input_arrays)
+        self._num_examples = self._check_num_examples(input_arrays, label_arrays)
+        self._spec = input_keys if spec is None and input_keys is not None else spec
+        self._loop_forever = bool(loop_forever)
+        self._drop_remainder = bool(drop_remainder)
+        if self._drop_remainder and not self._loop_forever and (
+            self._num_examples < self._batch_size
+        ):
+            raise ValueError(
+                "With drop_remainder=True a pass needs at least batch_size examples, "
+                f"or it yields no batch. Received: batch_size={self._batch_size} for "
+                f"{self._num_examples} examples. Fix: use a smaller batch_size or "
+                "drop_remainder=False."
+            )
+        self._rng = np.random.default_rng(seed) if shuffle else None
+        self._order: np.ndarray | None = None  # None: examples in their stored order.
+        self._pos = 0
+        self._untouched = True  # No batch was read since the current pass began.
+        self._begin_pass()
+
+    @staticmethod
+    def _check_num_examples(inputs: list[np.ndarray], labels: list[np.ndarray]) -> int:
+        named = [(f"inputs[{i}]", a) for i, a in enumerate(inputs)]
+        named += [(f"labels[{i}]", a) for i, a in enumerate(labels)]
+        first_name, first = named[0]
+        num_examples = first.shape[0]
+        for name, array in named[1:]:
+            if array.shape[0] != num_examples:
+                raise ValueError(
+                    "All arrays must have the same number of examples (leading dimension). "
+                    f"Received: {name} with {array.shape[0]} examples (shape={array.shape}) "
+                    f"but {first_name} with {num_examples} (shape={first.shape}). "
+                    "Fix: pass arrays whose first dimension indexes the same examples."
+                )
+        if num_examples == 0:
+            raise ValueError(
+                f"ArrayDataset needs at least one example. Received: {first_name} with "
+                f"shape={first.shape}. Fix: pass non-empty arrays."
+            )
+        return num_examples
+
+    @property
+    def batch_size(self) -> int:
+        """Examples per batch."""
+        return self._batch_size
+
+    @property
+    def num_examples(self) -> int:
+        """Examples in one pass."""
+        return self._num_examples
+
+    def __len__(self) -> int:
+        """Batches in one pass (for `loop_forever=True`, full batches in one pass)."""
+        if self._drop_remainder or self._loop_forever:
+            return self._num_examples // self._batch_size
+        return (self._num_examples + self._batch_size - 1) // self._batch_size
+
+    def __repr__(self) -> str:
+        return (
+            f"ArrayDataset(name={self.name!r}, num_examples={self._num_examples}, "
+            f"batch_size={self._batch_size}, shuffle={self._rng is not None}, "
+            f"loop_forever={self._loop_forever})"
+        )
+
+    def _begin_pass(self) -> None:
+        self._pos = 0
+        self._untouched = True
+        if self._rng is not None:
+            self._order = self._rng.permutation(self._num_examples)
+
+    def _split(self, batch: list[np.ndarray]) -> tuple[Any, list[np.ndarray], list[np.ndarray]]:
+        k = self._num_inputs
+        return self._spec, batch[:k], batch[k:]
+
+    def yield_batch(self) -> tuple[Any, list[np.ndarray], list[np.ndarray]]:
+        """Returns the next batch as `(spec, inputs, labels)` of numpy arrays.
+
+        Returns:
+            `(spec, inputs, labels)`; `labels` is `[]` when there are none.
+
+        Raises:
+            EOFError: the pass is over (never with `loop_forever=True`); call
+                `reset()` to start another.
+        """
+        start = self._pos
+        stop = start + self._batch_size
+        if stop <= self._num_examples:  # The common case: a full batch inside the pass.
+            self._pos = stop
+            self._untouched = False
+            order = self._order
+            if order is None:
+                return self._split([a[start:stop] for a in self._arrays])
+            indices = order[start:stop]
+            return self._split([a[indices] for a in self._arrays])
+        if self._loop_forever:
+            indices = self._wrapped_indices(start)
+            return self._split([a[indices] for a in self._arrays])
+        if start >= self._num_examples or self._drop_remainder:
+            self._pos = self._num_examples
+            raise EOFError(f"End of dataset {self.name!r}; call reset() to start a new pass.")
+        self._pos = self._num_examples
+        self._untouched = False
+        if self._order is None:
+            return self._split([a[start:] for a in self._arrays])
+        indices = self._order[start:]
+        return self._split([a[indices] for a in self._arrays])
+
+    def _wrapped_indices(self, start: int) -> np.ndarray:
+        """Indices of a full batch running from `start` into the following pass(es)."""
+        pieces = [self._pass_indices(start, self._num_examples)]
+        missing = self._batch_size - (self._num_examples - start)
+        while missing > 0:
+            self._begin_pass()
+            take = min(missing, self._num_examples)
+            pieces.append(self._pass_indices(0, take))
+            self._pos = take
+            missing -= take
+        self._untouched = False
+        return np.concatenate(pieces)
+
+    def _pass_indices(self, start: int, stop: int) -> np.ndarray:
+        if self._order is None:
+            return np.arange(start, stop)
+        return self._order[start:stop]
+
+    def reset(self) -> None:
+        """Starts a fresh pass (reshuffled when `shuffle=True`).
+
+        Nothing changes when no batch was read since the current pass began.
+        """
+        if not self._untouched:
+            self._begin_pass()

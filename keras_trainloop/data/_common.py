@@ -1,0 +1,82 @@
+"""Helpers shared by the dataset adapters: argument checks and batch structure."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+
+def is_array_like(value: Any) -> bool:
+    """Whether `value` is an array (numpy, JAX, or anything with `__array__`)."""
+    return hasattr(value, "__array__") and not isinstance(value, (str, bytes))
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """`repr(value)`, cut to `limit` characters (arrays print as their type, shape and dtype)."""
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is not None and dtype is not None:
+        return f"<{type(value).__name__} shape={tuple(shape)} dtype={dtype}>"
+    text = " ".join(repr(value).split())  # One line.
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_batch_size(batch_size: Any) -> int:
+    """Returns `batch_size` as an int, or raises if it is not a positive integer."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise TypeError(
+            "batch_size must be a positive integer. "
+            f"Received: batch_size={batch_size!r} of type {type(batch_size).__name__}. "
+            "Fix: pass e.g. batch_size=64."
+        )
+    if batch_size <= 0:
+        raise ValueError(
+            f"batch_size must be a positive integer. Received: batch_size={batch_size}. "
+            "Fix: pass e.g. batch_size=64."
+        )
+    return int(batch_size)
+
+
+def check_name(name: Any) -> str:
+    """Returns `name`, or raises if it is not a string."""
+    if not isinstance(name, str):
+        raise TypeError(
+            f"A dataset name must be a string. Received: name={name!r}. "
+            'Fix: pass e.g. name="train".'
+        )
+    return name
+
+
+def side_to_list(side: str, value: Any, where: str) -> list[Any]:
+    """Normalizes one side of an element (`inputs` or `labels`) to a list of arrays.
+
+    An array becomes `[array]`; a list or tuple becomes a list; a dict becomes
+    the list of its values in key order; `None` or `()` becomes `[]`. Leaves are
+    returned as they are (no copy, no conversion).
+
+    Args:
+        side: "inputs" or "labels", for error messages.
+        value: the value to normalize.
+        where: where the value came from, for error messages (e.g. "element 3").
+
+    Returns:
+        A list of arrays.
+
+    Raises:
+        TypeError: a leaf is not an array.
+    """
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        leaves, names = list(value.values()), [f"{side}[{key!r}]" for key in value]
+    elif isinstance(value, (list, tuple)):
+        leaves, names = list(value), [f"{side}[{i}]" for i in range(len(value))]
+    else:
+        leaves, names = [value], [side]
+    for leaf, leaf_name in zip(leaves, names):
+        if not is_array_like(leaf):
+            raise TypeError(
+                f"Each of {side} must be an array (numpy or JAX) with a leading batch "
+                f"dimension. Received: {leaf_name}={short_repr(leaf)} in {where}. "
+                f"Fix: yield arrays, e.g. np.asarray(...), or a list/tuple/dict of arrays."
+            )
+    return leaves

@@ -1,0 +1,146 @@
+"""Device prefetching: copy the next batches to the accelerator while a step runs."""
+
+from __future__ import annotations
+
+import collections
+import numbers
+from typing import Any
+
+from keras_trainloop.data._common import short_repr
+from keras_trainloop.data._protocol import Dataset
+
+
+def _check_size(size: Any) -> int:
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+        raise ValueError(
+            "The prefetch size must be a positive integer (the batches kept in flight). "
+            f"Received: size={size!r}. Fix: pass e.g. size=2."
+        )
+    return int(size)
+
+
+class DevicePrefetcher:
+    """A Dataset that keeps the next `size` batches of another one in flight to the device.
+
+    Each batch's `(inputs, labels)` is sent with a single asynchronous
+    `jax.device_put(..., sharding)` as soon as it is read, so the host-to-device
+    copy of the next batches overlaps the current step. `spec` stays on the host.
+    The wrapped dataset is read ahead: an `EOFError` (or any other exception) it
+    raises is held until the batches read before it have been yielded.
+
+    It pays on accelerators only; use `maybe_prefetch_to_device`, which skips it
+    on the CPU backend, where it only adds cost.
+
+    Args:
+        dataset: the `Dataset` to read from.
+        size: the number of batches kept in flight, at least 1.
+        sharding: where to put each batch: `None` (the default device), a
+            `jax.Device`, or a `jax.sharding.Sharding` (e.g.
+            `NamedSharding(mesh, P("batch"))`), applied to every array.
+
+    Raises:
+        TypeError: `dataset` is not a `Dataset`.
+        ValueError: `size` is not a positive integer.
+
+    Example:
+        ds = DevicePrefetcher(ktl.ArrayDataset(x, y, batch_size=256), size=2)
+        spec, inputs, labels = ds.yield_batch()   # jax.Array on the default device
+    """
+
+    def __init__(self, dataset: Dataset, size: int = 2, sharding: Any = None):
+        if not isinstance(dataset, Dataset):
+            raise TypeError(
+                "DevicePrefetcher wraps a Dataset (with name, yield_batch() and reset()). "
+                f"Received: dataset={short_repr(dataset)} of type {type(dataset).__name__}. "
+                "Fix: wrap your data in ktl.ArrayDataset, ktl.IterableDataset or ktl.TFDataset."
+            )
+        import jax
+
+        self._device_put = jax.device_put
+        self._dataset = dataset
+        self._size = _check_size(size)
+        self._sharding = sharding
+        self._queue: collections.deque[tuple[Any, Any]] = collections.deque()
+        self._error: BaseException | None = None  # Raised by the dataset while reading ahead.
+
+    @property
+    def name(self) -> str:
+        """The wrapped dataset's name."""
+        return self._dataset.name
+
+    @property
+    def dataset(self) -> Dataset:
+        """The wrapped dataset."""
+        return self._dataset
+
+    def __repr__(self) -> str:
+        return f"DevicePrefetcher({self._dataset!r}, size={self._size})"
+
+    def _fill(self) -> None:
+        while len(self._queue) < self._size and self._error is None:
+            try:
+                spec, inputs, labels = self._dataset.yield_batch()
+            except Exception as error:  # noqa: BLE001 - re-raised in order by yield_batch.
+                self._error = error
+                return
+            self._queue.append((spec, self._device_put((inputs, labels), self._sharding)))
+
+    def yield_batch(self) -> tuple[Any, list[Any], list[Any]]:
+        """Returns the next batch, with its arrays on the device.
+
+        Returns:
+            `(spec, inputs, labels)`, `inputs` and `labels` being lists of `jax.Array`.
+
+        Raises:
+            EOFError: the wrapped dataset is at its end (after its earlier batches).
+            Exception: whatever the wrapped dataset raised, in its turn.
+        """
+        if not self._queue:
+            self._fill()
+            if not self._queue:
+                error, self._error = self._error, None
+                raise error
+        spec, (inputs, labels) = self._queue.popleft()
+        self._fill()
+        return spec, inputs, labels
+
+    def reset(self) -> None:
+        """Drops the batches in flight and resets the wrapped dataset."""
+        self._queue.clear()
+        self._error = None
+        self._dataset.reset()
+
+
+def maybe_prefetch_to_device(dataset: Dataset, size: int = 2, sharding: Any = None) -> Dataset:
+    """Wraps `dataset` in a `DevicePrefetcher` where that pays: off the CPU backend.
+
+    On the CPU backend (`jax.default_backend() == "cpu"`) the batches are
+    already in host memory and prefetching only adds work (measured: slower
+    per step), so `dataset` is returned unchanged, as Keras' own JAX trainer
+    does. A dataset that is already a `DevicePrefetcher` is returned as is.
+
+    Args:
+        dataset: the `Dataset` to read from.
+        size: the number of batches kept in flight on the device.
+        sharding: `None`, a `jax.Device` or a `jax.sharding.Sharding` for each batch.
+
+    Returns:
+        `dataset` itself on the CPU backend, a prefetching wrapper otherwise.
+
+    Raises:
+        TypeError: `dataset` is not a `Dataset`.
+        ValueError: `size` is not a positive integer.
+
+    Example:
+        train = ktl.data.maybe_prefetch_to_device(train, size=2)
+    """
+    _check_size(size)
+    if isinstance(dataset, DevicePrefetcher):
+        return dataset
+    if not isinstance(dataset, Dataset):
+        DevicePrefetcher(dataset)  # Raises the TypeError.
+    import jax
+
+    if jax.default_backend() == "cpu":
+        return dataset
+    return DevicePrefetcher(dataset, size, sharding)

@@ -1,0 +1,153 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import keras_trainloop as ktl
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+tf = pytest.importorskip("tensorflow")
+
+X = np.arange(10, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)  # row i = i
+Y = np.arange(10, dtype=np.int64)
+
+
+def _label_ids(ds):
+    ids = []
+    while True:
+        try:
+            _, _, labels = ds.yield_batch()
+        except EOFError:
+            return ids
+        ids.extend(labels[0].tolist())
+
+
+def test_tuple_elements_become_numpy_lists_until_eof():
+    ds = ktl.TFDataset(tf.data.Dataset.from_tensor_slices((X, Y)).batch(4))
+    assert isinstance(ds, ktl.Dataset) and ds.name == "tf.data"
+    spec, inputs, labels = ds.yield_batch()
+    assert spec is None
+    assert isinstance(inputs, list) and isinstance(labels, list)
+    assert isinstance(inputs[0], np.ndarray) and inputs[0].shape == (4, 3)
+    assert labels[0].dtype == np.int64
+    assert _label_ids(ds) == list(range(4, 10))  # Short last batch included.
+    with pytest.raises(EOFError, match="tf.data"):
+        ds.yield_batch()
+
+
+def test_reset_starts_a_fresh_pass():
+    ds = ktl.TFDataset(tf.data.Dataset.from_tensor_slices((X, Y)).batch(3), name="t")
+    ds.yield_batch()
+    ds.reset()
+    assert _label_ids(ds) == list(range(10))
+    ds.reset()
+    assert _label_ids(ds) == list(range(10))
+
+
+def test_reset_reshuffles_a_reshuffling_pipeline():
+    pipeline = tf.data.Dataset.from_tensor_slices((X, Y)).shuffle(10, seed=0).batch(5)
+    ds = ktl.TFDataset(pipeline)
+    epochs = []
+    for _ in range(4):
+        epochs.append(tuple(_label_ids(ds)))
+        ds.reset()
+    assert all(sorted(e) == list(range(10)) for e in epochs)
+    assert len(set(epochs)) > 1
+
+
+def test_repeated_pipeline_never_ends():
+    ds = ktl.TFDataset(tf.data.Dataset.from_tensor_slices((X, Y)).repeat().batch(4))
+    ids = [i for _ in range(10) for i in ds.yield_batch()[2][0].tolist()]
+    assert ids == list(range(10)) * 4
+
+
+def test_dict_inputs_keep_key_order_and_default_spec_is_the_keys():
+    features = {"zeta": X, "alpha": Y}
+    ds = ktl.TFDataset(tf.data.Dataset.from_tensor_slices((features, Y)).batch(4))
+    spec, inputs, labels = ds.yield_batch()
+    assert spec == ("zeta", "alpha") == ds.spec
+    assert inputs[0].shape == (4, 3) and inputs[1].shape == (4,)
+    np.testing.assert_array_equal(inputs[1], labels[0])
+    mine = ktl.TFDataset(tf.data.Dataset.from_tensor_slices((features, Y)).batch(4), spec="m")
+    assert mine.yield_batch()[0] == "m"
+
+
+def test_tuple_inputs_dict_labels_and_empty_labels():
+    pairs = tf.data.Dataset.from_tensor_slices(((X, X * 2), {"y": Y, "w": Y * 1.0})).batch(4)
+    _, inputs, labels = ktl.TFDataset(pairs).yield_batch()
+    assert len(inputs) == 2 and len(labels) == 2
+    np.testing.assert_array_equal(inputs[1], inputs[0] * 2)
+    unlabeled = tf.data.Dataset.from_tensor_slices(X).map(lambda x: (x, ())).batch(4)
+    _, inputs, labels = ktl.TFDataset(unlabeled).yield_batch()
+    assert labels == [] and inputs[0].shape == (4, 3)
+
+
+def test_uint8_values_are_kept():
+    images = np.full((4, 8, 8, 1), 255, np.uint8)
+    ds = ktl.TFDataset(tf.data.Dataset.from_tensor_slices((images, Y[:4])).batch(2))
+    batch = ds.yield_batch()[1][0]
+    assert batch.dtype == np.uint8 and batch.max() == 255
+
+
+def _zip_batched_separately():
+    return tf.data.Dataset.zip(
+        (tf.data.Dataset.from_tensor_slices(X).batch(4, drop_remainder=True),
+         tf.data.Dataset.from_tensor_slices(Y).batch(2, drop_remainder=True))
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda: np.zeros((4, 2)), TypeError, "Received: tf_dataset=<ndarray"),
+        (lambda: tf.data.Dataset.from_tensor_slices((X, Y)), ValueError,
+         r"Received: labels of shape \(\).*call \.batch"),
+        (lambda: tf.data.Dataset.from_tensor_slices({"image": X, "label": Y}).batch(2),
+         TypeError, "Received: dict.*as_supervised=True"),
+        (lambda: tf.data.Dataset.from_tensor_slices(X).batch(2), TypeError,
+         "Received: TensorSpec.*lambda x: \\(x, \\(\\)\\)"),
+        (lambda: tf.data.Dataset.from_tensor_slices((X, Y, Y)).batch(2), TypeError,
+         "Received: a tuple of 3 items"),
+        (_zip_batched_separately, ValueError,
+         "labels with leading dimension 2 but inputs with 4"),
+        (lambda: tf.data.Dataset.from_tensor_slices(
+            (tf.ragged.constant([[1], [2, 3]]), [0, 1])).batch(2),
+         TypeError, "RaggedTensorSpec.*to_tensor"),
+        (lambda: tf.data.Dataset.from_tensor_slices(((X, (X, X)), Y)).batch(2), TypeError,
+         r"inputs\[1\] with spec \("),
+        (lambda: tf.data.Dataset.from_tensor_slices(Y).map(lambda y: ((), y)).batch(2),
+         ValueError, "at least one input"),
+    ],
+    ids=["not-a-dataset", "unbatched", "dict-element", "single-tensor", "three-tuple",
+         "different-batch-dims", "ragged", "nested", "no-inputs"],
+)
+def test_bad_datasets_raise_at_construction(make, error, match):
+    with pytest.raises(error, match=match) as info:
+        ktl.TFDataset(make())
+    assert "Fix:" in str(info.value)
+
+
+def test_unknown_shapes_are_accepted():
+    def gen():
+        yield np.zeros((2, 3), np.float32), np.zeros(2, np.int32)
+
+    signature = (tf.TensorSpec(None, tf.float32), tf.TensorSpec(None, tf.int32))
+    ds = ktl.TFDataset(tf.data.Dataset.from_generator(gen, output_signature=signature))
+    assert ds.yield_batch()[1][0].shape == (2, 3)
+
+
+def test_non_dataset_is_rejected_without_importing_tensorflow():
+    code = (
+        "import sys, numpy, keras_trainloop as ktl\n"
+        "try:\n"
+        "    ktl.TFDataset(numpy.zeros(3))\n"
+        "except TypeError as e:\n"
+        "    print('TypeError', 'tensorflow' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert result.stdout.split() == ["TypeError", "False"], result.stderr
