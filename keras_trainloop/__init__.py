@@ -16,7 +16,7 @@ matplotlib only inside the adapters and plugins that need them.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from keras_trainloop._backend import ensure_jax_backend
 
@@ -50,7 +50,34 @@ _SUBMODULES = (
     "data", "losses", "metrics", "optimizers", "commandline", "checkpoints", "plots",
 )
 
-__all__ = sorted(_EXPORTS) + list(_SUBMODULES)
+__all__ = [
+    "DEFAULT_MAX_EXECUTORS",
+    "ArrayDataset",
+    "Context",
+    "Dataset",
+    "GraphType",
+    "HookError",
+    "IterableDataset",
+    "Loop",
+    "NonFiniteLossError",
+    "TFDataset",
+    "Trainer",
+    "add_loss",
+    "add_per_step_update_fn",
+    "checkpoints",
+    "commandline",
+    "data",
+    "every_n_steps",
+    "exponential_callback",
+    "from_tfds",
+    "get_losses",
+    "losses",
+    "metrics",
+    "n_times_during_loop",
+    "optimizers",
+    "periodic_callback",
+    "plots",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -65,18 +92,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from keras_trainloop.context import Context
-    from keras_trainloop.data import (
-        ArrayDataset, Dataset, IterableDataset, TFDataset, from_tfds,
-    )
-    from keras_trainloop.loop import (
-        HookError, Loop, NonFiniteLossError, every_n_steps, exponential_callback,
-        n_times_during_loop, periodic_callback,
-    )
-    from keras_trainloop.trainer import (
-        DEFAULT_MAX_EXECUTORS, GraphType, Trainer, add_loss, add_per_step_update_fn,
-        get_losses,
-    )

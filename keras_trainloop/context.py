@@ -12,7 +12,8 @@ creates through the context shows up in `trainer.model.summary()`,
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import keras
 

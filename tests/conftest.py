@@ -1,6 +1,13 @@
 """Shared test fixtures."""
 
-import pytest
+import os
+
+# Before any test module imports Keras: the JAX backend, quiet TensorFlow.
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")

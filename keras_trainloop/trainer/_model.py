@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import keras
 
@@ -65,7 +66,7 @@ class FnModel(keras.Model):
         if self._sync_fn is not None:
             self._sync_fn()
 
-    def _synced(method_name: str):  # noqa: N805 - a decorator factory used in the class body
+    def _synced(method_name: str):
         def method(self, *args, **kwargs):
             self.jax_state_sync()
             return getattr(keras.Model, method_name)(self, *args, **kwargs)

@@ -6,7 +6,8 @@ context's store and are read by the Trainer while it traces a step.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax.numpy as jnp
 

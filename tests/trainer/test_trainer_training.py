@@ -47,7 +47,7 @@ def test_global_step_is_optimizer_iterations(digits, make_trainer):
 
 
 def test_keras_layer_loss_name_and_optimizer_name_are_accepted(digits):
-    x, y, xt, yt = digits
+    x, y, _, _ = digits
     model = keras.Sequential([keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
     trainer = ktl.Trainer(
         model, keras.losses.SparseCategoricalCrossentropy(from_logits=True), "adam",
