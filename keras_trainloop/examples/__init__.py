@@ -1,0 +1,1 @@
+"""Runnable examples: `python -m keras_trainloop.examples.digits --help`."""
