@@ -60,7 +60,7 @@ def make_model_fn(num_classes: int):
                 kernel_regularizer=regularizer))(x)
             rate = float(ctx.get_param("dropout"))
             if rate > 0:
-                x = scope.layer("dropout", lambda: keras.layers.Dropout(rate))(x)
+                x = scope.layer("dropout", lambda r=rate: keras.layers.Dropout(r))(x)
         return [ctx.layer("logits", lambda: keras.layers.Dense(num_classes))(x)]
 
     return model_fn

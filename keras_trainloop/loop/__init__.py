@@ -1,0 +1,40 @@
+"""The training loop: prioritized named hooks, run_steps/run_epochs, schedules.
+
+Example:
+    loop = ktl.Loop(trainer)
+    ktl.every_n_steps(loop, 100, "log", 0, lambda loop, metrics: print(float(metrics[1])))
+    ktl.n_times_during_loop(loop, 5, "eval", 10, lambda loop, metrics: trainer.eval(test_ds))
+    loop.run_epochs(train_ds, 10)
+"""
+
+from keras_trainloop.loop._errors import HookError, NonFiniteLossError
+from keras_trainloop.loop._keras_bridge import LoopCallback
+from keras_trainloop.loop._loop import SYNC_EVERY, Loop
+from keras_trainloop.loop._schedules import (
+    EveryNSteps,
+    Exponential,
+    NTimesDuringLoop,
+    Periodic,
+    Schedule,
+    every_n_steps,
+    exponential_callback,
+    n_times_during_loop,
+    periodic_callback,
+)
+
+__all__ = [
+    "SYNC_EVERY",
+    "EveryNSteps",
+    "Exponential",
+    "HookError",
+    "Loop",
+    "LoopCallback",
+    "NTimesDuringLoop",
+    "NonFiniteLossError",
+    "Periodic",
+    "Schedule",
+    "every_n_steps",
+    "exponential_callback",
+    "n_times_during_loop",
+    "periodic_callback",
+]

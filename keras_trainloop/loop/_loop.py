@@ -1,0 +1,452 @@
+"""Loop: GoMLX's training loop with prioritized named hooks."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+
+from keras_trainloop.loop._errors import NonFiniteLossError
+from keras_trainloop.loop._hooks import HookList
+
+SYNC_EVERY = 16
+"""The loop waits on the device at least once every this many steps (and at the end)."""
+
+OnStartFn = Callable[["Loop", Any], None]
+OnStepFn = Callable[["Loop", list], None]
+OnEndFn = OnStepFn
+
+
+def _check_count(name: str, value: Any, method: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(
+            f"loop.{method}() expects a non-negative int {name}. Received: {name}={value!r}."
+        )
+    return value
+
+
+def _check_dataset(ds: Any, method: str) -> None:
+    if not callable(getattr(ds, "yield_batch", None)) or not callable(getattr(ds, "reset", None)):
+        raise TypeError(
+            f"loop.{method}() expects a dataset with yield_batch() and reset() (ktl.Dataset). "
+            f"Received: ds={ds!r}. Fix: wrap arrays in ktl.ArrayDataset or a tf.data pipeline "
+            "in ktl.TFDataset."
+        )
+
+
+def _dataset_name(ds: Any) -> str:
+    return str(getattr(ds, "name", type(ds).__name__))
+
+
+class Loop:
+    """Runs `trainer.train_step` over a dataset and calls hooks by priority.
+
+    The loop itself only counts steps; hooks attach everything else (progress
+    bars, evaluation, checkpoints, plots, early stopping). Hooks of each event
+    run lowest priority first, equal priorities in registration order.
+
+    The public attributes are for reading; only the loop changes them.
+
+    Attributes:
+        trainer: the Trainer this loop drives (None for a loop used only as
+            a Keras callback, see `as_keras_callback`).
+        loop_step: the step being run; inside `on_step` hooks, the step that
+            just finished. It starts at `trainer.global_step` (0 for a new
+            model), so a loop on a restored model resumes its step count.
+            After an aborted run it counts the steps trained: after a
+            `HookError` of an `on_step` hook at step k it is k + 1, after a
+            `NonFiniteLossError` it is the bad step (its update was dropped).
+        start_step: `loop_step` at the start of the current (or last) run.
+        end_step: one past the last step of the run; -1 while unknown (the
+            first epoch of `run_epochs`). At `on_end`, `loop_step == end_step`.
+        epoch: the epoch being run by `run_epochs`, from 0; after the run, one
+            past the last epoch that ran (`epochs` when all ran).
+        shared_data: a dict for hooks and plugins to exchange values.
+        train_step_durations: seconds per step of the current (or last) run:
+            the time between the ends of consecutive steps (reading the
+            batch, dispatching the step, its hooks, and the device time the
+            loop waited for). The first one includes compilation.
+
+    Device synchronization: metrics returned by the Trainer stay on the
+    device, and the loop does not wait for a step to finish before starting
+    the next one, except every `SYNC_EVERY` (16) steps and at the end of a
+    run. There it also reads the Trainer's non-finite-loss flag, so a NaN or
+    Inf batch loss raises `NonFiniteLossError` up to 16 steps after the bad
+    step (hooks of those steps see the non-finite values).
+
+    Args:
+        trainer: a `ktl.Trainer` (or an object with the same `train_step`,
+            `global_step`, `reset_train_metrics`, `nonfinite_step` and
+            `clear_nonfinite`), or None.
+
+    Example:
+        loop = ktl.Loop(trainer)
+        loop.on_step("print", 0, lambda loop, metrics: print(loop.loop_step, float(metrics[0])))
+        ktl.every_n_steps(loop, 100, "eval", 10, lambda loop, metrics: trainer.eval(test_ds))
+        metrics = loop.run_epochs(train_ds, 3)
+    """
+
+    def __init__(self, trainer: Any):
+        if trainer is not None and not callable(getattr(trainer, "train_step", None)):
+            raise TypeError(
+                "Loop expects a ktl.Trainer (or None for a loop used only as a Keras callback). "
+                f"Received: trainer={trainer!r}."
+            )
+        self.trainer = trainer
+        self.loop_step: int = int(trainer.global_step) if trainer is not None else 0
+        self.start_step: int = self.loop_step
+        self.end_step: int = -1
+        self.epoch: int = 0
+        self.shared_data: dict[str, Any] = {}
+        self.train_step_durations: list[float] = []
+        self._on_start = HookList("OnStart", "fn(loop, ds)")
+        self._on_step = HookList("OnStep", "fn(loop, metrics)")
+        self._on_end = HookList("OnEnd", "fn(loop, metrics)")
+        # Used by the Keras-callback bridge only; empty lists cost nothing.
+        self._on_epoch_begin = HookList("OnEpochBegin", "fn(loop, epoch)")
+        self._on_epoch_end = HookList("OnEpochEnd", "fn(loop, metrics)")
+        self._on_batch_begin = HookList("OnBatchBegin", "fn(loop, step)")
+        self._stop_requested = False
+        self._running = False
+        self._epochs = 0  # epochs requested by the current run_epochs; 0 in run_steps.
+        self._countdown = SYNC_EVERY
+
+    # Hooks -------------------------------------------------------------------
+    def on_start(self, name: str, priority: float, fn: OnStartFn) -> None:
+        """Adds `fn(loop, ds)`, called at the start of each run, before the first step.
+
+        Args:
+            name: names the hook in error messages.
+            priority: lower runs first; equal priorities run in registration order.
+            fn: called with the loop and the dataset of the run (None when the
+                loop runs as a Keras callback).
+
+        Raises:
+            TypeError: bad name or priority, or `fn` cannot be called as `fn(loop, ds)`.
+        """
+        self._on_start.add(name, priority, fn)
+
+    def on_step(self, name: str, priority: float, fn: OnStepFn) -> None:
+        """Adds `fn(loop, metrics)`, called after every train step.
+
+        `metrics` is the Trainer's list of device arrays for the step (batch
+        loss first); reading a value (`float(metrics[0])`) waits for the
+        device, so do it only when needed. `loop.loop_step` is the step that
+        just ran.
+
+        Raises:
+            TypeError: bad name or priority, or `fn` cannot be called as
+                `fn(loop, metrics)`.
+        """
+        self._on_step.add(name, priority, fn)
+
+    def on_end(self, name: str, priority: float, fn: OnEndFn) -> None:
+        """Adds `fn(loop, metrics)`, called after the last step of each run.
+
+        `metrics` are the last step's (an empty list when no step ran, e.g.
+        `stop()` was called by an `on_start` hook). They do not run when the
+        run is aborted by an exception.
+
+        Raises:
+            TypeError: bad name or priority, or `fn` cannot be called as
+                `fn(loop, metrics)`.
+        """
+        self._on_end.add(name, priority, fn)
+
+    def stop(self) -> None:
+        """Asks the current run to end gracefully after the current step.
+
+        Callable from any hook (or another thread): the step in progress and
+        its remaining `on_step` hooks complete, then the `on_end` hooks run
+        and `run_steps` / `run_epochs` return normally. Called from an
+        `on_start` hook, no step runs. The request is forgotten when the next
+        run starts.
+        """
+        self._stop_requested = True
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether `stop()` was called during the current run."""
+        return self._stop_requested
+
+    # Running -----------------------------------------------------------------
+    def run_steps(self, ds: Any, steps: int) -> list:
+        """Trains for `steps` steps, continuing from `loop_step`.
+
+        Sets `start_step = loop_step` and `end_step = loop_step + steps`,
+        resets the train metrics, runs the `on_start` hooks, then the steps,
+        then the `on_end` hooks. The dataset is not reset.
+
+        Args:
+            ds: a `ktl.Dataset`; it must not end before `steps` batches
+                (use one that loops forever, or `run_epochs`).
+            steps: how many steps; 0 does nothing (no hook runs).
+
+        Returns:
+            The last step's metrics (a list of device arrays), or `[]` when
+            no step ran.
+
+        Raises:
+            ValueError: `steps` is negative or the dataset ended early (the
+                message says after how many steps).
+            HookError: a hook raised.
+            NonFiniteLossError: a batch loss was NaN or Inf.
+            Exception: errors of the dataset (other than `EOFError`) and of
+                the train step, unchanged.
+
+        Example:
+            loop.run_steps(ktl.ArrayDataset(x, y, batch_size=32, loop_forever=True), 1000)
+        """
+        _check_count("steps", steps, "run_steps")
+        self._require_trainer("run_steps")
+        _check_dataset(ds, "run_steps")
+        if steps == 0:
+            return []
+        with self._run():
+            self._begin(ds, end_step=self.loop_step + steps, epochs=0)
+            metrics, ended = self._steps(ds, self.end_step, [])
+            if ended:
+                done = self.loop_step - self.start_step
+                raise ValueError(
+                    f"Dataset {_dataset_name(ds)!r} ended after {done} steps, before the "
+                    f"requested {steps}. Received: steps={steps}. Fix: use "
+                    "loop.run_epochs(ds, epochs) for a finite dataset, or a dataset that loops "
+                    "forever (e.g. ktl.ArrayDataset(..., loop_forever=True))."
+                )
+            return self._finish(metrics)
+
+    def run_epochs(self, ds: Any, epochs: int) -> list:
+        """Trains for `epochs` passes over a finite dataset, continuing from `loop_step`.
+
+        `end_step` is -1 during the first epoch; at the end of each epoch it
+        is extrapolated from that epoch's length. `ds.reset()` is called after
+        every epoch, including the last (and one cut short by `stop()`).
+
+        Args:
+            ds: a finite `ktl.Dataset` (it signals its end with `EOFError`).
+            epochs: how many epochs; 0 does nothing (no hook runs).
+
+        Returns:
+            The last step's metrics (a list of device arrays), or `[]` when
+            no step ran.
+
+        Raises:
+            ValueError: `epochs` is negative, or an epoch yielded no batch.
+            HookError: a hook raised.
+            NonFiniteLossError: a batch loss was NaN or Inf.
+            Exception: errors of the dataset (other than `EOFError`) and of
+                the train step, unchanged.
+
+        Example:
+            loop.run_epochs(ktl.ArrayDataset(x, y, batch_size=32, shuffle=True), 5)
+        """
+        _check_count("epochs", epochs, "run_epochs")
+        self._require_trainer("run_epochs")
+        _check_dataset(ds, "run_epochs")
+        if epochs == 0:
+            return []
+        with self._run():
+            self._begin(ds, end_step=-1, epochs=epochs)
+            metrics: list = []
+            for epoch in range(epochs):
+                if self._stop_requested:
+                    break
+                self.epoch = epoch
+                if self._on_epoch_begin.hooks:
+                    self._on_epoch_begin.fire(self, epoch)
+                epoch_start = self.loop_step
+                metrics, ended = self._steps(ds, -1, metrics)
+                yields = self.loop_step - epoch_start
+                if ended and yields == 0:
+                    raise ValueError(
+                        f"Dataset {_dataset_name(ds)!r} yielded no batch in epoch {epoch} of "
+                        f"run_epochs(ds, {epochs}). Fix: check that it is not empty and that "
+                        "reset() starts a new pass."
+                    )
+                if ended:
+                    self.end_step = self.loop_step + yields * (epochs - epoch - 1)
+                ds.reset()
+                if self._on_epoch_end.hooks:
+                    self._on_epoch_end.fire(self, metrics)
+                self.epoch = epoch + 1
+            return self._finish(metrics)
+
+    def median_train_step_duration(self) -> float:
+        """The median of `train_step_durations` in seconds; 0.001 when empty.
+
+        With an even count it is the upper of the two middle values (a
+        measured duration, as in GoMLX). `train_step_durations` is not changed.
+        """
+        durations = self.train_step_durations
+        if not durations:
+            return 0.001
+        return sorted(durations)[len(durations) // 2]
+
+    # Keras interoperability ---------------------------------------------------
+    def add_keras_callback(self, callback: Any, priority: float = 0) -> None:
+        """Drives a `keras.callbacks.Callback` from this loop's runs.
+
+        At the start of a run the callback gets `set_model(trainer.model)`,
+        `set_params(...)` and `on_train_begin`; `run_epochs` calls
+        `on_epoch_begin` / `on_epoch_end`; every step calls
+        `on_train_batch_begin` / `on_train_batch_end` with the batch index
+        within the epoch (within the run for `run_steps`); the end of the run
+        calls `on_train_end`. Logs are dicts of Python floats: `"loss"` (the
+        batch loss) and each train metric under its short name (e.g.
+        `"~loss"`, the moving average); epoch-end and train-end logs hold the
+        last step's values. Per-step logs are built, which copies the metrics
+        to the host, only for callbacks that override the batch hooks; other
+        callbacks cost nothing per step. Setting `model.stop_training = True`
+        stops the loop gracefully (see `stop`).
+
+        `run_steps` fires no epoch events: callbacks that act at epoch end
+        (CSVLogger, EarlyStopping) need `run_epochs`.
+
+        Args:
+            callback: any `keras.callbacks.Callback`.
+            priority: the priority of all its hooks.
+
+        Raises:
+            TypeError: `callback` is not a Keras callback, or the loop has no trainer.
+
+        Example:
+            loop.add_keras_callback(keras.callbacks.CSVLogger("log.csv"))
+            loop.add_keras_callback(keras.callbacks.EarlyStopping(monitor="loss", patience=2))
+            loop.run_epochs(ds, 20)
+        """
+        from keras_trainloop.loop._keras_bridge import add_keras_callback
+
+        add_keras_callback(self, callback, priority)
+
+    def as_keras_callback(self) -> Any:
+        """Returns a `keras.callbacks.Callback` that fires this loop's hooks from `model.fit`.
+
+        In `fit`, `loop_step` starts at the model's `optimizer.iterations`
+        and counts batches across epochs; `on_start` hooks get `ds=None`;
+        `on_step` and `on_end` hooks get `[logs["loss"], *other logs]`
+        (Keras' running values, Python floats); `epoch` follows Keras'
+        epoch; `loop.stop()` sets `model.stop_training`. Schedules are exact
+        with `steps_per_execution=1` (with k > 1 Keras calls back once per k
+        batches, and `loop_step` jumps by k).
+
+        Example:
+            loop = ktl.Loop(None)
+            ktl.every_n_steps(loop, 100, "log", 0, log_fn)
+            model.fit(x, y, epochs=3, callbacks=[loop.as_keras_callback()])
+        """
+        from keras_trainloop.loop._keras_bridge import LoopCallback
+
+        return LoopCallback(self)
+
+    # Internals ---------------------------------------------------------------
+    def _require_trainer(self, method: str) -> None:
+        if self.trainer is None:
+            raise ValueError(
+                f"loop.{method}() needs a trainer. Received: a Loop created with trainer=None "
+                "(usable only through loop.as_keras_callback()). Fix: create it as "
+                "ktl.Loop(trainer)."
+            )
+
+    @contextlib.contextmanager
+    def _run(self) -> Iterator[None]:
+        """Marks the loop as running; a nested run (from a hook) is an error."""
+        if self._running:
+            raise RuntimeError(
+                "This loop is already running: run_steps/run_epochs cannot be called from one "
+                f"of its hooks. Received: a nested call at loop step {self.loop_step}. Fix: "
+                "call loop.stop() in the hook and start the next run after it returns."
+            )
+        self._running = True
+        try:
+            yield
+        finally:
+            self._running = False
+
+    def _begin(self, ds: Any, end_step: int, epochs: int) -> None:
+        """Starts a run: resets metrics and flags, then fires the on_start hooks."""
+        trainer = self.trainer
+        trainer.reset_train_metrics()
+        trainer.clear_nonfinite()
+        self._stop_requested = False
+        self._countdown = SYNC_EVERY
+        self._epochs = epochs
+        self.start_step = self.loop_step
+        self.end_step = end_step
+        self.epoch = 0
+        self.train_step_durations = []
+        if self._on_start.hooks:
+            self._on_start.fire(self, ds)
+
+    def _steps(self, ds: Any, limit: int, metrics: list) -> tuple[list, bool]:
+        """Runs steps until `loop_step == limit` (-1: no limit), the data ends or a stop.
+
+        Returns:
+            The last metrics (`metrics` if no step ran) and whether the data
+            ended (`EOFError`).
+        """
+        yield_batch = ds.yield_batch
+        train_step = self.trainer.train_step
+        on_step = self._on_step
+        on_batch_begin = self._on_batch_begin
+        append_duration = self.train_step_durations.append
+        perf_counter = time.perf_counter
+        countdown = self._countdown
+        step = self.loop_step
+        last = perf_counter()
+        while step != limit and not self._stop_requested:
+            self.loop_step = step
+            try:
+                spec, inputs, labels = yield_batch()
+            except EOFError:
+                self._countdown = countdown
+                return metrics, True
+            if on_batch_begin.hooks:
+                on_batch_begin.fire(self, step)
+            metrics = train_step(spec, inputs, labels)
+            countdown -= 1
+            if not countdown:
+                countdown = SYNC_EVERY
+                self._sync(metrics, step)
+            if on_step.hooks:
+                try:
+                    on_step.fire(self, metrics)
+                except BaseException:
+                    self.loop_step = step + 1  # The step was trained.
+                    raise
+            now = perf_counter()
+            append_duration(now - last)
+            last = now
+            step += 1
+        self.loop_step = step
+        self._countdown = countdown
+        return metrics, False
+
+    def _sync(self, metrics: list, detected_at: int) -> None:
+        """Waits for `metrics`, then raises if the Trainer saw a non-finite loss."""
+        jax.block_until_ready(metrics)
+        trainer = self.trainer
+        bad = trainer.nonfinite_step()
+        if bad >= 0:
+            self.loop_step = int(trainer.global_step)
+            raise NonFiniteLossError(bad, detected_at)
+
+    def _finish(self, metrics: list) -> list:
+        """Ends a run: waits for the device, checks the loss, fires the on_end hooks."""
+        if self.loop_step != self.start_step:
+            self._sync(metrics, self.loop_step - 1)
+        self.end_step = self.loop_step
+        if self._on_end.hooks:
+            self._on_end.fire(self, metrics)
+        return metrics
+
+    def __repr__(self) -> str:
+        return (
+            f"Loop(loop_step={self.loop_step}, start_step={self.start_step}, "
+            f"end_step={self.end_step}, epoch={self.epoch}, hooks: "
+            f"on_start={self._on_start.names()}, on_step={self._on_step.names()}, "
+            f"on_end={self._on_end.names()})"
+        )
+

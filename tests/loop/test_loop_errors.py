@@ -1,0 +1,105 @@
+"""HookError and NonFiniteLossError."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from loop_helpers import Batches
+
+import keras_trainloop as ktl
+
+
+class Boom(Exception):
+    pass
+
+
+def _raise_at(step):
+    def hook(loop, arg):
+        if loop.loop_step == step:
+            raise Boom(f"boom at {step}")
+
+    return hook
+
+
+@pytest.mark.parametrize(
+    "event, kind, step",
+    [("on_start", "OnStart", 0), ("on_step", "OnStep", 2), ("on_end", "OnEnd", 4)],
+    ids=["on_start", "on_step", "on_end"],
+)
+def test_hook_error_names_kind_hook_and_step_and_keeps_the_cause(trainer, recorder, event, kind,
+                                                               step):
+    loop = ktl.Loop(trainer)
+    getattr(loop, event)("exploding", 0, _raise_at(step))
+    getattr(loop, event)("later", 1, recorder.hook("later"))
+    if event != "on_end":
+        loop.on_end("end", 0, recorder.hook("end"))
+    with pytest.raises(ktl.HookError, match=(
+        rf"{kind} hook 'exploding' raised Boom at loop step {step}: boom at {step}\."
+    )) as info:
+        loop.run_steps(Batches(loop_forever=True), 4)
+    error = info.value
+    assert isinstance(error.__cause__, Boom)
+    assert (error.kind, error.hook_name, error.step) == (kind, "exploding", step)
+    assert ("later", step) not in recorder.events
+    assert recorder.steps("end") == []
+
+
+def test_hook_error_in_on_step_leaves_loop_step_after_the_trained_step(trainer):
+    loop = ktl.Loop(trainer)
+    loop.on_step("exploding", 0, _raise_at(2))
+    with pytest.raises(ktl.HookError):
+        loop.run_steps(Batches(loop_forever=True), 10)
+    assert loop.loop_step == trainer.global_step == 3
+
+
+def test_hook_error_of_a_schedule_names_the_schedule(trainer):
+    loop = ktl.Loop(trainer)
+    ktl.every_n_steps(loop, 2, "eval", 0, _raise_at(3))
+    with pytest.raises(ktl.HookError, match=r"OnStep hook 'EveryNSteps\(2\): eval' raised Boom "
+                                            r"at loop step 3"):
+        loop.run_steps(Batches(loop_forever=True), 10)
+
+
+def test_errors_survive_pickling():
+    error = ktl.HookError("OnStep", "h", 3, ValueError("x"))
+    assert str(pickle.loads(pickle.dumps(error))) == str(error)
+    nonfinite = ktl.NonFiniteLossError(5, 15)
+    assert str(pickle.loads(pickle.dumps(nonfinite))) == str(nonfinite)
+
+
+@pytest.mark.parametrize(
+    "steps, nan_at, detected_at",
+    [(40, 5, 15), (40, 16, 31), (8, 3, 7), (20, 17, 19)],
+    ids=["before-first-sync", "right-after-a-sync", "short-run-found-at-end", "found-at-end"],
+)
+def test_nonfinite_loss_names_the_first_bad_step(make_trainer, recorder, steps, nan_at,
+                                                 detected_at):
+    trainer = make_trainer()
+    loop = ktl.Loop(trainer)
+    loop.on_end("end", 0, recorder.hook("end"))
+    losses = []
+    loop.on_step("loss", 0, lambda lp, m: losses.append(float(m[0])))
+    ds = Batches(loop_forever=True, nan_at=nan_at)
+    with pytest.raises(ktl.NonFiniteLossError, match=(
+        rf"non-finite \(NaN or Inf\) at step {nan_at} \(noticed after step {detected_at}\)"
+    )) as info:
+        loop.run_steps(ds, steps)
+    assert (info.value.step, info.value.detected_at) == (nan_at, detected_at)
+    assert ds.yields == detected_at + 1  # at most 16 steps ran past the bad one
+    assert np.isnan(losses[nan_at]) and np.all(np.isfinite(losses[:nan_at]))
+    assert recorder.events == []
+    assert loop.loop_step == trainer.global_step == nan_at
+
+
+def test_training_resumes_after_a_nonfinite_loss_from_the_bad_step(make_trainer):
+    trainer = make_trainer()
+    loop = ktl.Loop(trainer)
+    with pytest.raises(ktl.NonFiniteLossError):
+        loop.run_steps(Batches(loop_forever=True, nan_at=2), 10)
+    weights = [np.array(w) for w in trainer.model.get_weights()]
+    assert all(np.all(np.isfinite(w)) for w in weights)
+    metrics = loop.run_steps(Batches(loop_forever=True), 4)
+    assert np.isfinite(float(metrics[0]))
+    assert loop.loop_step == trainer.global_step == 6
