@@ -1,0 +1,423 @@
+"""Checkpoint: orbax-backed save and restore of a Trainer's state and hyperparameters."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from keras_trainloop.context import ROOT_SCOPE, SCOPE_SEPARATOR, Context
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing_extensions import Self
+
+FORMAT = "keras_trainloop.checkpoint/1"
+"""Format tag written into each checkpoint's metadata."""
+
+_STATE_ITEM = "state"
+_METADATA_ITEM = "metadata"
+_GROUPS = ("model", "optimizer")
+
+
+def _root(ctx: Context) -> Context:
+    return ctx if ctx.scope == ROOT_SCOPE else Context(_store=ctx._store)
+
+
+def _context_names(trainer: Any) -> dict[int, str]:
+    """Readable, run-independent names ("/hidden/kernel") for variables made through the context.
+
+    Keras makes layer names unique per process ("dense_7"), so its variable
+    paths differ between two trainers of one model; the context's scoped keys
+    do not. Used in messages only: variables are matched by position.
+    """
+    names: dict[int, str] = {}
+    owner = trainer.context.keras_layer
+    for key, layer in getattr(owner, "scoped_layers", {}).items():
+        prefix = f"{layer.name}/"
+        for variable in layer.variables:
+            path = str(variable.path)
+            relative = path.rsplit(prefix, 1)[-1] if prefix in path else variable.name
+            names[id(variable)] = f"{key}/{relative}"
+    for key, variable in getattr(owner, "scoped_variables", {}).items():
+        names[id(variable)] = key
+    return names
+
+
+def _encode_param(scope: str, key: str, value: Any) -> dict | None:
+    """A JSON record for one hyperparameter, or None when JSON cannot hold it."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    kind = type(value).__name__
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(value, (bool, int, float, str, type(None), list, dict)):
+        try:
+            json.dumps(value, allow_nan=True)
+        except (TypeError, ValueError):
+            return None
+        return {"scope": scope, "key": key, "value": value, "type": kind}
+    return None
+
+
+def _decode_param(record: dict) -> Any:
+    value = record["value"]
+    if record.get("type") == "tuple" and isinstance(value, list):
+        return tuple(value)
+    if record.get("type") == "float" and isinstance(value, int):
+        return float(value)
+    return value
+
+
+class Checkpoint:
+    """Saves and restores a Trainer's variables, optimizer state and hyperparameters.
+
+    Each checkpoint is a subdirectory of `directory` named by the global step
+    (`optimizer.iterations`), written by orbax-checkpoint: the model's
+    variables and the optimizer's variables (which include the global step)
+    as arrays, and the context's hyperparameters as JSON. A save writes into
+    a temporary directory renamed only when complete, so a crash in the
+    middle of a save leaves the previous checkpoint intact (and the
+    unfinished one is ignored). Saves are asynchronous by default: `save()`
+    returns once the values are copied, and the files are written in the
+    background (`wait()` waits for them).
+
+    On construction, when `directory` holds a checkpoint, the latest one is
+    restored, as GoMLX's `checkpoints.Build(ctx).Dir(dir).Done()` does: the
+    hyperparameters and the global step at once (so a `ktl.Loop` created
+    afterwards starts at the saved step), and the variables at once if the
+    trainer already created them, else right after the first step creates
+    them and before it runs (through `trainer.on_exec_creation`). Restored
+    hyperparameters replace the values in the context: to change one on a
+    resumed run, set it after creating the Checkpoint.
+
+    Variables are matched by position (the order in which `model_fn` creates
+    them), and their shapes and dtypes are checked: restoring a checkpoint of
+    another model raises a `ValueError` naming the first variable that differs.
+
+    Args:
+        trainer: the `ktl.Trainer` whose state is saved and restored.
+        directory: where checkpoints live; created if missing.
+        keep: how many of the most recent checkpoints to keep (GoMLX's default
+            is 1); None or -1 keeps them all.
+        async_save: write in the background (True) or block in `save()`.
+        include_params: save and restore the context's hyperparameters.
+        restore: restore the latest checkpoint on construction, if any.
+
+    Attributes:
+        trainer: the Trainer.
+        directory: the absolute checkpoint directory.
+        keep: the number of checkpoints kept (None: all).
+        restored_step: the step restored on construction or by `restore()`,
+            None when nothing was restored.
+
+    Raises:
+        ValueError: `keep` is not a positive int, None or -1; `directory` is a file.
+        ImportError: orbax-checkpoint is not installed.
+
+    Example:
+        ckpt = ktl.checkpoints.Checkpoint(trainer, "~/runs/digits", keep=3)
+        loop = ktl.Loop(trainer)  # starts at the restored step, if any
+        ktl.checkpoints.attach_checkpoint(loop, ckpt, every_n_steps=500)
+        loop.run_steps(train_ds, 10_000)  # also saves at the end
+    """
+
+    def __init__(
+        self,
+        trainer: Any,
+        directory: str | os.PathLike,
+        *,
+        keep: int | None = 1,
+        async_save: bool = True,
+        include_params: bool = True,
+        restore: bool = True,
+    ):
+        if not callable(getattr(trainer, "on_exec_creation", None)):
+            raise TypeError(f"Checkpoint expects a ktl.Trainer. Received: trainer={trainer!r}.")
+        if keep == -1:
+            keep = None
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+            raise ValueError(
+                "keep must be a positive number of checkpoints, or None (or -1) to keep all. "
+                f"Received: keep={keep!r}."
+            )
+        directory = os.path.abspath(os.path.expanduser(os.fspath(directory)))
+        if os.path.exists(directory) and not os.path.isdir(directory):
+            raise ValueError(
+                f"The checkpoint directory is a file. Received: directory={directory!r}. "
+                "Fix: pass a directory path (it is created if missing)."
+            )
+        os.makedirs(directory, exist_ok=True)
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.trainer = trainer
+        self.directory = directory
+        self.keep = keep
+        self.include_params = bool(include_params)
+        self.restored_step: int | None = None
+        self._async = bool(async_save)
+        self._manager = ocp.CheckpointManager(
+            directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, enable_async_checkpointing=self._async, create=True,
+            ),
+            item_names=(_STATE_ITEM, _METADATA_ITEM),
+        )
+        self._last_saved: int | None = None
+        self._pending_restore: tuple[int, dict] | None = None
+        trainer.on_exec_creation(self._on_exec_creation)
+        if restore and self.latest_step() is not None:
+            self.restore()
+
+    # Listing ------------------------------------------------------------------
+    def steps(self) -> list[int]:
+        """The saved steps, oldest first.
+
+        They are the complete checkpoints found in the directory when this
+        Checkpoint was created, plus its own saves since (a save still being
+        written in the background included: `wait()` first to be sure it is
+        complete). Unfinished checkpoints of a crashed save are never listed.
+        """
+        return sorted(int(s) for s in self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The last of `steps()`, or None when there is none."""
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    # Saving -------------------------------------------------------------------
+    def _variables(self) -> dict[str, list]:
+        model = self.trainer.model  # Reading it syncs the training state into the variables.
+        return {
+            "model": list(model.trainable_variables) + list(model.non_trainable_variables),
+            "optimizer": list(self.trainer.optimizer.variables),
+        }
+
+    def _describe(self, variables: dict[str, list]) -> dict[str, list[dict]]:
+        names = _context_names(self.trainer)
+        return {
+            group: [
+                {
+                    "name": names.get(id(v), str(v.path)),
+                    "path": str(v.path),
+                    "shape": [int(d) for d in v.shape],
+                    "dtype": str(np.dtype(v.dtype)),
+                }
+                for v in variables[group]
+            ]
+            for group in _GROUPS
+        }
+
+    def _params(self) -> list[dict]:
+        records = []
+        for scope, values in _root(self.trainer.context).params().items():
+            for key, value in values.items():
+                record = _encode_param(scope, key, value)
+                if record is None:
+                    warnings.warn(
+                        f"Hyperparameter {key!r} in scope {scope!r} is not saved in the "
+                        f"checkpoint: JSON cannot hold it. Received: value={value!r}. Fix: use "
+                        "numbers, strings, bools or lists of those as hyperparameters.",
+                        stacklevel=3,
+                    )
+                    continue
+                records.append(record)
+        return records
+
+    def save(self) -> int:
+        """Saves a checkpoint at the current global step; returns that step.
+
+        Asynchronous unless `async_save=False`: it returns once the values are
+        copied. Nothing is written when this Checkpoint already saved (or
+        restored) this step and nothing trained since. A checkpoint left at
+        the same step by an earlier run (resumed from an older checkpoint) is
+        replaced. Older checkpoints beyond `keep` are removed once the new one
+        is complete.
+
+        Returns:
+            The global step saved.
+        """
+        step = int(self.trainer.global_step)
+        if step == self._last_saved or self._pending_restore is not None:
+            # Unchanged since this step was saved (or restored and not yet materialized).
+            return step
+        ocp = self._ocp
+        variables = self._variables()
+        if step in self._manager.all_steps():
+            # A run resumed from an older checkpoint reached a step saved before: the
+            # new state replaces the old one.
+            self._manager.delete(step)
+        state = {group: [v.value for v in variables[group]] for group in _GROUPS}
+        metadata = {
+            "format": FORMAT,
+            "global_step": step,
+            "optimizer": type(self.trainer.optimizer).__name__,
+            "variables": self._describe(variables),
+            "params": self._params() if self.include_params else [],
+        }
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                **{_STATE_ITEM: ocp.args.StandardSave(state),
+                   _METADATA_ITEM: ocp.args.JsonSave(metadata)}
+            ),
+            force=True,
+        )
+        self._last_saved = step
+        if not self._async:
+            self._manager.wait_until_finished()
+        return step
+
+    def wait(self) -> None:
+        """Waits until the pending asynchronous save, if any, is written (and pruning done).
+
+        Raises:
+            Exception: an error of the background write.
+        """
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases orbax's resources."""
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # Restoring ----------------------------------------------------------------
+    def _read_metadata(self, step: int) -> dict:
+        ocp = self._ocp
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(**{_METADATA_ITEM: ocp.args.JsonRestore()})
+        )
+        metadata = restored[_METADATA_ITEM]
+        if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+            raise ValueError(
+                f"Checkpoint step {step} in {self.directory!r} was not written by "
+                f"keras_trainloop.checkpoints (format {FORMAT!r}). Received: "
+                f"metadata={str(metadata)[:200]!r}. Fix: point Checkpoint to a directory of its own."
+            )
+        return metadata
+
+    def restore(self, step: int | None = None) -> int:
+        """Restores the checkpoint at `step` (the latest when None).
+
+        Hyperparameters and the global step are restored at once; the
+        variables at once when the trainer already created them, else when
+        its first step creates them (before that step runs).
+
+        Args:
+            step: a step listed by `steps()`, or None for the latest.
+
+        Returns:
+            The restored step.
+
+        Raises:
+            ValueError: no such checkpoint; or (now or at the first step) its
+                variables do not match the model's, naming the first that differs.
+        """
+        available = self.steps()
+        if step is None:
+            if not available:
+                raise ValueError(
+                    f"There is no checkpoint to restore in {self.directory!r}. Received: "
+                    "step=None. Fix: save one first, or check the directory."
+                )
+            step = available[-1]
+        if step not in available:
+            raise ValueError(
+                f"There is no checkpoint at step {step} in {self.directory!r}. Received: "
+                f"step={step!r}; available steps: {available}."
+            )
+        metadata = self._read_metadata(step)
+        if self.include_params:
+            root = _root(self.trainer.context)
+            for record in metadata.get("params", []):
+                target = root
+                for part in str(record["scope"]).split(SCOPE_SEPARATOR):
+                    if part:
+                        target = target.in_scope(part)
+                target.set_param(record["key"], _decode_param(record))
+        self.restored_step = int(metadata["global_step"])
+        self._last_saved = self.restored_step
+        if self.trainer.optimizer.built:
+            self._pending_restore = None
+            self._restore_variables(step, metadata)
+        else:
+            # Variables do not exist before the first step: set the step now and
+            # the rest in _on_exec_creation.
+            self.trainer.optimizer.iterations.assign(self.restored_step)
+            self._pending_restore = (step, metadata)
+        return self.restored_step
+
+    def _on_exec_creation(self, executor: Any, graph_type: Any) -> None:
+        if self._pending_restore is None:
+            return
+        step, metadata = self._pending_restore
+        self._pending_restore = None
+        self._restore_variables(step, metadata)
+
+    def _check_match(self, step: int, metadata: dict, variables: dict[str, list]) -> None:
+        saved_all = metadata["variables"]
+        current_all = self._describe(variables)
+        where = f"Checkpoint step {step} in {self.directory!r}"
+        fix = (
+            "Fix: restore with the same model_fn, hyperparameters and optimizer that wrote the "
+            "checkpoint, or use another directory (or restore=False) to start afresh."
+        )
+        for group in _GROUPS:
+            saved, current = saved_all[group], current_all[group]
+            for i, (s, c) in enumerate(zip(saved, current)):
+                if s["shape"] != c["shape"] or s["dtype"] != c["dtype"]:
+                    raise ValueError(
+                        f"{where} does not match the {group}: its {group} variable #{i} "
+                        f"{s['name']!r} is {s['dtype']}{tuple(s['shape'])}, but the {group}'s "
+                        f"variable #{i} {c['name']!r} is {c['dtype']}{tuple(c['shape'])}. {fix}"
+                    )
+            if len(saved) != len(current):
+                if len(saved) > len(current):
+                    extra = f"first variable without a match: {saved[len(current)]['name']!r}"
+                else:
+                    extra = f"first variable not in the checkpoint: {current[len(saved)]['name']!r}"
+                raise ValueError(
+                    f"{where} does not match the {group}: it holds {len(saved)} {group} "
+                    f"variables, the {group} has {len(current)} ({extra}). {fix}"
+                )
+
+    def _restore_variables(self, step: int, metadata: dict) -> None:
+        import jax
+
+        ocp = self._ocp
+        variables = self._variables()
+        self._check_match(step, metadata, variables)
+        target = {
+            group: [
+                jax.ShapeDtypeStruct(v.value.shape, v.value.dtype, sharding=v.value.sharding)
+                for v in variables[group]
+            ]
+            for group in _GROUPS
+        }
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(**{_STATE_ITEM: ocp.args.StandardRestore(target)})
+        )[_STATE_ITEM]
+        for group in _GROUPS:
+            for variable, value in zip(variables[group], restored[group]):
+                variable.assign(value)
+
+    # Loop hooks -------------------------------------------------------------
+    def on_step(self, loop: Any, metrics: list) -> None:
+        """A hook `fn(loop, metrics)` that saves: pass it to any schedule.
+
+        Example:
+            ktl.every_n_steps(loop, 1000, "checkpoint", 100, ckpt.on_step)
+        """
+        self.save()
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.directory!r}, keep={self.keep})"
