@@ -158,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     checkpoint = None
     if args.checkpoint:
         checkpoint = ktl.checkpoints.Checkpoint(trainer, args.checkpoint, keep=args.keep)
+        # Restored hyperparameters replace the defaults; settings given now still win.
+        ktl.commandline.apply_context_settings(ctx, args, flag)
         ktl.checkpoints.attach_checkpoint(loop, checkpoint, period=60.0)
         if loop.loop_step:
             print(f"Resuming from {args.checkpoint} at step {loop.loop_step}.")

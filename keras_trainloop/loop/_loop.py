@@ -8,12 +8,20 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from keras_trainloop.loop._errors import NonFiniteLossError
 from keras_trainloop.loop._hooks import HookList
 
 SYNC_EVERY = 16
 """The loop waits on the device at least once every this many steps (and at the end)."""
+
+
+@jax.jit
+def _first_nonfinite(losses: list) -> jax.Array:
+    """Index of the first non-finite loss in `losses`, or -1 (one dispatch for all)."""
+    bad = jnp.stack([~jnp.all(jnp.isfinite(loss)) for loss in losses])
+    return jnp.where(jnp.any(bad), jnp.argmax(bad), -1)
 
 OnStartFn = Callable[["Loop", Any], None]
 OnStepFn = Callable[["Loop", list], None]
@@ -73,14 +81,15 @@ class Loop:
     Device synchronization: metrics returned by the Trainer stay on the
     device, and the loop does not wait for a step to finish before starting
     the next one, except every `SYNC_EVERY` (16) steps and at the end of a
-    run. There it also reads the Trainer's non-finite-loss flag, so a NaN or
-    Inf batch loss raises `NonFiniteLossError` up to 16 steps after the bad
-    step (hooks of those steps see the non-finite values).
+    run. There it also checks the batch losses of the steps since the last
+    wait (one small dispatch), so a NaN or Inf batch loss raises
+    `NonFiniteLossError`, naming the first bad step, up to 16 steps after it.
+    The steps in between were trained (their hooks saw the non-finite values,
+    and the weights took their updates): keep a checkpoint to go back to.
 
     Args:
         trainer: a `ktl.Trainer` (or an object with the same `train_step`,
-            `global_step`, `reset_train_metrics`, `nonfinite_step` and
-            `clear_nonfinite`), or None.
+            `global_step` and `reset_train_metrics`), or None.
 
     Example:
         loop = ktl.Loop(trainer)
@@ -113,6 +122,7 @@ class Loop:
         self._running = False
         self._epochs = 0  # epochs requested by the current run_epochs; 0 in run_steps.
         self._countdown = SYNC_EVERY
+        self._pending_losses: list = []  # Batch losses not yet checked for NaN/Inf.
 
     # Hooks -------------------------------------------------------------------
     def on_start(self, name: str, priority: float, fn: OnStartFn) -> None:
@@ -369,7 +379,7 @@ class Loop:
         """Starts a run: resets metrics and flags, then fires the on_start hooks."""
         trainer = self.trainer
         trainer.reset_train_metrics()
-        trainer.clear_nonfinite()
+        self._pending_losses = []
         self._stop_requested = False
         self._countdown = SYNC_EVERY
         self._epochs = epochs
@@ -395,6 +405,7 @@ class Loop:
         perf_counter = time.perf_counter
         countdown = self._countdown
         step = self.loop_step
+        pending_append = self._pending_losses.append
         last = perf_counter()
         while step != limit and not self._stop_requested:
             self.loop_step = step
@@ -406,6 +417,7 @@ class Loop:
             if on_batch_begin.hooks:
                 on_batch_begin.fire(self, step)
             metrics = train_step(spec, inputs, labels)
+            pending_append(metrics[0])
             countdown -= 1
             if not countdown:
                 countdown = SYNC_EVERY
@@ -425,13 +437,21 @@ class Loop:
         return metrics, False
 
     def _sync(self, metrics: list, detected_at: int) -> None:
-        """Waits for `metrics`, then raises if the Trainer saw a non-finite loss."""
+        """Waits for `metrics`, then raises if a batch loss since the last sync was not finite.
+
+        The batch losses of the steps since the last sync are checked in one
+        dispatch; `detected_at` is the step that just ran.
+        """
         jax.block_until_ready(metrics)
-        trainer = self.trainer
-        bad = trainer.nonfinite_step()
-        if bad >= 0:
-            self.loop_step = int(trainer.global_step)
-            raise NonFiniteLossError(bad, detected_at)
+        pending = self._pending_losses
+        if not pending:
+            return
+        first_pending_step = detected_at + 1 - len(pending)
+        index = int(_first_nonfinite(pending))
+        pending.clear()
+        if index >= 0:
+            self.loop_step = detected_at + 1  # Those steps were trained.
+            raise NonFiniteLossError(first_pending_step + index, detected_at)
 
     def _finish(self, metrics: list) -> list:
         """Ends a run: waits for the device, checks the loss, fires the on_end hooks."""

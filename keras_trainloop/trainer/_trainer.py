@@ -140,7 +140,6 @@ class Trainer:
         self._iterations_index = -1
         self._train_mstates = None
         self._eval_mstates = None
-        self._nonfinite = None
         self.reset_train_metrics()
         self._reset_eval_metrics()
 
@@ -237,27 +236,9 @@ class Trainer:
     def reset_train_metrics(self) -> None:
         """Resets the train metrics (moving averages start over)."""
         self._train_mstates = _fresh([m.init_state() for m in self._train_metrics])
-        self._nonfinite_reset()
 
     def _reset_eval_metrics(self) -> None:
         self._eval_mstates = _fresh([m.init_state() for m in self._eval_metrics])
-
-    def _nonfinite_reset(self) -> None:
-        self._nonfinite = jnp.array(-1, dtype=jnp.int32)
-        if self._device is not None:
-            self._nonfinite = jax.device_put(self._nonfinite, self._device)
-
-    def nonfinite_step(self) -> int:
-        """The global step of the first non-finite batch loss since the last reset, or -1.
-
-        Once a non-finite loss is seen, train steps stop changing the state, so
-        the weights stay those from before that step. Reads the device.
-        """
-        return int(self._nonfinite)
-
-    def clear_nonfinite(self) -> None:
-        """Forgets a non-finite loss seen before, so training can go on."""
-        self._nonfinite_reset()
 
     # State sync -------------------------------------------------------------
     def _all_variables(self) -> tuple[list, list, list]:
@@ -326,7 +307,7 @@ class Trainer:
         self._build(graph_type, spec, inputs)
         executor = Executor(spec, graph_type, len(inputs), len(labels))
         if graph_type is GraphType.TRAIN:
-            executor.fn = jax.jit(self._make_train_fn(executor), donate_argnums=(0, 1, 2))
+            executor.fn = jax.jit(self._make_train_fn(executor), donate_argnums=(0, 1))
         else:
             executor.fn = jax.jit(self._make_eval_fn(executor), donate_argnums=(1,))
         self._cache.add(executor)
@@ -393,7 +374,7 @@ class Trainer:
         metrics = self._train_metrics
         n_loss = self._num_train_loss_metrics
 
-        def train_fn(variables, mstates, nonfinite, inputs, labels):
+        def train_fn(variables, mstates, inputs, labels):
             executor.trace_count += 1
             tv, ntv, ov = variables
             step = ov[self._iterations_index]
@@ -421,19 +402,7 @@ class Trainer:
                 new_mstates.append(state)
                 values.append(result)
 
-            finite = jnp.isfinite(total)
-            keep = finite & (nonfinite < 0)
-            new_nonfinite = jnp.where(
-                (nonfinite < 0) & ~finite, step.astype(jnp.int32), nonfinite
-            )
-            new_variables = jax.tree.map(
-                lambda new, old: jnp.where(keep, new, old),
-                (new_tv, new_ntv, new_ov), (tv, ntv, ov),
-            )
-            new_mstates = jax.tree.map(
-                lambda new, old: jnp.where(keep, new, old), new_mstates, list(mstates)
-            )
-            return (new_variables, new_mstates, new_nonfinite), values
+            return ((new_tv, new_ntv, new_ov), new_mstates), values
 
         return train_fn
 
@@ -506,8 +475,8 @@ class Trainer:
             self._pull_from_model()
         if self._device is not None:
             inputs, labels = self._place(inputs), self._place(labels)
-        (self._vars, self._train_mstates, self._nonfinite), values = executor.fn(
-            self._vars, self._train_mstates, self._nonfinite, inputs, labels
+        (self._vars, self._train_mstates), values = executor.fn(
+            self._vars, self._train_mstates, inputs, labels
         )
         return values
 

@@ -90,16 +90,21 @@ def test_nonfinite_loss_names_the_first_bad_step(make_trainer, recorder, steps, 
     assert ds.yields == detected_at + 1  # at most 16 steps ran past the bad one
     assert np.isnan(losses[nan_at]) and np.all(np.isfinite(losses[:nan_at]))
     assert recorder.events == []
-    assert loop.loop_step == trainer.global_step == nan_at
+    assert loop.loop_step == trainer.global_step == detected_at + 1
 
 
-def test_training_resumes_after_a_nonfinite_loss_from_the_bad_step(make_trainer):
+def test_training_continues_after_a_nonfinite_loss_once_weights_are_restored(make_trainer):
     trainer = make_trainer()
     loop = ktl.Loop(trainer)
-    with pytest.raises(ktl.NonFiniteLossError):
+    loop.run_steps(Batches(loop_forever=True), 1)
+    good_weights = trainer.model.get_weights()
+    with pytest.raises(ktl.NonFiniteLossError) as info:
         loop.run_steps(Batches(loop_forever=True, nan_at=2), 10)
-    weights = [np.array(w) for w in trainer.model.get_weights()]
-    assert all(np.all(np.isfinite(w)) for w in weights)
+    assert info.value.step == 3
+    # The steps after the bad one were trained too (the loop does not wait every step).
+    assert loop.loop_step == trainer.global_step == 11
+    assert not all(np.all(np.isfinite(w)) for w in trainer.model.get_weights())
+    trainer.model.set_weights(good_weights)
     metrics = loop.run_steps(Batches(loop_forever=True), 4)
     assert np.isfinite(float(metrics[0]))
-    assert loop.loop_step == trainer.global_step == 6
+    assert loop.loop_step == trainer.global_step == 15

@@ -237,14 +237,17 @@ def test_median_train_step_duration(durations, expected):
 
 
 def test_loop_waits_on_the_device_only_every_16_steps_and_at_the_end(trainer, monkeypatch):
-    original = trainer.nonfinite_step
+    from keras_trainloop.loop import _loop
+
     loop = ktl.Loop(trainer)
     steps_at_check = []
-    monkeypatch.setattr(trainer, "nonfinite_step",
-                        lambda: (steps_at_check.append(loop.loop_step), original())[1])
+    original = _loop._first_nonfinite
+    monkeypatch.setattr(_loop, "_first_nonfinite",
+                        lambda losses: (steps_at_check.append((loop.loop_step, len(losses))),
+                                        original(losses))[1])
     loop.run_steps(Batches(loop_forever=True), 40)
     assert ktl.loop.SYNC_EVERY == 16
-    assert steps_at_check == [15, 31, 40]
+    assert steps_at_check == [(15, 16), (31, 16), (40, 8)]
 
 
 def test_run_epochs_and_run_steps_with_an_array_dataset(trainer):

@@ -57,26 +57,3 @@ def test_assigned_weights_are_used_by_the_next_step():
         v.assign(np.zeros(v.shape, np.float32))
     values = trainer.eval_step(None, [X], [Y])
     assert float(values[0]) == pytest.approx(np.log(3.0), rel=1e-5)
-
-
-def test_non_finite_loss_freezes_state_at_first_bad_step():
-    def loss_fn(labels, predictions):
-        # Becomes NaN when labels hold NaN.
-        return keras.ops.mean((predictions[0][:, 0] - labels[0]) ** 2)
-
-    trainer = ktl.Trainer(model_fn, loss_fn, "sgd")
-    good = np.zeros(32, np.float32)
-    bad = np.full(32, np.nan, np.float32)
-    trainer.train_step(None, [X], [good])
-    trainer.train_step(None, [X], [good])
-    before = trainer.model.get_weights()
-    assert trainer.nonfinite_step() == -1
-    trainer.train_step(None, [X], [bad])  # global step 2
-    trainer.train_step(None, [X], [good])
-    assert trainer.nonfinite_step() == 2
-    assert trainer.global_step == 2
-    for a, b in zip(before, trainer.model.get_weights()):
-        np.testing.assert_array_equal(a, b)
-    trainer.clear_nonfinite()
-    trainer.train_step(None, [X], [good])
-    assert trainer.global_step == 3 and trainer.nonfinite_step() == -1
