@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from keras_trainloop.data import Dataset, maybe_prefetch_to_device
 from keras_trainloop.loop._errors import NonFiniteLossError
 from keras_trainloop.loop._hooks import HookList
 
@@ -123,6 +125,7 @@ class Loop:
         self._epochs = 0  # epochs requested by the current run_epochs; 0 in run_steps.
         self._countdown = SYNC_EVERY
         self._pending_losses: list = []  # Batch losses not yet checked for NaN/Inf.
+        self._feeds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     # Hooks -------------------------------------------------------------------
     def on_start(self, name: str, priority: float, fn: OnStartFn) -> None:
@@ -215,9 +218,10 @@ class Loop:
         _check_dataset(ds, "run_steps")
         if steps == 0:
             return []
+        feed = self._device_feed(ds)
         with self._run():
             self._begin(ds, end_step=self.loop_step + steps, epochs=0)
-            metrics, ended = self._steps(ds, self.end_step, [])
+            metrics, ended = self._steps(feed, self.end_step, [])
             if ended:
                 done = self.loop_step - self.start_step
                 raise ValueError(
@@ -258,6 +262,7 @@ class Loop:
         _check_dataset(ds, "run_epochs")
         if epochs == 0:
             return []
+        feed = self._device_feed(ds)
         with self._run():
             self._begin(ds, end_step=-1, epochs=epochs)
             metrics: list = []
@@ -268,7 +273,7 @@ class Loop:
                 if self._on_epoch_begin.hooks:
                     self._on_epoch_begin.fire(self, epoch)
                 epoch_start = self.loop_step
-                metrics, ended = self._steps(ds, -1, metrics)
+                metrics, ended = self._steps(feed, -1, metrics)
                 yields = self.loop_step - epoch_start
                 if ended and yields == 0:
                     raise ValueError(
@@ -278,7 +283,7 @@ class Loop:
                     )
                 if ended:
                     self.end_step = self.loop_step + yields * (epochs - epoch - 1)
-                ds.reset()
+                feed.reset()
                 if self._on_epoch_end.hooks:
                     self._on_epoch_end.fire(self, metrics)
                 self.epoch = epoch + 1
@@ -374,6 +379,23 @@ class Loop:
             yield
         finally:
             self._running = False
+
+    def _device_feed(self, ds: Any) -> Any:
+        """The dataset read by the steps: `ds`, prefetched to the device off the CPU backend.
+
+        One prefetcher per dataset is kept, so batches read ahead at the end of
+        one run are the first of the next (see `maybe_prefetch_to_device`).
+        """
+        if not isinstance(ds, Dataset):
+            return ds
+        try:
+            feed = self._feeds.get(ds)
+        except TypeError:  # Not hashable or weak-referenceable: no caching.
+            return maybe_prefetch_to_device(ds)
+        if feed is None:
+            feed = maybe_prefetch_to_device(ds)
+            self._feeds[ds] = feed
+        return feed
 
     def _begin(self, ds: Any, end_step: int, epochs: int) -> None:
         """Starts a run: resets metrics and flags, then fires the on_start hooks."""
