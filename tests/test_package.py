@@ -26,7 +26,8 @@ def run_python(code, **env):
     clean = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     clean.update(env)
     return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=clean, timeout=120
+        [sys.executable, "-c", code], capture_output=True, text=True, env=clean, timeout=120,
+        check=False,
     )
 
 
