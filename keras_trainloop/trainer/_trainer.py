@@ -14,6 +14,7 @@ from keras_trainloop import losses as losses_lib
 from keras_trainloop import metrics as metrics_lib
 from keras_trainloop import optimizers as optimizers_lib
 from keras_trainloop.context import Context
+from keras_trainloop.trainer import _distribution as distribution_lib
 from keras_trainloop.trainer._cache import Executor, ExecutorCache, GraphType
 from keras_trainloop.trainer._model import FnModel
 from keras_trainloop.trainer._model_losses import get_losses
@@ -85,6 +86,30 @@ class Trainer:
             entries (means recommended).
         context: the Context holding variables and hyperparameters; a new one
             when None.
+        distribution: a Keras distribution for this trainer
+            (`keras.distribution.DataParallel`, or `ModelParallel` with a
+            `LayoutMap`); None (the default) uses the global one
+            (`keras.distribution.distribution()`). See "Multiple devices".
+
+    Multiple devices:
+        The trainer runs under the `distribution` argument when given (it
+        takes precedence), else under the global distribution active at its
+        first step (`keras.distribution.set_distribution(...)`, or inside
+        `with distribution.scope():`); it is fixed from then on and is used as
+        the scope when the variables, the optimizer and the metrics are
+        created. The variables, the optimizer state and the metric states are
+        laid out as the distribution says (replicated by `DataParallel`, split
+        per the `LayoutMap` by `ModelParallel`; metric states replicated) and
+        keep that layout across steps. Each batch is split over the data axis
+        with one `jax.device_put`; its size must be a multiple of the number
+        of data-parallel devices (else a `ValueError`, before the step runs).
+        With several processes (`jax.distributed.initialize()`), each process
+        passes its own part of the global batch, as with Keras' `fit`.
+        `in_device()` is refused under a distribution. Without one nothing
+        changes: one device, no extra work per step. On simulated CPU devices,
+        a loop of your own over `train_step` must wait on a result (e.g.
+        `jax.block_until_ready(metrics)`) every 16 steps or so: XLA's CPU
+        all-reduce deadlocks with more steps in flight (`ktl.Loop` does it).
 
     Example:
         def model_fn(ctx, spec, inputs):
@@ -105,6 +130,7 @@ class Trainer:
         eval_metrics: Sequence[Any] | None = None,
         *,
         context: Context | None = None,
+        distribution: distribution_lib.Distribution | None = None,
     ):
         if not (callable(model_fn) or isinstance(model_fn, keras.layers.Layer)):
             raise TypeError(
@@ -113,10 +139,12 @@ class Trainer:
             )
         if context is not None and not isinstance(context, Context):
             raise TypeError(f"context must be a ktl.Context. Received: context={context!r}.")
+        self._explicit_distribution = distribution_lib.check_distribution(distribution)
         self._loss_fn = losses_lib.as_loss_fn(loss_fn)
-        self.optimizer = optimizers_lib.get(optimizer)
-        user_train = [metrics_lib.as_metric(m) for m in (train_metrics or [])]
-        user_eval = [metrics_lib.as_metric(m) for m in (eval_metrics or [])]
+        with distribution_lib.scope(distribution):
+            self.optimizer = optimizers_lib.get(optimizer)
+            user_train = [metrics_lib.as_metric(m) for m in (train_metrics or [])]
+            user_eval = [metrics_lib.as_metric(m) for m in (eval_metrics or [])]
 
         batch_loss = metrics_lib.BatchMetric("Batch Loss+Regularization", "batch_loss", "loss", None)
         train_total, train_loss = _loss_metrics("train")
@@ -133,6 +161,14 @@ class Trainer:
         self._model = self._new_model()
         self._cache = ExecutorCache(_default_max_executors())
         self._device = None
+
+        # Placement, fixed at the first step: the distribution (None: one device), the
+        # shardings of the state, and the function that places each batch (None: as given).
+        self._placement_fixed = False
+        self._distribution: distribution_lib.Distribution | None = None
+        self._state_shardings: tuple[list, list, list] | None = None
+        self._replicated = None
+        self._put_batch: Callable[[Any, list, list], tuple[list, list]] | None = None
 
         # State: variable values while training (None: the Keras variables hold them).
         self._vars: tuple[list, list, list] | None = None
@@ -221,8 +257,29 @@ class Trainer:
         """
         self._cache.on_creation(handler)
 
+    @property
+    def distribution(self) -> distribution_lib.Distribution | None:
+        """The `keras.distribution` this trainer runs under; None: one device.
+
+        The `distribution` argument if given, else the global distribution
+        active at the first step (before it: the one active now).
+        """
+        if self._placement_fixed:
+            return self._distribution
+        if self._explicit_distribution is not None:
+            return self._explicit_distribution
+        return keras.distribution.distribution()
+
     def in_device(self, device_num: int) -> Trainer:
-        """Runs the steps on `jax.devices()[device_num]`; returns self."""
+        """Runs the steps on `jax.devices()[device_num]`; returns self.
+
+        Raises:
+            ValueError: `device_num` is not a device of this machine, or a
+                `keras.distribution` places this trainer's state and batches.
+        """
+        distribution = self.distribution
+        if distribution is not None:
+            raise self._device_and_distribution_error(device_num, distribution)
         devices = jax.devices()
         if not isinstance(device_num, int) or not 0 <= device_num < len(devices):
             raise ValueError(
@@ -231,14 +288,39 @@ class Trainer:
             )
         self._sync_to_model()
         self._device = devices[device_num]
+        self._put_batch = self._put_on_device
         return self
+
+    @staticmethod
+    def _device_and_distribution_error(
+        device_num: Any, distribution: distribution_lib.Distribution
+    ) -> ValueError:
+        return ValueError(
+            "in_device() runs the steps on one device, so it cannot be used while a "
+            "keras.distribution places this trainer's variables and batches. Received: "
+            f"device_num={device_num!r} under {distribution_lib.describe(distribution)}. Fix: "
+            "to use some devices only, list them in the distribution (e.g. "
+            "keras.distribution.DataParallel(devices=['gpu:0', 'gpu:1'])); to run on one "
+            "device, create and run the Trainer with no distribution set "
+            "(keras.distribution.set_distribution(None)) and call in_device() then."
+        )
 
     def reset_train_metrics(self) -> None:
         """Resets the train metrics (moving averages start over)."""
-        self._train_mstates = _fresh([m.init_state() for m in self._train_metrics])
+        self._train_mstates = self._new_metric_states(self._train_metrics)
 
     def _reset_eval_metrics(self) -> None:
-        self._eval_mstates = _fresh([m.init_state() for m in self._eval_metrics])
+        self._eval_mstates = self._new_metric_states(self._eval_metrics)
+
+    def _new_metric_states(self, metrics: list) -> list:
+        states = _fresh([m.init_state() for m in metrics])
+        if self._replicated is not None:
+            states = jax.device_put(states, self._replicated)
+        return states
+
+    def _put_on_device(self, spec: Any, inputs: list, labels: list) -> tuple[list, list]:
+        del spec
+        return jax.device_put((inputs, labels), self._device)
 
     # State sync -------------------------------------------------------------
     def _all_variables(self) -> tuple[list, list, list]:
@@ -261,7 +343,9 @@ class Trainer:
         """Takes the state from the Keras variables (copied: the step donates it)."""
         refs = self._all_variables()
         values = tuple([v.value for v in group] for group in refs)
-        if self._device is not None:
+        if self._state_shardings is not None:
+            values = jax.device_put(values, self._state_shardings)
+        elif self._device is not None:
             values = jax.device_put(values, self._device)
         self._vars = _copy_tree(values)
         self._var_refs = refs
@@ -304,14 +388,72 @@ class Trainer:
                 f"({len(inputs)} input(s), {len(labels)} label(s))."
             )
         self._cache.check_room(graph_type, spec)
+        if not self._placement_fixed:
+            self._fix_placement()
+        if self._distribution is not None:
+            # Checks the batch size and builds on a sharded batch, before anything runs.
+            inputs, labels = self._put_batch(spec, inputs, labels)
         self._build(graph_type, spec, inputs)
         executor = Executor(spec, graph_type, len(inputs), len(labels))
-        if graph_type is GraphType.TRAIN:
-            executor.fn = jax.jit(self._make_train_fn(executor), donate_argnums=(0, 1))
-        else:
-            executor.fn = jax.jit(self._make_eval_fn(executor), donate_argnums=(1,))
+        self._jit(executor)
         self._cache.add(executor)
         return executor
+
+    def _fix_placement(self) -> None:
+        """Fixes the distribution (the argument, else the global one) at the first step."""
+        distribution = self._explicit_distribution
+        if distribution is None:
+            distribution = keras.distribution.distribution()
+        if distribution is not None and self._device is not None:
+            raise self._device_and_distribution_error(self._device.id, distribution)
+        if distribution is None:
+            self._check_no_distributed_variables()
+        self._placement_fixed = True
+        self._distribution = distribution
+        if distribution is None:
+            return
+        self._replicated = distribution_lib.replicated(distribution)
+        self._put_batch = distribution_lib.BatchSharder(distribution)
+        self._train_mstates = jax.device_put(self._train_mstates, self._replicated)
+        self._eval_mstates = jax.device_put(self._eval_mstates, self._replicated)
+
+    def _check_no_distributed_variables(self) -> None:
+        """Variables already spread over devices need a distribution for the steps too."""
+        for group in self._all_variables():
+            for variable in group:
+                devices = getattr(variable.value, "sharding", None)
+                if devices is not None and len(devices.device_set) > 1:
+                    raise ValueError(
+                        "No keras.distribution is active at this trainer's first step, but "
+                        "variables were created under one: the steps would mix arrays on one "
+                        f"device with arrays on {len(devices.device_set)} devices. Received: "
+                        f"variable {variable.path!r} with sharding {devices}. Fix: pass "
+                        "Trainer(..., distribution=...), or keep the distribution set (or its "
+                        "scope open) while training."
+                    )
+
+    def _jit(self, executor: Executor) -> None:
+        """Sets `executor.fn`: the step jitted with the state's shardings, if distributed."""
+        train = executor.graph_type is GraphType.TRAIN
+        fn = self._make_train_fn(executor) if train else self._make_eval_fn(executor)
+        donate = (0, 1) if train else (1,)
+        distribution = self._distribution
+        if distribution is None:
+            executor.fn = jax.jit(fn, donate_argnums=donate)
+            return
+        replicated = self._replicated
+        # Metric states and values are replicated; the variables keep their layouts.
+        out_shardings = (
+            ((self._state_shardings, replicated), replicated) if train
+            else (replicated, replicated)
+        )
+
+        def scoped_fn(*args):
+            # Traced under the distribution, for layers that ask it for tensor layouts.
+            with distribution_lib.scope(distribution):
+                return fn(*args)
+
+        executor.fn = jax.jit(scoped_fn, donate_argnums=donate, out_shardings=out_shardings)
 
     def _build(self, graph_type: GraphType, spec: Any, inputs: list) -> None:
         """Creates the variables a new spec needs with one eager call, outside jit."""
@@ -321,18 +463,34 @@ class Trainer:
         had_trainable = len(model.trainable_variables)
         optimizer_built = self.optimizer.built
         model._spec = spec
-        try:
-            keras.Model.__call__(model, inputs, training=graph_type is GraphType.TRAIN)
-        finally:
-            store.losses = []
-        if optimizer_built and len(model.trainable_variables) != had_trainable:
-            raise ValueError(
-                f"spec={spec!r} created new trainable variables after the optimizer was built "
-                f"({had_trainable} -> {len(model.trainable_variables)}). Fix: create all "
-                "variables on the first spec (e.g. call every branch of model_fn once)."
-            )
-        if not optimizer_built:
-            self.optimizer.build(model.trainable_variables)
+        distribution = self._distribution
+        with distribution_lib.scope(distribution):
+            try:
+                keras.Model.__call__(model, inputs, training=graph_type is GraphType.TRAIN)
+            finally:
+                store.losses = []
+            if optimizer_built and len(model.trainable_variables) != had_trainable:
+                raise ValueError(
+                    f"spec={spec!r} created new trainable variables after the optimizer was "
+                    f"built ({had_trainable} -> {len(model.trainable_variables)}). Fix: create "
+                    "all variables on the first spec (e.g. call every branch of model_fn once)."
+                )
+            if not optimizer_built:
+                self.optimizer.build(model.trainable_variables)
+        if distribution is not None:
+            self._update_state_shardings()
+
+    def _update_state_shardings(self) -> None:
+        """The variables' shardings; steps compiled for other variables are jitted anew."""
+        refs = self._all_variables()
+        shardings = tuple(
+            distribution_lib.variable_shardings(self._distribution, group) for group in refs
+        )
+        old = self._state_shardings
+        self._state_shardings = shardings
+        if old is not None and [len(g) for g in old] != [len(g) for g in shardings]:
+            for executor in self._cache.executors():
+                self._jit(executor)
 
     # Step functions ------------------------------------------------------------
     def _forward(self, spec, tv, ntv, inputs, training: bool, step):
@@ -402,7 +560,7 @@ class Trainer:
                 new_mstates.append(state)
                 values.append(result)
 
-            return ((new_tv, new_ntv, new_ov), new_mstates), values
+            return ((list(new_tv), list(new_ntv), list(new_ov)), new_mstates), values
 
         return train_fn
 
@@ -453,9 +611,6 @@ class Trainer:
         return eval_fn
 
     # Running -----------------------------------------------------------------
-    def _place(self, values: list) -> list:
-        return values if self._device is None else jax.device_put(values, self._device)
-
     def train_step(self, spec: Any, inputs: Sequence[Any], labels: Sequence[Any]) -> list:
         """Runs one train step on a batch; returns metric values as device arrays.
 
@@ -466,15 +621,17 @@ class Trainer:
 
         Raises:
             ValueError: no input, a None input, or input/label counts that
-                differ from earlier batches with the same spec.
+                differ from earlier batches with the same spec; under a
+                distribution, a batch size that the data-parallel devices do
+                not divide.
         """
         inputs = _as_array_list("inputs", inputs, spec)
         labels = _as_array_list("labels", labels, spec)
         executor = self._executor(GraphType.TRAIN, spec, inputs, labels)
         if self._vars is None:
             self._pull_from_model()
-        if self._device is not None:
-            inputs, labels = self._place(inputs), self._place(labels)
+        if self._put_batch is not None:
+            inputs, labels = self._put_batch(spec, inputs, labels)
         (self._vars, self._train_mstates), values = executor.fn(
             self._vars, self._train_mstates, inputs, labels
         )
@@ -491,8 +648,8 @@ class Trainer:
         executor = self._executor(GraphType.EVAL, spec, inputs, labels)
         if self._vars is None:
             self._pull_from_model()
-        if self._device is not None:
-            inputs, labels = self._place(inputs), self._place(labels)
+        if self._put_batch is not None:
+            inputs, labels = self._put_batch(spec, inputs, labels)
         self._eval_mstates, values = executor.fn(self._vars, self._eval_mstates, inputs, labels)
         return values
 

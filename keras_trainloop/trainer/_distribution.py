@@ -1,0 +1,181 @@
+"""How the Trainer honours a `keras.distribution`: state layouts and sharded batches.
+
+Keras' distribution API decides where things live: `get_variable_layout` for
+each variable, `get_data_layout(shape)` for each batch array. The Trainer
+asks it once per variable list and once per distinct batch shape, and keeps
+the answers, so a step only pays for one `jax.device_put` of the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+# The base class of keras.distribution.DataParallel and ModelParallel (not exported by Keras).
+from keras.src.distribution.distribution_lib import Distribution
+
+
+def check_distribution(distribution: Any) -> Distribution | None:
+    """Returns `distribution` if it is None or a Keras distribution (else raises TypeError)."""
+    if distribution is not None and not isinstance(distribution, Distribution):
+        raise TypeError(
+            "distribution must be a Keras distribution (keras.distribution.DataParallel or "
+            "ModelParallel) or None for the global one. "
+            f"Received: distribution={distribution!r}."
+        )
+    return distribution
+
+
+@contextlib.contextmanager
+def scope(distribution: Distribution | None) -> Iterator[None]:
+    """Makes `distribution` the active one inside the block (nothing when None)."""
+    if distribution is None:
+        yield
+        return
+    with distribution.scope():
+        yield
+
+
+def describe(distribution: Distribution) -> str:
+    """E.g. "DataParallel(mesh batch=8)"."""
+    mesh = distribution.device_mesh
+    axes = ", ".join(f"{name}={size}" for name, size in zip(mesh.axis_names, mesh.shape))
+    return f"{type(distribution).__name__}(mesh {axes})"
+
+
+def _backend_sharding(layout: Any) -> Any:
+    """A JAX sharding from a Keras `TensorLayout` (or a JAX sharding, kept as is)."""
+    return getattr(layout, "backend_layout", layout)
+
+
+def replicated(distribution: Distribution) -> NamedSharding:
+    """A copy of the value on every device of the distribution's mesh."""
+    return NamedSharding(distribution.device_mesh.backend_mesh, PartitionSpec())
+
+
+def variable_shardings(distribution: Distribution, variables: Sequence[Any]) -> list:
+    """The sharding of each variable under `distribution`.
+
+    Variables created under the distribution already have these; others (e.g.
+    an optimizer created before the distribution was set, or under another
+    one) are moved to them when the Trainer takes the state from the Keras
+    variables. A layout that a variable kept from another device mesh is
+    replaced by what `distribution` says for its path (or replication).
+    """
+    mesh = distribution.device_mesh.backend_mesh
+    shardings = []
+    for variable in variables:
+        sharding = _backend_sharding(distribution.get_variable_layout(variable))
+        if not (isinstance(sharding, NamedSharding) and sharding.mesh == mesh):
+            sharding = _backend_sharding(distribution.get_tensor_layout(variable.path))
+        if not (isinstance(sharding, NamedSharding) and sharding.mesh == mesh):
+            sharding = replicated(distribution)
+        shardings.append(sharding)
+    return shardings
+
+
+def _shape(x: Any) -> tuple:
+    try:
+        return tuple(x.shape)
+    except AttributeError:
+        return np.shape(x)
+
+
+def _local_data_shards(sharding: NamedSharding) -> int:
+    """How many slices the leading axis of a batch is cut into on this process's devices."""
+    spec = sharding.spec
+    axes = spec[0] if len(spec) else None
+    if axes is None:
+        return 1
+    if not isinstance(axes, tuple):
+        axes = (axes,)
+    mesh = sharding.mesh
+    dims = [mesh.axis_names.index(name) for name in axes]
+    process = jax.process_index()
+    return len({
+        tuple(position[d] for d in dims)
+        for position, device in np.ndenumerate(mesh.devices)
+        if device.process_index == process
+    })
+
+
+class BatchSharder:
+    """Puts each batch on a distribution's devices, split over its data axis.
+
+    The shardings are computed (and the batch size checked) once per distinct
+    set of input and label shapes, then reused. In a single process each batch
+    is one `jax.device_put` of the whole `(inputs, labels)` tree; with several
+    processes (`jax.distributed.initialize`), each process passes its own part
+    of the global batch, as in Keras (`jax.make_array_from_process_local_data`).
+
+    Args:
+        distribution: the Keras distribution (`DataParallel`, `ModelParallel`, ...).
+        multi_process: whether batches are per-process parts of the global
+            batch; None: when JAX runs several processes.
+    """
+
+    def __init__(self, distribution: Distribution, multi_process: bool | None = None):
+        self._distribution = distribution
+        self._shardings: dict[tuple, tuple[list, list]] = {}
+        if multi_process is None:
+            multi_process = jax.process_count() > 1
+        self._multi_process = bool(multi_process)
+
+    def __call__(self, spec: Any, inputs: list, labels: list) -> tuple[list, list]:
+        """Returns `(inputs, labels)` as global arrays laid out for the distribution.
+
+        Raises:
+            ValueError: an array without a leading batch axis, or a batch size
+                that the data-parallel devices do not divide.
+        """
+        key = (tuple(map(_shape, inputs)), tuple(map(_shape, labels)))
+        shardings = self._shardings.get(key)
+        if shardings is None:
+            shardings = self._new_shardings(spec, key)
+        if self._multi_process:
+            return jax.tree.map(
+                lambda s, x: jax.make_array_from_process_local_data(s, np.asarray(x)),
+                shardings, (inputs, labels),
+            )
+        return jax.device_put((inputs, labels), shardings)
+
+    def _new_shardings(self, spec: Any, key: tuple) -> tuple[list, list]:
+        distribution = self._distribution
+        shardings: tuple[list, list] = ([], [])
+        for kind, shapes, out in zip(("input", "label"), key, shardings):
+            for i, shape in enumerate(shapes):
+                where = f"{kind} #{i}"
+                if not shape:
+                    raise ValueError(
+                        "Under a keras.distribution every input and label needs a leading "
+                        f"batch axis to split over the devices. Received: spec={spec!r} with "
+                        f"{where} a scalar. "
+                        "Fix: give it a batch axis (shape (batch_size, ...))."
+                    )
+                sharding = _backend_sharding(distribution.get_data_layout(shape))
+                if isinstance(sharding, NamedSharding):
+                    self._check_divisible(spec, where, shape, sharding)
+                out.append(sharding)
+        self._shardings[key] = shardings
+        return shardings
+
+    def _check_divisible(
+        self, spec: Any, where: str, shape: tuple, sharding: NamedSharding
+    ) -> None:
+        devices = _local_data_shards(sharding)
+        if shape[0] % devices == 0:
+            return
+        on_process = " on this process" if self._multi_process else ""
+        raise ValueError(
+            f"Each batch must split evenly over the data-parallel devices{on_process} of "
+            f"{describe(self._distribution)}. Received: spec={spec!r}, batch size {shape[0]} "
+            f"({where} has shape {shape}), {devices} data-parallel devices. Fix: use a batch "
+            f"size that is a multiple of {devices}, and drop the last partial batch (e.g. "
+            "ktl.ArrayDataset(..., drop_remainder=True) or tf.data's "
+            "batch(..., drop_remainder=True))."
+        )
