@@ -68,6 +68,26 @@ def _loss_metrics(mean_kind: str) -> tuple[Any, Any]:
     )
 
 
+def _update_metrics(metrics, mstates, loss_values, labels, predictions) -> tuple[list, list]:
+    """Updates the metric states inside a step: loss entries first, then the user's.
+
+    The loss entries accumulate the given loss values (weighted by the batch
+    size); the others compute theirs from labels and predictions.
+    """
+    batch_size = predictions[0].shape[0] if predictions[0].ndim else 1
+    n_loss = len(loss_values)
+    new_mstates, values = [], []
+    for metric, state, value in zip(metrics[:n_loss], mstates[:n_loss], loss_values):
+        state, result = metric.accumulate(state, value, batch_size)
+        new_mstates.append(state)
+        values.append(result)
+    for metric, state in zip(metrics[n_loss:], mstates[n_loss:]):
+        state, result = metric.update(state, labels, predictions)
+        new_mstates.append(state)
+        values.append(result)
+    return new_mstates, values
+
+
 class Trainer:
     """Compiles and runs train and eval steps of a model built from plain functions.
 
@@ -548,18 +568,9 @@ class Trainer:
             new_tv, new_ov = self.optimizer.stateless_apply(ov, grads, tv)
             new_tv, new_ntv = self._per_step_updates(new_tv, new_ntv, step)
 
-            new_mstates, values = [], []
-            batch_size = predictions[0].shape[0] if predictions[0].ndim else 1
-            loss_values = [total, total, loss][:n_loss]
-            for metric, state, value in zip(metrics[:n_loss], mstates[:n_loss], loss_values):
-                state, result = metric.accumulate(state, value, batch_size)
-                new_mstates.append(state)
-                values.append(result)
-            for metric, state in zip(metrics[n_loss:], mstates[n_loss:]):
-                state, result = metric.update(state, labels, predictions)
-                new_mstates.append(state)
-                values.append(result)
-
+            new_mstates, values = _update_metrics(
+                metrics, mstates, [total, total, loss][:n_loss], labels, predictions
+            )
             return ((list(new_tv), list(new_ntv), list(new_ov)), new_mstates), values
 
         return train_fn
@@ -596,17 +607,7 @@ class Trainer:
             step = ov[self._iterations_index]
             predictions, _, extra = self._forward(spec, tv, ntv, inputs, False, step)
             total, loss = self._losses(spec, labels, predictions, extra)
-            batch_size = predictions[0].shape[0] if predictions[0].ndim else 1
-            new_mstates, values = [], []
-            for metric, state, value in zip(metrics[:n_loss], mstates[:n_loss], [total, loss]):
-                state, result = metric.accumulate(state, value, batch_size)
-                new_mstates.append(state)
-                values.append(result)
-            for metric, state in zip(metrics[n_loss:], mstates[n_loss:]):
-                state, result = metric.update(state, labels, predictions)
-                new_mstates.append(state)
-                values.append(result)
-            return new_mstates, values
+            return _update_metrics(metrics, mstates, [total, loss][:n_loss], labels, predictions)
 
         return eval_fn
 
