@@ -213,12 +213,13 @@ class MeanMetric(Metric):
         _check_fn(fn, type(self).__name__)
         self.fn = fn
 
-    def init_state(self) -> dict[str, jax.Array]:
-        return {"total": jnp.zeros((), jnp.float32), "weight": jnp.zeros((), jnp.float32)}
+    def init_state(self) -> jax.Array:
+        # One array [total, weight]: fewer buffers per compiled step than a dict of two.
+        return jnp.zeros((2,), jnp.float32)
 
     def accumulate(
-        self, state: dict[str, jax.Array], value: Any, weight: Any = 1.0,
-    ) -> tuple[dict[str, jax.Array], jax.Array]:
+        self, state: jax.Array, value: Any, weight: Any = 1.0,
+    ) -> tuple[jax.Array, jax.Array]:
         """Adds `value` with `weight` examples to the running mean.
 
         Args:
@@ -232,11 +233,11 @@ class MeanMetric(Metric):
         value = jnp.mean(_f32(value))
         weight = _f32(weight)
         added = jnp.where(weight > 0, value * weight, 0.0)  # A NaN of an empty batch stays out.
-        total = state["total"] + added
-        total_weight = state["weight"] + weight
+        total = state[0] + added
+        total_weight = state[1] + weight
         safe_weight = jnp.where(total_weight > 0, total_weight, 1.0)
         mean = jnp.where(total_weight > 0, total / safe_weight, 0.0)
-        return {"total": total, "weight": total_weight}, mean
+        return jnp.stack([total, total_weight]), mean
 
     def update(self, state, labels, predictions):
         _, predictions, value = _call_fn(self, labels, predictions)
@@ -286,12 +287,14 @@ class MovingAverageMetric(Metric):
         self.fn = fn
         self.new_example_weight = float(new_example_weight)
 
-    def init_state(self) -> dict[str, jax.Array]:
-        return {"mean": jnp.zeros((), jnp.float32), "count": jnp.zeros((), jnp.int32)}
+    def init_state(self) -> jax.Array:
+        # One array [mean, count]; the count is a float32 (exact up to 2**24 batches,
+        # and past 1 / new_example_weight batches only whether it is > 0 matters).
+        return jnp.zeros((2,), jnp.float32)
 
     def accumulate(
-        self, state: dict[str, jax.Array], value: Any, weight: Any = 1.0,
-    ) -> tuple[dict[str, jax.Array], jax.Array]:
+        self, state: jax.Array, value: Any, weight: Any = 1.0,
+    ) -> tuple[jax.Array, jax.Array]:
         """Moves the average towards `value`.
 
         Args:
@@ -306,11 +309,11 @@ class MovingAverageMetric(Metric):
         """
         value = jnp.mean(_f32(value))
         counts = _f32(weight) > 0
-        count = state["count"] + counts.astype(jnp.int32)
+        count = state[1] + counts.astype(jnp.float32)
         w = jnp.maximum(self.new_example_weight, 1.0 / jnp.maximum(count, 1).astype(jnp.float32))
-        moved = (1.0 - w) * state["mean"] + w * value
-        mean = jnp.where(counts, moved, state["mean"])
-        return {"mean": mean, "count": count}, mean
+        moved = (1.0 - w) * state[0] + w * value
+        mean = jnp.where(counts, moved, state[0])
+        return jnp.stack([mean, count]), mean
 
     def update(self, state, labels, predictions):
         return self.accumulate(state, _call_fn(self, labels, predictions)[2])

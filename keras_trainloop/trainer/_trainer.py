@@ -30,11 +30,6 @@ def _default_max_executors() -> int:
     return int(getattr(keras_trainloop, "DEFAULT_MAX_EXECUTORS", DEFAULT_MAX_EXECUTORS))
 
 
-def _fresh(tree: Any) -> Any:
-    """Copies every leaf, so no two leaves share a buffer (donation needs that)."""
-    return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
-
-
 @jax.jit
 def _copy_tree(tree: Any) -> Any:
     return jax.tree.map(jnp.copy, tree)
@@ -188,6 +183,8 @@ class Trainer:
         self._distribution: distribution_lib.Distribution | None = None
         self._state_shardings: tuple[list, list, list] | None = None
         self._replicated = None
+        self._metric_templates: dict[int, list] = {}
+        self._last_train: tuple[Any, Executor | None] = (None, None)
         self._put_batch: Callable[[Any, list, list], tuple[list, list]] | None = None
 
         # State: variable values while training (None: the Keras variables hold them).
@@ -333,10 +330,16 @@ class Trainer:
         self._eval_mstates = self._new_metric_states(self._eval_metrics)
 
     def _new_metric_states(self, metrics: list) -> list:
-        states = _fresh([m.init_state() for m in metrics])
-        if self._replicated is not None:
-            states = jax.device_put(states, self._replicated)
-        return states
+        """Fresh metric states: one device_put of host templates made once per metric list.
+
+        Each leaf gets its own buffer (the steps donate them).
+        """
+        key = id(metrics)
+        template = self._metric_templates.get(key)
+        if template is None:
+            template = jax.device_get([m.init_state() for m in metrics])
+            self._metric_templates[key] = template
+        return jax.device_put(template, self._replicated)
 
     def _put_on_device(self, spec: Any, inputs: list, labels: list) -> tuple[list, list]:
         del spec
@@ -628,7 +631,16 @@ class Trainer:
         """
         inputs = _as_array_list("inputs", inputs, spec)
         labels = _as_array_list("labels", labels, spec)
-        executor = self._executor(GraphType.TRAIN, spec, inputs, labels)
+        # Fast path for the common case, the same spec object as the last step; anything
+        # unusual goes through the full look-up, which raises the errors.
+        last_spec, executor = self._last_train
+        if (
+            spec is not last_spec or executor is None
+            or len(inputs) != executor.num_inputs or len(labels) != executor.num_labels
+            or any(x is None for x in inputs)
+        ):
+            executor = self._executor(GraphType.TRAIN, spec, inputs, labels)
+            self._last_train = (spec, executor)
         if self._vars is None:
             self._pull_from_model()
         if self._put_batch is not None:
