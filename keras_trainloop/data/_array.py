@@ -13,6 +13,10 @@ from keras_trainloop.data._common import (
     short_repr,
 )
 
+_PASS_COPY_BYTES = 64 * 2**20
+"""Shuffled datasets up to this size are permuted once per pass (one extra copy), so each
+batch is a slice (~1 µs) rather than a gather (~4 µs for digits)."""
+
 
 def _to_numpy_list(side: str, value: Any) -> tuple[list[np.ndarray], tuple[str, ...] | None]:
     """Converts one side to a list of numpy arrays; also returns the dict keys, if a dict."""
@@ -151,6 +155,9 @@ class ArrayDataset:
             )
         self._rng = np.random.default_rng(seed) if shuffle else None
         self._order: np.ndarray | None = None  # None: examples in their stored order.
+        # Small shuffled datasets are gathered once per pass, so batches are cheap slices.
+        self._copy_passes = shuffle and sum(a.nbytes for a in self._arrays) <= _PASS_COPY_BYTES
+        self._pass_arrays: list[np.ndarray] | None = None
         self._pos = 0
         self._untouched = True  # No batch was read since the current pass began.
         self._begin_pass()
@@ -204,6 +211,8 @@ class ArrayDataset:
         self._untouched = True
         if self._rng is not None:
             self._order = self._rng.permutation(self._num_examples)
+            if self._copy_passes:
+                self._pass_arrays = [a[self._order] for a in self._arrays]
 
     def _split(self, batch: list[np.ndarray]) -> tuple[Any, list[np.ndarray], list[np.ndarray]]:
         k = self._num_inputs
@@ -227,6 +236,8 @@ class ArrayDataset:
             order = self._order
             if order is None:
                 return self._split([a[start:stop] for a in self._arrays])
+            if self._pass_arrays is not None:
+                return self._split([a[start:stop] for a in self._pass_arrays])
             indices = order[start:stop]
             return self._split([a[indices] for a in self._arrays])
         if self._loop_forever:

@@ -245,3 +245,21 @@ def test_importing_the_package_and_data_does_not_import_tensorflow():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert result.stdout.split() == ["False", "False"], result.stderr
+
+
+def test_large_datasets_gather_batches_in_the_same_order_as_small_ones(monkeypatch):
+    from keras_trainloop.data import _array
+
+    x = np.arange(50, dtype=np.float32).reshape(25, 2)
+    y = np.arange(25)
+
+    def batches():
+        ds = ktl.ArrayDataset(x, y, batch_size=4, shuffle=True, seed=3, loop_forever=True)
+        return [ds.yield_batch() for _ in range(15)]
+
+    copied = batches()
+    monkeypatch.setattr(_array, "_PASS_COPY_BYTES", 0)  # too big to copy: gather per batch
+    gathered = batches()
+    for (_, xi, yi), (_, xj, yj) in zip(copied, gathered):
+        np.testing.assert_array_equal(xi[0], xj[0])
+        np.testing.assert_array_equal(yi[0], yj[0])
