@@ -212,6 +212,9 @@ def global_step(trainer_or_optimizer: Any) -> int:
     Example:
         if ktl.optimizers.global_step(trainer) % 1000 == 0: ...
     """
+    step = getattr(trainer_or_optimizer, "global_step", None)
+    if isinstance(step, int):  # A ktl.Trainer: its state is newer than the optimizer's variables.
+        return step
     optimizer = trainer_or_optimizer
     if not isinstance(optimizer, keras.optimizers.Optimizer):
         optimizer = getattr(trainer_or_optimizer, "optimizer", None)

@@ -107,3 +107,11 @@ def test_dropout_in_model_fn_is_active_only_in_training():
     eval_loss = float(trainer.eval_step(None, [x], [])[0])
     assert eval_loss == pytest.approx(1.0)
     assert train_loss != pytest.approx(1.0)
+
+
+def test_optimizers_global_step_of_a_trainer_is_current_while_training(digits, make_trainer):
+    x, y, _, _ = digits
+    trainer = make_trainer()
+    for xb, yb in batches(x, y, 32, 3):
+        trainer.train_step(None, [xb], [yb])
+    assert ktl.optimizers.global_step(trainer) == 3
