@@ -476,9 +476,15 @@ class Loop:
             raise NonFiniteLossError(first_pending_step + index, detected_at)
 
     def _finish(self, metrics: list) -> list:
-        """Ends a run: waits for the device, checks the loss, fires the on_end hooks."""
+        """Ends a run: waits for the device, checks the loss, fires the on_end hooks.
+
+        Reading `trainer.model` writes the trained weights into the Keras
+        variables, so any reference to the model (or to a Keras model given as
+        `model_fn`) holds them after the run, as after `keras.Model.fit`.
+        """
         if self.loop_step != self.start_step:
             self._sync(metrics, self.loop_step - 1)
+            getattr(self.trainer, "model", None)
         self.end_step = self.loop_step
         if self._on_end.hooks:
             self._on_end.fire(self, metrics)

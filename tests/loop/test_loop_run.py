@@ -259,3 +259,19 @@ def test_run_epochs_and_run_steps_with_an_array_dataset(trainer):
     assert [s[2] for s in seen] == [-1, -1, -1, 6, 6, 6]
     loop.run_steps(ktl.ArrayDataset(x, y, batch_size=4, loop_forever=True), 5)
     assert loop.loop_step == trainer.global_step == 11
+
+
+def test_a_users_keras_model_holds_the_trained_weights_after_a_run():
+    import keras
+
+    model = keras.Sequential([keras.layers.Dense(1)])
+    trainer = ktl.Trainer(model, ktl.losses.mean_squared_error, keras.optimizers.SGD(0.1))
+    x = np.ones((4, 3), np.float32)
+    trainer.train_step(None, [x], [np.zeros((4, 1), np.float32)])  # builds the variables
+    before = np.array(trainer.model.get_weights()[0])
+    ktl.Loop(trainer).run_steps(
+        ktl.ArrayDataset(x, np.ones((4, 1), np.float32), batch_size=4, loop_forever=True), 3
+    )
+    after = np.asarray(model.layers[0].kernel.value)  # no trainer.model read in between
+    assert not np.allclose(before, after)
+    np.testing.assert_array_equal(after, trainer.model.get_weights()[0])
