@@ -19,6 +19,8 @@ from keras_trainloop.trainer._cache import Executor, ExecutorCache, GraphType
 from keras_trainloop.trainer._model import FnModel
 from keras_trainloop.trainer._model_losses import get_losses
 
+_EVAL_SYNC_EVERY = 16
+
 DEFAULT_MAX_EXECUTORS = 20
 """Default `trainer.max_executors`, read when a Trainer is constructed (as in GoMLX)."""
 
@@ -669,7 +671,10 @@ class Trainer:
     def eval(self, ds: Any) -> list:
         """Evaluates the model on a finite dataset; returns the eval metric values.
 
-        Resets `ds` and the eval metrics first.
+        Resets `ds` and the eval metrics first. Waits on the device every
+        `_EVAL_SYNC_EVERY` batches, which bounds the steps in flight (as the
+        Loop does for training; too many in flight can deadlock XLA's CPU
+        all-reduce on multiple devices).
 
         Raises:
             ValueError: `ds` yielded no batch.
@@ -677,12 +682,16 @@ class Trainer:
         ds.reset()
         self._reset_eval_metrics()
         values = None
+        batches = 0
         while True:
             try:
                 spec, inputs, labels = ds.yield_batch()
             except EOFError:
                 break
             values = self.eval_step(spec, inputs, labels)
+            batches += 1
+            if batches % _EVAL_SYNC_EVERY == 0:
+                jax.block_until_ready(values)
         if values is None:
             raise ValueError(
                 f"Dataset {getattr(ds, 'name', ds)!r} yielded no batch to evaluate. "

@@ -107,13 +107,22 @@ def describe_sharding(sharding, shape: tuple | None = None) -> dict:
     return described
 
 
-def train_with_loop(trainer: ktl.Trainer, steps: int = STEPS) -> list[float]:
-    """Trains with a Loop over the first batches of digits; returns the batch losses."""
+def train_with_loop(trainer: ktl.Trainer, steps: int = STEPS,
+                    captured: dict | None = None) -> list[float]:
+    """Trains with a Loop over the first batches of digits; returns the batch losses.
+
+    With `captured`, its "state" entry gets `state_vs_layouts` at the last step, while the
+    state is still the Trainer's own (the Loop writes it into the variables at the end).
+    """
     x, y = digits()
     ds = ktl.ArrayDataset(x, y, batch_size=BATCH, loop_forever=True, drop_remainder=True)
     losses = []
     loop = ktl.Loop(trainer)
     loop.on_step("losses", 0, lambda loop, metrics: losses.append(metrics[0]))
+    if captured is not None:
+        loop.on_step("layouts", 1, lambda loop, metrics: (
+            loop.loop_step == loop.end_step - 1
+            and captured.update(state=state_vs_layouts(trainer))))
     loop.run_steps(ds, steps)
     return [float(v) for v in losses]
 
@@ -180,9 +189,10 @@ def data_parallel_equivalence(workdir: str) -> dict:
     executors = count_traces(trainer)
     trainer.on_exec_creation(  # The first executor (train) starts from the same weights.
         lambda e, g: g is ktl.GraphType.TRAIN and trainer.model.set_weights(initial["weights"]))
-    losses = train_with_loop(trainer)
+    captured = {}
+    losses = train_with_loop(trainer, captured=captured)
     input_shardings, label_shardings = list(log.inputs), list(log.labels)
-    state = state_vs_layouts(trainer)  # Before anything syncs the state back.
+    state = captured["state"]  # Taken before anything synced the state back.
     weights = trainer.model.get_weights()
     weight_variables = trainer.model.weights
     variables = {v.path: describe_sharding(v.value.sharding)
@@ -248,8 +258,9 @@ def model_parallel(workdir: str) -> dict:
     log = ShardingLog()
     trainer = new_trainer(log, distribution=distribution)
     executors = count_traces(trainer)
-    losses = train_with_loop(trainer, steps=5)
-    state = state_vs_layouts(trainer)
+    captured = {}
+    losses = train_with_loop(trainer, steps=5, captured=captured)
+    state = captured["state"]
     kernel = next(v for v in trainer.model.trainable_variables if "hidden_dense" in v.path
                   and "kernel" in v.path)
     return {
