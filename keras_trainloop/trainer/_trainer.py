@@ -491,7 +491,10 @@ class Trainer:
         distribution = self._distribution
         with distribution_lib.scope(distribution):
             try:
-                keras.Model.__call__(model, inputs, training=graph_type is GraphType.TRAIN)
+                # Stateless: the call only creates variables; its updates (BatchNorm
+                # statistics, dropout seeds) are dropped, as a symbolic build would.
+                with StatelessScope():
+                    keras.Model.__call__(model, inputs, training=graph_type is GraphType.TRAIN)
             finally:
                 store.losses = []
             if optimizer_built and len(model.trainable_variables) != had_trainable:
