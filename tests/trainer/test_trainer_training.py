@@ -1,7 +1,6 @@
 import jax
 import keras
 import numpy as np
-import pytest
 
 import keras_trainloop as ktl
 
