@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from keras_trainloop.commandline._detect import has_ipywidgets, resolve_output
+from keras_trainloop.loop import LOG_NAMES_KEY
 
 PROGRESS_BAR_KEY = "keras_trainloop.commandline.progress_bar"
 """Key of the attached `ProgressBar` in `loop.shared_data`."""
@@ -307,8 +308,9 @@ class ProgressBar:
             if objects is not None and i < len(objects):
                 metric = objects[i]
                 parts.append(f"{metric.short_name}={metric.pretty_print(value)}")
-            else:  # A loop driven by model.fit: [loss, *other logs], names unknown.
-                name = "loss" if i == 0 else f"metric_{i}"
+            else:  # A loop driven by model.fit: [loss, *other logs], named by the bridge.
+                names = loop.shared_data.get(LOG_NAMES_KEY, ())
+                name = names[i] if i < len(names) else f"metric_{i}"
                 parts.append(f"{name}={float(value):.4g}")
         return " ".join(parts)
 

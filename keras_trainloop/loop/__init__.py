@@ -8,7 +8,7 @@ Example:
 """
 
 from keras_trainloop.loop._errors import HookError, NonFiniteLossError
-from keras_trainloop.loop._keras_bridge import LoopCallback
+from keras_trainloop.loop._keras_bridge import LOG_NAMES_KEY, LoopCallback
 from keras_trainloop.loop._loop import SYNC_EVERY, Loop
 from keras_trainloop.loop._schedules import (
     EveryNSteps,
@@ -23,6 +23,7 @@ from keras_trainloop.loop._schedules import (
 )
 
 __all__ = [
+    "LOG_NAMES_KEY",
     "SYNC_EVERY",
     "EveryNSteps",
     "Exponential",

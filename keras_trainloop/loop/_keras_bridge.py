@@ -9,6 +9,9 @@ import jax
 import keras
 import numpy as np
 
+LOG_NAMES_KEY = "keras_log_names"
+"""`loop.shared_data` key: under `model.fit`, the names of the values hooks receive."""
+
 _Callback = keras.callbacks.Callback
 
 
@@ -147,6 +150,7 @@ class LoopCallback(_Callback):
         self.loop = loop
         self._epoch_base = 0
         self._metrics: list = []
+        self._names: list[str] = []
         self._last_time = 0.0
 
     def on_train_begin(self, logs: dict | None = None) -> None:
@@ -180,6 +184,9 @@ class LoopCallback(_Callback):
         metrics = [logs["loss"]] if "loss" in logs else []
         metrics += [value for key, value in logs.items() if key != "loss"]
         self._metrics = metrics
+        if len(metrics) != len(self._names):  # Names of the values, for plugins.
+            self._names = (["loss"] if "loss" in logs else []) + [k for k in logs if k != "loss"]
+            loop.shared_data[LOG_NAMES_KEY] = self._names
         if loop._on_step.hooks:
             loop._on_step.fire(loop, metrics)
         now = time.perf_counter()

@@ -228,3 +228,19 @@ def test_output_kind_is_detected_or_forced(output, tty, expected):
 def test_bad_arguments_are_rejected(trainer, kwargs, error, match):
     with pytest.raises(error, match=match):
         ktl.commandline.attach_progress_bar(ktl.Loop(trainer), **kwargs)
+
+
+def test_bar_under_model_fit_names_the_values_after_keras_logs(digits, capsys):
+    import keras
+
+    x, y = digits[0], digits[1]
+    x = np.asarray(x).reshape(len(x), -1)[:256]
+    y = np.asarray(y)[:256]
+    model = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(10)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    loop = ktl.Loop(None)
+    ktl.commandline.attach_progress_bar(loop, output="plain")
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[loop.as_keras_callback()])
+    final = capsys.readouterr().out.splitlines()[-1]
+    assert "loss=" in final and "accuracy=" in final
