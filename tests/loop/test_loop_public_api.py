@@ -9,7 +9,7 @@ import keras_trainloop as ktl
 import keras_trainloop.loop as loop_package
 
 PUBLIC = [
-    "SYNC_EVERY", "EveryNSteps", "Exponential", "HookError", "Loop", "LoopCallback",
+    "LOG_NAMES_KEY", "SYNC_EVERY", "EveryNSteps", "Exponential", "HookError", "Loop", "LoopCallback",
     "NTimesDuringLoop", "NonFiniteLossError", "Periodic", "Schedule", "every_n_steps",
     "exponential_callback", "n_times_during_loop", "periodic_callback",
 ]
