@@ -731,7 +731,7 @@ class _MeanAccuracy(MeanMetric):
 
     _correct_fn: Callable[[list, list], jax.Array]
 
-    def __init__(self, name: str, short_name: str):
+    def __init__(self, name: str = "Mean Accuracy", short_name: str = "#acc"):
         super().__init__(name, short_name, ACCURACY_METRIC_TYPE,
                          _accuracy_fn(type(self)._correct_fn, type(self).__name__))
 
@@ -747,7 +747,8 @@ class _MovingAverageAccuracy(MovingAverageMetric):
 
     _correct_fn: Callable[[list, list], jax.Array]
 
-    def __init__(self, name: str, short_name: str, new_example_weight: float):
+    def __init__(self, name: str = "Moving Average Accuracy", short_name: str = "~acc",
+                 new_example_weight: float = 0.01):
         super().__init__(name, short_name, ACCURACY_METRIC_TYPE,
                          _accuracy_fn(type(self)._correct_fn, type(self).__name__),
                          new_example_weight)
@@ -778,9 +779,6 @@ class SparseCategoricalAccuracy(_MeanAccuracy):
 
     _correct_fn = staticmethod(_sparse_categorical_correct)
 
-    def __init__(self, name: str = "Mean Accuracy", short_name: str = "#acc"):
-        super().__init__(name, short_name)
-
 
 class MovingAverageSparseCategoricalAccuracy(_MovingAverageAccuracy):
     """Moving average of the batch accuracy of `SparseCategoricalAccuracy`.
@@ -795,10 +793,6 @@ class MovingAverageSparseCategoricalAccuracy(_MovingAverageAccuracy):
     """
 
     _correct_fn = staticmethod(_sparse_categorical_correct)
-
-    def __init__(self, name: str = "Moving Average Accuracy", short_name: str = "~acc",
-                 new_example_weight: float = 0.01):
-        super().__init__(name, short_name, new_example_weight)
 
 
 class BinaryAccuracy(_MeanAccuracy):
@@ -819,9 +813,6 @@ class BinaryAccuracy(_MeanAccuracy):
 
     _correct_fn = staticmethod(_binary_correct)
 
-    def __init__(self, name: str = "Mean Accuracy", short_name: str = "#acc"):
-        super().__init__(name, short_name)
-
 
 class MovingAverageBinaryAccuracy(_MovingAverageAccuracy):
     """Moving average of the batch accuracy of `BinaryAccuracy`.
@@ -836,10 +827,6 @@ class MovingAverageBinaryAccuracy(_MovingAverageAccuracy):
     """
 
     _correct_fn = staticmethod(_binary_correct)
-
-    def __init__(self, name: str = "Moving Average Accuracy", short_name: str = "~acc",
-                 new_example_weight: float = 0.01):
-        super().__init__(name, short_name, new_example_weight)
 
 
 class BinaryLogitsAccuracy(_MeanAccuracy):
@@ -858,9 +845,6 @@ class BinaryLogitsAccuracy(_MeanAccuracy):
 
     _correct_fn = staticmethod(_binary_logits_correct)
 
-    def __init__(self, name: str = "Mean Accuracy", short_name: str = "#acc"):
-        super().__init__(name, short_name)
-
 
 class MovingAverageBinaryLogitsAccuracy(_MovingAverageAccuracy):
     """Moving average of the batch accuracy of `BinaryLogitsAccuracy`.
@@ -875,7 +859,3 @@ class MovingAverageBinaryLogitsAccuracy(_MovingAverageAccuracy):
     """
 
     _correct_fn = staticmethod(_binary_logits_correct)
-
-    def __init__(self, name: str = "Moving Average Accuracy", short_name: str = "~acc",
-                 new_example_weight: float = 0.01):
-        super().__init__(name, short_name, new_example_weight)
