@@ -226,6 +226,18 @@ def _sparse_class_ids(label: jax.Array, logits: jax.Array, fn_name: str) -> jax.
 
 
 # Losses --------------------------------------------------------------------------------------
+def _elementwise_loss(labels: list, predictions: list, term_fn, fn_name: str) -> jax.Array:
+    """Weighted, masked mean of `term_fn(labels[0] - predictions[0])`."""
+    labels, predictions = _first(labels, predictions, fn_name)
+    prediction = jnp.asarray(predictions[0])
+    label = jnp.asarray(labels[0])
+    _same_shape(label, prediction, fn_name)
+    dtype = _float_dtype(prediction)
+    terms = term_fn(label.astype(dtype) - prediction.astype(dtype))
+    weights, mask = weights_and_mask(label.shape, labels[1:], fn_name)
+    return weighted_masked_mean(terms, weights, mask)
+
+
 def mean_squared_error(labels: list, predictions: list) -> jax.Array:
     """Mean of `(labels[0] - predictions[0]) ** 2`, weighted and masked.
 
@@ -243,14 +255,7 @@ def mean_squared_error(labels: list, predictions: list) -> jax.Array:
     Example:
         loss = mean_squared_error([y, per_example_weights], [model_output])
     """
-    labels, predictions = _first(labels, predictions, "mean_squared_error")
-    prediction = jnp.asarray(predictions[0])
-    label = jnp.asarray(labels[0])
-    _same_shape(label, prediction, "mean_squared_error")
-    dtype = _float_dtype(prediction)
-    terms = jnp.square(label.astype(dtype) - prediction.astype(dtype))
-    weights, mask = weights_and_mask(label.shape, labels[1:], "mean_squared_error")
-    return weighted_masked_mean(terms, weights, mask)
+    return _elementwise_loss(labels, predictions, jnp.square, "mean_squared_error")
 
 
 def mean_absolute_error(labels: list, predictions: list) -> jax.Array:
@@ -270,14 +275,7 @@ def mean_absolute_error(labels: list, predictions: list) -> jax.Array:
     Example:
         loss = mean_absolute_error([y], [model_output])
     """
-    labels, predictions = _first(labels, predictions, "mean_absolute_error")
-    prediction = jnp.asarray(predictions[0])
-    label = jnp.asarray(labels[0])
-    _same_shape(label, prediction, "mean_absolute_error")
-    dtype = _float_dtype(prediction)
-    terms = jnp.abs(label.astype(dtype) - prediction.astype(dtype))
-    weights, mask = weights_and_mask(label.shape, labels[1:], "mean_absolute_error")
-    return weighted_masked_mean(terms, weights, mask)
+    return _elementwise_loss(labels, predictions, jnp.abs, "mean_absolute_error")
 
 
 def binary_cross_entropy(labels: list, predictions: list) -> jax.Array:
