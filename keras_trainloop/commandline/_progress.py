@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from keras_trainloop.commandline._detect import has_ipywidgets, resolve_output
-from keras_trainloop.loop import LOG_NAMES_KEY
+from keras_trainloop.loop import LOG_NAMES_KEY, Schedule
 
 PROGRESS_BAR_KEY = "keras_trainloop.commandline.progress_bar"
 """Key of the attached `ProgressBar` in `loop.shared_data`."""
@@ -154,13 +154,34 @@ class _PlainRenderer:
         pass  # The final line says it all.
 
 
+class _RedrawSchedule(Schedule):
+    """Due when the bar's next redraw time has come: it lets the loop fuse the steps between."""
+
+    def __init__(self, bar: ProgressBar):
+        self._bar = bar
+
+    def due(self, loop: Any) -> bool:
+        return self._bar._clock() >= self._bar._next
+
+    def next_step(self, loop: Any) -> int | None:
+        return loop.loop_step if self.due(loop) else None
+
+    def seconds_left(self, loop: Any) -> float:
+        return max(0.0, self._bar._next - self._bar._clock())
+
+    def __repr__(self) -> str:
+        return "Redraw"
+
+
 class ProgressBar:
     """Shows a Loop's progress: steps, steps per second, ETA and the train metrics.
 
     Created and attached by `attach_progress_bar`; see there. Its hooks are
-    `on_start`, `on_step` and `on_end`. On a step that is not redrawn,
-    `on_step` only reads the clock: metric values are copied from the device
-    when the bar redraws, at most once per `interval` seconds.
+    `on_start`, `on_step` and `on_end`; `on_step` is registered with the
+    bar's `schedule` (due when the next redraw time has come), so the loop
+    calls it only then and fuses the steps in between. Metric values are
+    copied from the device when the bar redraws, at most once per `interval`
+    seconds.
 
     Attributes:
         output: "terminal", "notebook" or "plain" once a run started (the
@@ -206,6 +227,7 @@ class ProgressBar:
         self._t_start = 0.0
         self._t_first: float | None = None
         self._n_first = 0
+        self.schedule = _RedrawSchedule(self)
 
     # Hooks -------------------------------------------------------------------
     def on_start(self, loop: Any, ds: Any) -> None:
@@ -369,7 +391,7 @@ def attach_progress_bar(
         return existing
     bar = ProgressBar(output=output, file=file, interval=interval, clock=clock)
     loop.on_start(_HOOK_NAME, priority, bar.on_start)
-    loop.on_step(_HOOK_NAME, priority, bar.on_step)
+    loop.on_step(_HOOK_NAME, priority, bar.on_step, schedule=bar.schedule)
     loop.on_end(_HOOK_NAME, priority, bar.on_end)
     loop.shared_data[PROGRESS_BAR_KEY] = bar
     return bar

@@ -253,10 +253,44 @@ class ArrayDataset:
         indices = self._order[start:]
         return self._split([a[indices] for a in self._arrays])
 
-    def _wrapped_indices(self, start: int) -> np.ndarray:
-        """Indices of a full batch running from `start` into the following pass(es)."""
+    def yield_batches(self, n: int) -> tuple[Any, list[np.ndarray], list[np.ndarray]] | None:
+        """Returns the next `n` batches stacked on a new leading axis, or None.
+
+        The arrays have shape `(n, batch_size, ...)` and hold the batches that
+        `n` calls of `yield_batch` would return, in order (unshuffled ones are
+        views, no copy). When fewer than `n` full batches are left in the pass
+        (never with `loop_forever=True`), it returns None and reads nothing:
+        read the rest with `yield_batch`. The Loop uses it to run `n` steps in
+        one compiled call.
+
+        Raises:
+            ValueError: `n` is not a positive integer.
+        """
+        check_batch_size(n, "n")
+        size = self._batch_size
+        start = self._pos
+        stop = start + n * size
+        if stop <= self._num_examples:
+            self._pos = stop
+            self._untouched = False
+            order = self._order
+            if order is None or self._pass_arrays is not None:
+                source = self._arrays if order is None else self._pass_arrays
+                batch = [a[start:stop] for a in source]
+            else:
+                indices = order[start:stop]
+                batch = [a[indices] for a in self._arrays]
+        elif self._loop_forever:
+            indices = self._wrapped_indices(start, n * size)
+            batch = [a[indices] for a in self._arrays]
+        else:
+            return None
+        return self._split([a.reshape((n, size, *a.shape[1:])) for a in batch])
+
+    def _wrapped_indices(self, start: int, count: int | None = None) -> np.ndarray:
+        """Indices of `count` examples (a batch) from `start` into the following pass(es)."""
         pieces = [self._pass_indices(start, self._num_examples)]
-        missing = self._batch_size - (self._num_examples - start)
+        missing = (count or self._batch_size) - (self._num_examples - start)
         while missing > 0:
             self._begin_pass()
             take = min(missing, self._num_examples)

@@ -20,18 +20,22 @@ def short_repr(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def check_batch_size(batch_size: Any) -> int:
-    """Returns `batch_size` as an int, or raises if it is not a positive integer."""
+def check_batch_size(batch_size: Any, name: str = "batch_size") -> int:
+    """Returns `batch_size` as an int, or raises if it is not a positive integer.
+
+    `name` is the argument's name in the message (e.g. "n" for a batch count).
+    """
+    example = f"{name}=64" if name == "batch_size" else f"{name}=8"
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
         raise TypeError(
-            "batch_size must be a positive integer. "
-            f"Received: batch_size={batch_size!r} of type {type(batch_size).__name__}. "
-            "Fix: pass e.g. batch_size=64."
+            f"{name} must be a positive integer. "
+            f"Received: {name}={batch_size!r} of type {type(batch_size).__name__}. "
+            f"Fix: pass e.g. {example}."
         )
     if batch_size <= 0:
         raise ValueError(
-            f"batch_size must be a positive integer. Received: batch_size={batch_size}. "
-            "Fix: pass e.g. batch_size=64."
+            f"{name} must be a positive integer. Received: {name}={batch_size}. "
+            f"Fix: pass e.g. {example}."
         )
     return int(batch_size)
 

@@ -44,11 +44,11 @@ class NonFiniteLossError(FloatingPointError):
     """The batch loss became NaN or infinite; the run was aborted.
 
     The loop does not wait on the device after every step: it checks the
-    Trainer's device-side flag when it waits on a result anyway, at least
-    every 16 steps and at the end of the run. So up to 16 steps may run after
-    the bad one before this is raised; the Trainer stops changing the model's
-    state from the bad step on, so the weights are those from before it and
-    `loop.loop_step` is set back to that step. `OnEnd` hooks do not run.
+    batch losses when it waits on a result anyway, at least every 16 steps
+    (and after each fused call of at most 16 steps) and at the end of the
+    run. So up to 15 steps may run after the bad one before this is raised;
+    they were trained (their updates were applied), and `loop.loop_step`
+    counts them. `OnEnd` hooks do not run. Keep a checkpoint to go back to.
 
     Attributes:
         step: the global step of the first batch with a non-finite loss.
@@ -60,9 +60,10 @@ class NonFiniteLossError(FloatingPointError):
         self.detected_at = detected_at
         super().__init__(
             f"The batch loss became non-finite (NaN or Inf) at step {step} (noticed after step "
-            f"{detected_at}). The run was aborted; the weights are those from before step {step} "
-            "and loop.loop_step was set back to it. Fix: lower the learning rate, clip the "
-            "gradients, or look for NaN/Inf in the inputs and labels of that batch."
+            f"{detected_at}). The run was aborted after training through step {detected_at}, so "
+            "the weights may hold NaN/Inf: restore a checkpoint from before step "
+            f"{step}. Fix: lower the learning rate, clip the gradients, or look for NaN/Inf in "
+            "the inputs and labels of that batch."
         )
 
     def __reduce__(self):

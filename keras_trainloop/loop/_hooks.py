@@ -4,17 +4,63 @@ from __future__ import annotations
 
 import bisect
 import inspect
+import statistics
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from keras_trainloop.loop._errors import HookError
 
+_COST_WINDOW = 1024
+"""Durations kept per hook for its median cost (the most recent calls)."""
+
+
+class HookCost:
+    """What one hook's calls cost: their count, total and recent durations (seconds).
+
+    Attributes:
+        calls: calls since the loop was created (the scheduled hooks: calls
+            of the function, not the steps where it was not due).
+        total: seconds spent in those calls.
+        recent: durations of the last calls (at most 1024), for `median`.
+    """
+
+    __slots__ = ("calls", "recent", "total")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.total = 0.0
+        self.recent: list[float] = []
+
+    def add(self, seconds: float) -> None:
+        self.calls += 1
+        self.total += seconds
+        recent = self.recent
+        if len(recent) >= _COST_WINDOW:
+            del recent[: _COST_WINDOW // 2]
+        recent.append(seconds)
+
+    @property
+    def median(self) -> float:
+        """The median duration of the recent calls in seconds; 0.0 before any call."""
+        return statistics.median(self.recent) if self.recent else 0.0
+
+    def __repr__(self) -> str:
+        return f"HookCost(calls={self.calls}, median={self.median:.3g}s, total={self.total:.3g}s)"
+
 
 class Hook(NamedTuple):
-    """A registered hook: its name (for error messages) and its function."""
+    """A registered hook: its name, its function, its schedule (or None) and its cost.
+
+    A hook with a `schedule` is called only after the steps where
+    `schedule.due(loop)` holds (then `schedule.called(loop)` is told); one
+    without is called after every step.
+    """
 
     name: str
     fn: Callable[..., Any]
+    schedule: Any = None
+    cost: HookCost | None = None
 
 
 def check_priority(priority: Any, where: str) -> None:
@@ -71,41 +117,70 @@ class HookList:
         signature: the expected call of a hook, e.g. "fn(loop, metrics)".
     """
 
-    __slots__ = ("_priorities", "hooks", "kind", "signature")
+    __slots__ = ("_priorities", "hooks", "kind", "signature", "unscheduled")
 
     def __init__(self, kind: str, signature: str):
         self.kind = kind
         self.signature = signature
         self.hooks: tuple[Hook, ...] = ()
+        self.unscheduled = 0  # How many hooks have no schedule (called after every step).
         self._priorities: list[float] = []
 
-    def add(self, name: str, priority: float, fn: Callable[..., Any]) -> None:
+    def add(self, name: str, priority: float, fn: Callable[..., Any], schedule: Any = None) -> None:
         """Adds `fn` under `name`, after every hook of lower or equal priority.
 
+        Args:
+            name: names the hook in error messages and cost reports.
+            priority: lower runs first.
+            fn: the hook function.
+            schedule: None (call `fn` at every event), or an object with
+                `due(loop)`, `next_step(loop)` and `called(loop)` (a
+                `ktl.loop.Schedule`): `fn` is called only when `due` holds.
+
         Raises:
-            TypeError: `name` is not a string, `priority` not a number, or
-                `fn` not callable with the event's two arguments.
+            TypeError: `name` is not a string, `priority` not a number,
+                `fn` not callable with the event's two arguments, or
+                `schedule` lacks `due`/`next_step`/`called`.
         """
         if not isinstance(name, str):
             raise TypeError(f"{self.kind} hook names must be strings. Received: name={name!r}.")
         where = f"{self.kind} hook {name!r}"
         check_priority(priority, where)
         check_callable(fn, 2, where, self.signature)
+        if schedule is not None and not all(
+            callable(getattr(schedule, method, None)) for method in ("due", "next_step", "called")
+        ):
+            raise TypeError(
+                f"{where}: schedule must have due(loop), next_step(loop) and called(loop) "
+                f"(a ktl.loop.Schedule such as ktl.loop.EveryNSteps(100)). "
+                f"Received: schedule={schedule!r}."
+            )
         index = bisect.bisect_right(self._priorities, priority)
         self._priorities.insert(index, priority)
         hooks = list(self.hooks)
-        hooks.insert(index, Hook(name, fn))
+        hooks.insert(index, Hook(name, fn, schedule, HookCost()))
         self.hooks = tuple(hooks)
+        self.unscheduled += schedule is None
 
     def fire(self, loop: Any, arg: Any) -> None:
-        """Calls every hook as `fn(loop, arg)` in order.
+        """Calls every hook as `fn(loop, arg)` in order (scheduled ones when due).
+
+        Each call is timed into the hook's `cost`.
 
         Raises:
-            HookError: a hook raised; the hooks after it were not called.
+            HookError: a hook (or its schedule) raised; the hooks after it were not called.
         """
+        clock = time.perf_counter
         for hook in self.hooks:
+            schedule = hook.schedule
             try:
+                if schedule is not None and not schedule.due(loop):
+                    continue
+                start = clock()
                 hook.fn(loop, arg)
+                hook.cost.add(clock() - start)
+                if schedule is not None:
+                    schedule.called(loop)
             except Exception as e:
                 raise HookError(self.kind, hook.name, loop.loop_step, e) from e
 

@@ -13,16 +13,28 @@ import jax.numpy as jnp
 
 from keras_trainloop.data import Dataset, maybe_prefetch_to_device
 from keras_trainloop.loop._errors import NonFiniteLossError
-from keras_trainloop.loop._hooks import HookList
+from keras_trainloop.loop._hooks import HookCost, HookList
+from keras_trainloop.loop._plan import Plan, check_max_fused_steps, fusable_steps, make_plan
 
 SYNC_EVERY = 16
 """The loop waits on the device at least once every this many steps (and at the end)."""
+
+MAX_FUSED_STEPS = 16
+"""Default `max_fused_steps`: at most this many steps run in one compiled call. Each fused
+call is waited for (its losses checked), so it may not exceed `SYNC_EVERY`."""
 
 
 @jax.jit
 def _first_nonfinite(losses: list) -> jax.Array:
     """Index of the first non-finite loss in `losses`, or -1 (one dispatch for all)."""
     bad = jnp.stack([~jnp.all(jnp.isfinite(loss)) for loss in losses])
+    return jnp.where(jnp.any(bad), jnp.argmax(bad), -1)
+
+
+@jax.jit
+def _first_nonfinite_stacked(losses: jax.Array) -> jax.Array:
+    """Index of the first non-finite entry of a 1-D array of batch losses, or -1."""
+    bad = ~jnp.isfinite(losses)
     return jnp.where(jnp.any(bad), jnp.argmax(bad), -1)
 
 OnStartFn = Callable[["Loop", Any], None]
@@ -78,7 +90,9 @@ class Loop:
         train_step_durations: seconds per step of the current (or last) run:
             the time between the ends of consecutive steps (reading the
             batch, dispatching the step, its hooks, and the device time the
-            loop waited for). The first one includes compilation.
+            loop waited for). The first one includes compilation. The steps
+            of a fused call each get the call's time divided by its steps.
+        max_fused_steps: see the argument; may be changed between runs.
 
     Device synchronization: metrics returned by the Trainer stay on the
     device, and the loop does not wait for a step to finish before starting
@@ -89,9 +103,26 @@ class Loop:
     The steps in between were trained (their hooks saw the non-finite values,
     and the weights took their updates): keep a checkpoint to go back to.
 
+    Fused steps: when no hook needs every step, the loop runs several steps
+    in one compiled call (`trainer.train_steps`, a `lax.scan` over stacked
+    batches) and ends each call exactly at the next step where a hook may
+    fire, so hooks fire at the same steps and see the same metrics as with
+    one call per step. A call runs a power of two of steps, at most
+    `max_fused_steps`, so few functions are compiled. It needs a dataset
+    with `yield_batches(n)` (`ktl.ArrayDataset` has it) and a trainer with
+    `train_steps` (not under a `keras.distribution`); otherwise, and while a
+    hook without a schedule (`on_step(..., schedule=None)`) or a Keras
+    callback with batch hooks is registered, each step is its own call.
+    Hooks registered by `ktl.every_n_steps` and the other schedule helpers
+    carry their schedule; time-based ones (`periodic_callback`, the progress
+    bar) limit how long a call may take. `loop.plan(steps)` shows the steps
+    at which the hooks fire and the calls, before running anything.
+
     Args:
         trainer: a `ktl.Trainer` (or an object with the same `train_step`,
             `global_step` and `reset_train_metrics`), or None.
+        max_fused_steps: the most steps run in one compiled call, a power of
+            two from 1 (off) to `SYNC_EVERY` (16, the default).
 
     Example:
         loop = ktl.Loop(trainer)
@@ -100,12 +131,13 @@ class Loop:
         metrics = loop.run_epochs(train_ds, 3)
     """
 
-    def __init__(self, trainer: Any):
+    def __init__(self, trainer: Any, *, max_fused_steps: int = MAX_FUSED_STEPS):
         if trainer is not None and not callable(getattr(trainer, "train_step", None)):
             raise TypeError(
                 "Loop expects a ktl.Trainer (or None for a loop used only as a Keras callback). "
                 f"Received: trainer={trainer!r}."
             )
+        self.max_fused_steps = max_fused_steps
         self.trainer = trainer
         self.loop_step: int = int(trainer.global_step) if trainer is not None else 0
         self.start_step: int = self.loop_step
@@ -126,6 +158,23 @@ class Loop:
         self._countdown = SYNC_EVERY
         self._pending_losses: list = []  # Batch losses not yet checked for NaN/Inf.
         self._feeds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._step_seconds: float | None = None  # Last measured seconds per fused step.
+
+    @property
+    def max_fused_steps(self) -> int:
+        """The most steps run in one compiled call (1: one call per step)."""
+        return self._max_fused_steps
+
+    @max_fused_steps.setter
+    def max_fused_steps(self, value: int) -> None:
+        value = check_max_fused_steps(value)
+        if value > SYNC_EVERY:
+            raise ValueError(
+                f"max_fused_steps may not exceed SYNC_EVERY={SYNC_EVERY}: the loop checks the "
+                f"batch losses after each fused call. Received: max_fused_steps={value}. "
+                f"Fix: pass a power of two up to {SYNC_EVERY}."
+            )
+        self._max_fused_steps = value
 
     # Hooks -------------------------------------------------------------------
     def on_start(self, name: str, priority: float, fn: OnStartFn) -> None:
@@ -142,19 +191,25 @@ class Loop:
         """
         self._on_start.add(name, priority, fn)
 
-    def on_step(self, name: str, priority: float, fn: OnStepFn) -> None:
-        """Adds `fn(loop, metrics)`, called after every train step.
+    def on_step(self, name: str, priority: float, fn: OnStepFn, *, schedule: Any = None) -> None:
+        """Adds `fn(loop, metrics)`, called after every train step, or when `schedule` says.
 
         `metrics` is the Trainer's list of device arrays for the step (batch
         loss first); reading a value (`float(metrics[0])`) waits for the
         device, so do it only when needed. `loop.loop_step` is the step that
         just ran.
 
+        With a `schedule` (a `ktl.loop.Schedule`, e.g.
+        `ktl.loop.EveryNSteps(100)`) `fn` is called only after the steps where
+        `schedule.due(loop)` holds, and the steps in between may run fused
+        (see the class docs). Without one, every step is its own compiled call
+        while the hook is registered.
+
         Raises:
-            TypeError: bad name or priority, or `fn` cannot be called as
-                `fn(loop, metrics)`.
+            TypeError: bad name or priority, `fn` cannot be called as
+                `fn(loop, metrics)`, or `schedule` is not a schedule.
         """
-        self._on_step.add(name, priority, fn)
+        self._on_step.add(name, priority, fn, schedule)
 
     def on_end(self, name: str, priority: float, fn: OnEndFn) -> None:
         """Adds `fn(loop, metrics)`, called after the last step of each run.
@@ -300,6 +355,55 @@ class Loop:
             return 0.001
         return sorted(durations)[len(durations) // 2]
 
+    def plan(self, steps: int) -> Plan:
+        """Lists the steps at which each hook would fire in `run_steps(ds, steps)`; runs nothing.
+
+        The schedules are simulated on copies (the loop and its hooks are not
+        changed), with the same rule the loop uses to size its fused calls, so
+        the plan is what a run from the current `loop_step` does: hooks
+        without a schedule fire at every step; time-based schedules list only
+        the steps known now. Each hook also carries its measured cost so far,
+        and `plan.report()` ranks the hooks by estimated cost in the run
+        (calls times median duration).
+
+        Args:
+            steps: the run's length, >= 0.
+
+        Returns:
+            A `Plan`: `plan.hooks` (event, name, steps, cost), `plan.calls`
+            (first step and steps of each compiled call), `plan.steps_of(name)`,
+            `plan.fires_at(step)`, `plan.report()`.
+
+        Example:
+            ktl.every_n_steps(loop, 100, "eval", 0, eval_fn)
+            print(loop.plan(1000).steps_of("EveryNSteps(100): eval"))  # [99, 199, ..., 999]
+            print(loop.plan(1000).report())
+        """
+        _check_count("steps", steps, "plan")
+        return make_plan(self, steps, self._on_step, self._on_end, self._max_fused_steps)
+
+    def hook_costs(self) -> dict[str, HookCost]:
+        """Each hook's measured cost since the loop was created, by "Event: name".
+
+        A `HookCost` has `calls`, `total` seconds and `median` seconds (of
+        the last 1024 calls); a scheduled hook counts only the calls of its
+        function. Hooks of one event with the same name are added together.
+        """
+        costs: dict[str, HookCost] = {}
+        for hooks in (self._on_start, self._on_step, self._on_end):
+            for hook in hooks.hooks:
+                key = f"{hooks.kind}: {hook.name}"
+                if key not in costs:
+                    costs[key] = hook.cost
+                    continue
+                merged = HookCost()
+                for part in (costs[key], hook.cost):
+                    merged.calls += part.calls
+                    merged.total += part.total
+                    merged.recent += part.recent
+                costs[key] = merged
+        return costs
+
     # Keras interoperability ---------------------------------------------------
     def add_keras_callback(self, callback: Any, priority: float = 0) -> None:
         """Drives a `keras.callbacks.Callback` from this loop's runs.
@@ -386,8 +490,8 @@ class Loop:
         One prefetcher per dataset is kept, so batches read ahead at the end of
         one run are the first of the next (see `maybe_prefetch_to_device`).
         """
-        if not isinstance(ds, Dataset):
-            return ds
+        if not isinstance(ds, Dataset) or self._can_fuse(ds):
+            return ds  # Fused calls put each stacked chunk on the device in one transfer.
         try:
             feed = self._feeds.get(ds)
         except TypeError:  # Not hashable or weak-referenceable: no caching.
@@ -412,6 +516,16 @@ class Loop:
         if self._on_start.hooks:
             self._on_start.fire(self, ds)
 
+    def _can_fuse(self, ds: Any) -> bool:
+        """Whether steps over `ds` may run fused (some may still run one by one)."""
+        trainer = self.trainer
+        return (
+            self._max_fused_steps > 1
+            and callable(getattr(ds, "yield_batches", None))
+            and callable(getattr(trainer, "train_steps", None))
+            and bool(getattr(trainer, "can_fuse_steps", False))
+        )
+
     def _steps(self, ds: Any, limit: int, metrics: list) -> tuple[list, bool]:
         """Runs steps until `loop_step == limit` (-1: no limit), the data ends or a stop.
 
@@ -419,6 +533,8 @@ class Loop:
             The last metrics (`metrics` if no step ran) and whether the data
             ended (`EOFError`).
         """
+        if self._can_fuse(ds):
+            return self._fused_steps(ds, limit, metrics)
         yield_batch = ds.yield_batch
         train_step = self.trainer.train_step
         on_step = self._on_step
@@ -452,6 +568,78 @@ class Loop:
                     raise
             now = perf_counter()
             append_duration(now - last)
+            last = now
+            step += 1
+        self.loop_step = step
+        self._countdown = countdown
+        return metrics, False
+
+    def _fused_steps(self, ds: Any, limit: int, metrics: list) -> tuple[list, bool]:
+        """`_steps` with several steps per compiled call wherever the hooks allow.
+
+        Each call ends at the next step where a hook may fire (see
+        `fusable_steps`) and is waited for, its batch losses checked, before
+        the hooks fire. A step that cannot be fused (a hook needs every step,
+        or the dataset cannot stack the next batches) runs alone as in `_steps`.
+        """
+        yield_batch, yield_batches = ds.yield_batch, ds.yield_batches
+        trainer = self.trainer
+        on_step, on_batch_begin = self._on_step, self._on_batch_begin
+        durations = self.train_step_durations
+        perf_counter = time.perf_counter
+        cap = self._max_fused_steps
+        countdown = self._countdown
+        step = self.loop_step
+        pending = self._pending_losses
+        last = perf_counter()
+        while step != limit and not self._stop_requested:
+            self.loop_step = step
+            n = 1
+            if not on_batch_begin.hooks:
+                n = fusable_steps(self, on_step, limit, cap, self._step_seconds)
+            batch = None
+            while n > 1:
+                batch = yield_batches(n)
+                if batch is not None:
+                    break
+                n //= 2
+            if batch is None:  # One step, as in _steps.
+                try:
+                    spec, inputs, labels = yield_batch()
+                except EOFError:
+                    self._countdown = countdown
+                    return metrics, True
+                if on_batch_begin.hooks:
+                    on_batch_begin.fire(self, step)
+                metrics = trainer.train_step(spec, inputs, labels)
+                pending.append(metrics[0])
+                countdown -= 1
+                if not countdown:
+                    countdown = SYNC_EVERY
+                    self._sync(metrics, step)
+            else:
+                if pending:  # Steps run one by one before: check them first.
+                    self._sync(metrics, step - 1)
+                metrics, losses = trainer.train_steps(*batch)
+                step += n - 1
+                self.loop_step = step
+                countdown = SYNC_EVERY
+                index = int(_first_nonfinite_stacked(losses))  # Waits for the call.
+                if index >= 0:
+                    self.loop_step = step + 1  # Those steps were trained.
+                    raise NonFiniteLossError(step - n + 1 + index, step)
+            if on_step.hooks:
+                try:
+                    on_step.fire(self, metrics)
+                except BaseException:
+                    self.loop_step = step + 1  # The step was trained.
+                    raise
+            now = perf_counter()
+            if n == 1:
+                durations.append(now - last)
+            else:
+                self._step_seconds = (now - last) / n
+                durations.extend([self._step_seconds] * n)
             last = now
             step += 1
         self.loop_step = step

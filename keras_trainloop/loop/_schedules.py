@@ -1,10 +1,13 @@
-"""Schedules: when a hook fires, as small objects asked after every step.
+"""Schedules: when a hook fires, as small objects the loop asks.
 
 A schedule answers `due(loop)`: "call the function after the step
 `loop.loop_step` that just ran?", and `next_step(loop)`: the first step from
-`loop.loop_step` on after which it would be due (so a caller can run several
-steps at once up to there). The registration functions keep GoMLX's argument
-order and return the schedule.
+`loop.loop_step` on after which it may be due. The loop fuses the steps up to
+there into one compiled call, and `loop.plan` lists the firing steps from
+it, so `next_step` must never skip a step where `due` would hold. Time-based
+schedules also answer `seconds_left(loop)`, which bounds how long a fused
+call may take. The registration functions keep GoMLX's argument order and
+return the schedule.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ class Schedule(abc.ABC):
     Subclasses implement `due` and `next_step`; `called` is told when the
     function ran. `loop` is anything with `loop_step`, `start_step` and
     `end_step` (a `ktl.Loop`).
+
+    Give one to `loop.on_step(name, priority, fn, schedule=...)` to have `fn`
+    called only when due; the loop then runs the steps in between fused.
     """
 
     @abc.abstractmethod
@@ -57,10 +63,18 @@ class Schedule(abc.ABC):
 
     @abc.abstractmethod
     def next_step(self, loop: Any) -> int | None:
-        """The first step >= `loop.loop_step` after which `due` holds, or None if unknown."""
+        """The first step >= `loop.loop_step` after which `due` may hold.
+
+        None when no step is known: never again in this run, or time decides
+        (then `seconds_left` says when).
+        """
 
     def called(self, loop: Any) -> None:
         """Tells the schedule that the function was just called (after step `loop.loop_step`)."""
+
+    def seconds_left(self, loop: Any) -> float | None:
+        """Seconds until a time-based schedule is due (0: now); None for step-based ones."""
+        return None
 
 
 class EveryNSteps(Schedule):
@@ -192,10 +206,16 @@ class Periodic(Schedule):
         return self.clock() - self._last >= self.period
 
     def next_step(self, loop: Any) -> int | None:
-        """`loop.loop_step` when the period has passed now, else None (time decides)."""
+        """`loop.loop_step` at the first step of a run (it starts the clock) and when
+        the period has passed now; else None (time decides: see `seconds_left`)."""
         if self._last is None or loop.loop_step == loop.start_step:
-            return None
+            return loop.loop_step
         return loop.loop_step if self.clock() - self._last >= self.period else None
+
+    def seconds_left(self, loop: Any) -> float:
+        if self._last is None or loop.loop_step == loop.start_step:
+            return 0.0
+        return max(0.0, self.period - (self.clock() - self._last))
 
     def called(self, loop: Any) -> None:
         self._last = self.clock()
@@ -276,10 +296,11 @@ class Exponential(Schedule):
 class ScheduledHook:
     """Calls `fn(loop, metrics)` after the steps a schedule marks, and maybe at the end.
 
-    Registered as an `on_step` hook (and an `on_end` one when `call_on_end`).
-    The end call happens only if the run trained at least one step and `fn`
-    did not already run after its last step, so the same metrics are never
-    reported twice.
+    Registered as an `on_step` hook with the schedule (the loop calls it
+    only when due), and an `on_end` one when `call_on_end`. The end call
+    happens only if the run trained at least one step and `fn` did not
+    already run after its last step, so the same metrics are never reported
+    twice.
     """
 
     def __init__(self, schedule: Schedule, fn: OnStepFn, call_on_end: bool):
@@ -289,10 +310,8 @@ class ScheduledHook:
         self._last_call: tuple[int, int] | None = None  # (start_step of the run, step)
 
     def on_step(self, loop: Any, metrics: list) -> None:
-        if self.schedule.due(loop):
-            self.fn(loop, metrics)
-            self._last_call = (loop.start_step, loop.loop_step)
-            self.schedule.called(loop)
+        self.fn(loop, metrics)
+        self._last_call = (loop.start_step, loop.loop_step)
 
     def on_end(self, loop: Any, metrics: list) -> None:
         last_step = loop.loop_step - 1
@@ -302,7 +321,7 @@ class ScheduledHook:
         self._last_call = (loop.start_step, last_step)
 
     def register(self, loop: Any, name: str, priority: float) -> None:
-        loop.on_step(name, priority, self.on_step)
+        loop.on_step(name, priority, self.on_step, schedule=self.schedule)
         if self.call_on_end:
             loop.on_end(name, priority, self.on_end)
 

@@ -36,6 +36,9 @@ class Executor:
         num_inputs, num_labels: fixed for the spec.
         fn: the jitted step function.
         trace_count: how many times `fn` was traced (compiled) so far.
+        fused_fns: for a TRAIN executor, the jitted functions running
+            several steps in one call (`trainer.train_steps`), by step count.
+        fused_trace_counts: how many times each of those was traced.
     """
 
     def __init__(self, spec: Any, graph_type: GraphType, num_inputs: int, num_labels: int):
@@ -45,6 +48,8 @@ class Executor:
         self.num_labels = num_labels
         self.fn: Callable | None = None
         self.trace_count = 0
+        self.fused_fns: dict[int, Callable] = {}
+        self.fused_trace_counts: dict[int, int] = {}
 
     def __repr__(self) -> str:
         return (

@@ -460,8 +460,14 @@ class Trainer:
     def _jit(self, executor: Executor) -> None:
         """Sets `executor.fn`: the step jitted with the state's shardings, if distributed."""
         train = executor.graph_type is GraphType.TRAIN
-        fn = self._make_train_fn(executor) if train else self._make_eval_fn(executor)
+        step_fn = self._make_train_fn(executor) if train else self._make_eval_fn(executor)
+
+        def fn(*args):
+            executor.trace_count += 1
+            return step_fn(*args)
+
         donate = (0, 1) if train else (1,)
+        executor.fused_fns.clear()
         distribution = self._distribution
         if distribution is None:
             executor.fn = jax.jit(fn, donate_argnums=donate)
@@ -561,7 +567,6 @@ class Trainer:
         n_loss = self._num_train_loss_metrics
 
         def train_fn(variables, mstates, inputs, labels):
-            executor.trace_count += 1
             tv, ntv, ov = variables
             step = ov[self._iterations_index]
 
@@ -582,6 +587,31 @@ class Trainer:
             return ((list(new_tv), list(new_ntv), list(new_ov)), new_mstates), values
 
         return train_fn
+
+    def _fused_fn(self, executor: Executor, num_steps: int) -> Callable:
+        """The jitted function running `num_steps` train steps in one `lax.scan`.
+
+        It returns the new state, the metric values of the last step and the
+        batch losses of all steps (shape `(num_steps,)`).
+        """
+        fn = executor.fused_fns.get(num_steps)
+        if fn is not None:
+            return fn
+        step_fn = self._make_train_fn(executor)
+        executor.fused_trace_counts.setdefault(num_steps, 0)
+
+        def fused_fn(variables, mstates, inputs, labels):
+            executor.fused_trace_counts[num_steps] += 1
+
+            def body(carry, batch):
+                return step_fn(*carry, *batch)
+
+            carry, values = jax.lax.scan(body, (variables, mstates), (inputs, labels))
+            return carry, [v[-1] for v in values], values[0]
+
+        fn = jax.jit(fused_fn, donate_argnums=(0, 1))
+        executor.fused_fns[num_steps] = fn
+        return fn
 
     def _per_step_updates(self, tv, ntv, step):
         fns = list(self._context._store.per_step_update_fns.values())
@@ -610,7 +640,6 @@ class Trainer:
         n_loss = self._num_eval_loss_metrics
 
         def eval_fn(variables, mstates, inputs, labels):
-            executor.trace_count += 1
             tv, ntv, ov = variables
             step = ov[self._iterations_index]
             predictions, _, extra = self._forward(spec, tv, ntv, inputs, False, step)
@@ -654,6 +683,70 @@ class Trainer:
             self._vars, self._train_mstates, inputs, labels
         )
         return values
+
+    @property
+    def can_fuse_steps(self) -> bool:
+        """Whether `train_steps` can run: not under a `keras.distribution` (not supported yet)."""
+        return self.distribution is None
+
+    def train_steps(
+        self, spec: Any, inputs: Sequence[Any], labels: Sequence[Any]
+    ) -> tuple[list, jax.Array]:
+        """Runs several train steps in one compiled call (`lax.scan`) over stacked batches.
+
+        Each array of `inputs` and `labels` holds `n` batches stacked on a new
+        leading axis (shape `(n, batch_size, ...)`); the steps are those that
+        `n` calls of `train_step` on the batches `x[0]`, `x[1]`, ... would run,
+        with the same results. One function is compiled per spec and per `n`,
+        so keep `n` to a few values (the Loop uses powers of two).
+
+        Returns:
+            `(metrics, batch_losses)`: the metric values of the last step (as
+            `train_step` returns them) and the `n` batch losses, a device array
+            of shape `(n,)`. Nothing is copied to the host.
+
+        Raises:
+            ValueError: the arrays do not share a leading axis of size >= 1,
+                or any error of `train_step` for the first batch; under a
+                `keras.distribution` (see `can_fuse_steps`).
+        """
+        inputs = _as_array_list("inputs", inputs, spec)
+        labels = _as_array_list("labels", labels, spec)
+        distribution = self.distribution
+        if distribution is not None:
+            raise ValueError(
+                "train_steps() does not run under a keras.distribution yet. Received: "
+                f"spec={spec!r} under {distribution_lib.describe(distribution)}. "
+                "Fix: call train_step() once per batch (ktl.Loop does so itself when "
+                "trainer.can_fuse_steps is False)."
+            )
+        num_steps = self._stacked_count(spec, inputs, labels)
+        executor = self._executor(
+            GraphType.TRAIN, spec, [x[0] for x in inputs], [y[0] for y in labels]
+        )
+        fn = self._fused_fn(executor, num_steps)
+        if self._vars is None:
+            self._pull_from_model()
+        if self._put_batch is not None:
+            inputs, labels = self._put_batch(spec, inputs, labels)
+        (self._vars, self._train_mstates), values, batch_losses = fn(
+            self._vars, self._train_mstates, inputs, labels
+        )
+        return values, batch_losses
+
+    @staticmethod
+    def _stacked_count(spec: Any, inputs: list, labels: list) -> int:
+        """The number of stacked batches: the leading axis shared by every array."""
+        shapes = [None if x is None else tuple(getattr(x, "shape", ())) for x in inputs + labels]
+        leading = {shape[0] if shape else None for shape in shapes}
+        if len(leading) != 1 or None in leading or min(leading) < 1:
+            raise ValueError(
+                "train_steps() expects every input and label stacked on a leading axis of "
+                f"the same size n >= 1 (shape (n, batch_size, ...)). Received: spec={spec!r} "
+                f"with shapes {shapes}. Fix: stack n batches with np.stack, or call "
+                "train_step() for a single batch."
+            )
+        return int(leading.pop())
 
     def eval_step(self, spec: Any, inputs: Sequence[Any], labels: Sequence[Any]) -> list:
         """Runs one eval step; returns the eval metrics accumulated so far.

@@ -34,7 +34,7 @@ def test_accelerator_backend_prefetches_and_keeps_read_ahead_batches_across_runs
     y = x.sum(axis=1, keepdims=True)
     seen = []
     trainer = _recording_trainer(make_trainer(), seen)
-    loop = ktl.Loop(trainer)
+    loop = ktl.Loop(trainer, max_fused_steps=1)  # One step per call: batches are prefetched.
     ds = ktl.ArrayDataset(x, y, batch_size=2, loop_forever=True)
     assert isinstance(loop._device_feed(ds), DevicePrefetcher)
     assert loop._device_feed(ds) is loop._device_feed(ds)
@@ -49,7 +49,17 @@ def test_accelerator_backend_run_epochs_resets_the_prefetcher(make_trainer, monk
     x = np.arange(24, dtype=np.float32).reshape(8, 3)
     seen = []
     trainer = _recording_trainer(make_trainer(), seen)
-    loop = ktl.Loop(trainer)
+    loop = ktl.Loop(trainer, max_fused_steps=1)
     loop.run_epochs(ktl.ArrayDataset(x, x.sum(axis=1, keepdims=True), batch_size=4), 2)
     assert [s for _, s in seen] == _expected_sums(x, 4, 2) * 2
     assert loop.end_step == 4
+
+
+def test_accelerator_backend_feeds_a_stackable_dataset_itself_when_steps_fuse(
+    trainer, monkeypatch
+):
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    loop = ktl.Loop(trainer)
+    ds = ktl.ArrayDataset(np.ones((8, 3), np.float32), np.ones((8, 1), np.float32), batch_size=4)
+    assert loop._device_feed(ds) is ds  # each fused chunk is one transfer
+    assert isinstance(ktl.Loop(trainer, max_fused_steps=1)._device_feed(ds), DevicePrefetcher)
