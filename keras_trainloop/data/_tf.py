@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from keras_trainloop.data._common import check_batch_size, check_name, short_repr
+from keras_trainloop.data._stacking import BatchStacker
 
 # Datasets whose decoded examples are estimated to fit in this many bytes are
 # cached in memory by `from_tfds` (cache=None): MNIST, CIFAR-10/100 and the like.
@@ -179,6 +180,7 @@ class TFDataset:
         self.name = check_name("tf.data" if name is None else name)
         self._spec = input_keys if spec is None and input_keys is not None else spec
         self._iterator: Any = None
+        self._stacker = BatchStacker(self._read)
 
     @staticmethod
     def _raise_not_a_dataset(value: Any) -> None:
@@ -210,6 +212,24 @@ class TFDataset:
         Raises:
             EOFError: the pass is over; call `reset()` to start another.
         """
+        return self._stacker.next()
+
+    def yield_batches(self, n: int) -> tuple[Any, list[Any], list[Any]] | None:
+        """Returns the next `n` batches stacked on a new leading axis, or None.
+
+        The arrays have shape `(n, batch_size, ...)`: the batches `n` calls of
+        `yield_batch` would return, copied into one array each. When fewer
+        than `n` are left in the pass or their shapes differ (a short last
+        batch), it returns None; the batches it read stay buffered and
+        `yield_batch` returns them next. The Loop uses it to run `n` steps in
+        one compiled call.
+
+        Raises:
+            ValueError: `n` is not a positive integer.
+        """
+        return self._stacker.stacked(n)
+
+    def _read(self) -> tuple[Any, list[Any], list[Any]]:
         if self._iterator is None:
             self._iterator = self._dataset.as_numpy_iterator()
         try:
@@ -223,6 +243,7 @@ class TFDataset:
     def reset(self) -> None:
         """Starts a fresh pass; the pipeline is restarted on the next `yield_batch()`."""
         self._iterator = None
+        self._stacker.clear()
 
 
 def _decoded_bytes(builder: Any, num_examples: int) -> int | None:

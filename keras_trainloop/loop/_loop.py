@@ -19,9 +19,10 @@ from keras_trainloop.loop._plan import Plan, check_max_fused_steps, fusable_step
 SYNC_EVERY = 16
 """The loop waits on the device at least once every this many steps (and at the end)."""
 
-MAX_FUSED_STEPS = 16
-"""Default `max_fused_steps`: at most this many steps run in one compiled call. Each fused
-call is waited for (its losses checked), so it may not exceed `SYNC_EVERY`."""
+MAX_FUSED_STEPS = 8
+"""Default and largest `max_fused_steps`: at most this many steps run in one compiled call.
+A call's losses are checked after the next call is dispatched, so with two calls in flight
+a NaN surfaces at most `SYNC_EVERY - 1` steps late."""
 
 
 @jax.jit
@@ -122,7 +123,7 @@ class Loop:
         trainer: a `ktl.Trainer` (or an object with the same `train_step`,
             `global_step` and `reset_train_metrics`), or None.
         max_fused_steps: the most steps run in one compiled call, a power of
-            two from 1 (off) to `SYNC_EVERY` (16, the default).
+            two from 1 (off) to `MAX_FUSED_STEPS` (8, the default).
 
     Example:
         loop = ktl.Loop(trainer)
@@ -157,6 +158,8 @@ class Loop:
         self._epochs = 0  # epochs requested by the current run_epochs; 0 in run_steps.
         self._countdown = SYNC_EVERY
         self._pending_losses: list = []  # Batch losses not yet checked for NaN/Inf.
+        # The last fused call not yet checked: (first-bad index array, its first step, n).
+        self._pending_call: tuple[jax.Array, int, int] | None = None
         self._feeds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._step_seconds: float | None = None  # Last measured seconds per fused step.
 
@@ -168,11 +171,11 @@ class Loop:
     @max_fused_steps.setter
     def max_fused_steps(self, value: int) -> None:
         value = check_max_fused_steps(value)
-        if value > SYNC_EVERY:
+        if value > MAX_FUSED_STEPS:
             raise ValueError(
-                f"max_fused_steps may not exceed SYNC_EVERY={SYNC_EVERY}: the loop checks the "
-                f"batch losses after each fused call. Received: max_fused_steps={value}. "
-                f"Fix: pass a power of two up to {SYNC_EVERY}."
+                f"max_fused_steps may not exceed {MAX_FUSED_STEPS}: with two calls in flight, "
+                f"a NaN loss must surface within SYNC_EVERY={SYNC_EVERY} steps. Received: "
+                f"max_fused_steps={value}. Fix: pass a power of two up to {MAX_FUSED_STEPS}."
             )
         self._max_fused_steps = value
 
@@ -506,6 +509,7 @@ class Loop:
         trainer = self.trainer
         trainer.reset_train_metrics()
         self._pending_losses = []
+        self._pending_call = None
         self._stop_requested = False
         self._countdown = SYNC_EVERY
         self._epochs = epochs
@@ -578,9 +582,12 @@ class Loop:
         """`_steps` with several steps per compiled call wherever the hooks allow.
 
         Each call ends at the next step where a hook may fire (see
-        `fusable_steps`) and is waited for, its batch losses checked, before
-        the hooks fire. A step that cannot be fused (a hook needs every step,
-        or the dataset cannot stack the next batches) runs alone as in `_steps`.
+        `fusable_steps`). A call's batch losses are checked once the next call
+        (or step) has been dispatched, so the host prepares a call while the
+        device runs the previous one; with calls of at most 8 steps a NaN
+        surfaces at most 15 steps late. A step that cannot be fused (a hook
+        needs every step, or the dataset cannot stack the next batches) runs
+        alone as in `_steps`.
         """
         yield_batch, yield_batches = ds.yield_batch, ds.yield_batches
         trainer = self.trainer
@@ -612,6 +619,8 @@ class Loop:
                 if on_batch_begin.hooks:
                     on_batch_begin.fire(self, step)
                 metrics = trainer.train_step(spec, inputs, labels)
+                if self._pending_call is not None:
+                    self._check_call(step)
                 pending.append(metrics[0])
                 countdown -= 1
                 if not countdown:
@@ -621,13 +630,14 @@ class Loop:
                 if pending:  # Steps run one by one before: check them first.
                     self._sync(metrics, step - 1)
                 metrics, losses = trainer.train_steps(*batch)
+                previous, self._pending_call = self._pending_call, (
+                    _first_nonfinite_stacked(losses), step, n
+                )
                 step += n - 1
                 self.loop_step = step
+                if previous is not None:
+                    self._check_call(step, previous)
                 countdown = SYNC_EVERY
-                index = int(_first_nonfinite_stacked(losses))  # Waits for the call.
-                if index >= 0:
-                    self.loop_step = step + 1  # Those steps were trained.
-                    raise NonFiniteLossError(step - n + 1 + index, step)
             if on_step.hooks:
                 try:
                     on_step.fire(self, metrics)
@@ -646,12 +656,28 @@ class Loop:
         self._countdown = countdown
         return metrics, False
 
+    def _check_call(self, detected_at: int, call: tuple | None = None) -> None:
+        """Waits for a fused call (the pending one by default) and raises if a loss was not finite.
+
+        `detected_at` is the last step dispatched so far.
+        """
+        if call is None:
+            call, self._pending_call = self._pending_call, None
+        first_bad, first_step, _ = call
+        index = int(first_bad)
+        if index >= 0:
+            self._pending_call = None
+            self.loop_step = detected_at + 1  # The steps dispatched were trained.
+            raise NonFiniteLossError(first_step + index, detected_at)
+
     def _sync(self, metrics: list, detected_at: int) -> None:
         """Waits for `metrics`, then raises if a batch loss since the last sync was not finite.
 
         The batch losses of the steps since the last sync are checked in one
         dispatch; `detected_at` is the step that just ran.
         """
+        if self._pending_call is not None:  # It ran before the pending single steps.
+            self._check_call(detected_at)
         jax.block_until_ready(metrics)
         pending = self._pending_losses
         if not pending:

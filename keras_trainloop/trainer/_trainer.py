@@ -602,12 +602,22 @@ class Trainer:
 
         def fused_fn(variables, mstates, inputs, labels):
             executor.fused_trace_counts[num_steps] += 1
+            # The metric values ride in the carry: stacking them per step as scan outputs
+            # cost 15-20 us a step on the CPU (measured on the digits MLP); only the batch
+            # losses are stacked.
+            first = jax.tree.map(lambda a: a[0], (inputs, labels))
+            shapes = jax.eval_shape(step_fn, variables, mstates, *first)[1]
+            no_values = [jnp.zeros(v.shape, v.dtype) for v in shapes]
 
             def body(carry, batch):
-                return step_fn(*carry, *batch)
+                state, _ = carry
+                state, values = step_fn(*state, *batch)
+                return (state, values), values[0]
 
-            carry, values = jax.lax.scan(body, (variables, mstates), (inputs, labels))
-            return carry, [v[-1] for v in values], values[0]
+            (state, values), batch_losses = jax.lax.scan(
+                body, ((variables, mstates), no_values), (inputs, labels)
+            )
+            return state, values, batch_losses
 
         fn = jax.jit(fused_fn, donate_argnums=(0, 1))
         executor.fused_fns[num_steps] = fn

@@ -263,3 +263,55 @@ def test_large_datasets_gather_batches_in_the_same_order_as_small_ones(monkeypat
     for (_, xi, yi), (_, xj, yj) in zip(copied, gathered):
         np.testing.assert_array_equal(xi[0], xj[0])
         np.testing.assert_array_equal(yi[0], yj[0])
+
+
+def _stacked_like_yield_batch(make, n, calls):
+    """Compares yield_batches(n) with n yield_batch() calls on twin datasets, `calls` times."""
+    one, stacked = make(), make()
+    for _ in range(calls):
+        spec, inputs, labels = stacked.yield_batches(n)
+        singles = [one.yield_batch() for _ in range(n)]
+        assert spec == singles[0][0]
+        for i, side in ((1, inputs), (2, labels)):
+            assert len(side) == len(singles[0][i])
+            for j, array in enumerate(side):
+                np.testing.assert_array_equal(array, np.stack([b[i][j] for b in singles]))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("copy_passes", [True, False])
+def test_yield_batches_stacks_what_yield_batch_would_return(shuffle, copy_passes, monkeypatch):
+    if not copy_passes:
+        monkeypatch.setattr("keras_trainloop.data._array._PASS_COPY_BYTES", 0)
+    x = np.arange(50 * 3, dtype=np.float32).reshape(50, 3)
+    y = np.arange(50)
+
+    def make():
+        return ktl.ArrayDataset([x, x[:, 0]], y, batch_size=4, shuffle=shuffle, seed=5,
+                                loop_forever=True, spec="s")
+
+    _stacked_like_yield_batch(make, 4, 9)  # 144 examples: crosses pass boundaries twice
+
+
+def test_yield_batches_of_unshuffled_data_are_views():
+    x = np.arange(40, dtype=np.float32).reshape(20, 2)
+    _, (xs,), _ = ktl.ArrayDataset(x, None, batch_size=5).yield_batches(2)
+    assert xs.shape == (2, 5, 2) and np.shares_memory(xs, x)
+
+
+def test_yield_batches_returns_none_and_reads_nothing_when_the_pass_is_short():
+    x = np.arange(10, dtype=np.float32)[:, None]
+    ds = ktl.ArrayDataset(x, None, batch_size=3)
+    assert ds.yield_batches(2)[1][0].shape == (2, 3, 1)
+    assert ds.yield_batches(2) is None  # 4 examples left: one full batch, then a short one
+    np.testing.assert_array_equal(ds.yield_batch()[1][0][:, 0], [6, 7, 8])
+    np.testing.assert_array_equal(ds.yield_batch()[1][0][:, 0], [9])
+    with pytest.raises(EOFError):
+        ds.yield_batch()
+
+
+@pytest.mark.parametrize("n", [0, -1, 2.0, None])
+def test_yield_batches_rejects_a_bad_count(n):
+    ds = ktl.ArrayDataset(np.zeros((8, 1)), None, batch_size=2)
+    with pytest.raises((TypeError, ValueError), match="n must be a positive integer"):
+        ds.yield_batches(n)

@@ -151,3 +151,50 @@ def test_non_dataset_is_rejected_without_importing_tensorflow():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert result.stdout.split() == ["TypeError", "False"], result.stderr
+
+
+def test_yield_batches_stacks_then_leaves_the_short_batch_to_yield_batch():
+    ds = ktl.TFDataset(tf.data.Dataset.from_tensor_slices((X, Y)).batch(3), spec="s")
+    spec, (xs,), (ys,) = ds.yield_batches(2)
+    assert spec == "s" and xs.shape == (2, 3, 3) and ys.tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert ds.yield_batches(2) is None  # [6, 7, 8] and the short [9] do not stack
+    assert ds.yield_batches(4) is None  # and the pass ends: nothing is lost either way
+    assert _label_ids(ds) == [6, 7, 8, 9]
+    with pytest.raises(EOFError):
+        ds.yield_batch()
+    ds.reset()
+    assert ds.yield_batches(3)[2][0].shape == (3, 3)
+    assert _label_ids(ds) == [9]
+
+
+def test_yield_batches_of_a_repeated_pipeline_match_yield_batch():
+    pipeline = tf.data.Dataset.from_tensor_slices((X, Y)).repeat().batch(4)
+    one, stacked = ktl.TFDataset(pipeline), ktl.TFDataset(pipeline)
+    for _ in range(3):
+        _, (xs,), (ys,) = stacked.yield_batches(4)
+        singles = [one.yield_batch() for _ in range(4)]
+        np.testing.assert_array_equal(xs, np.stack([b[1][0] for b in singles]))
+        np.testing.assert_array_equal(ys, np.stack([b[2][0] for b in singles]))
+
+
+def test_loop_fuses_steps_over_a_tf_dataset_with_the_same_results():
+    import keras
+
+    def run(max_fused_steps):
+        keras.utils.set_random_seed(0)
+        trainer = ktl.Trainer(
+            lambda ctx, spec, inputs: [ctx.layer("d", lambda: keras.layers.Dense(1))(inputs[0])],
+            "mean_squared_error", keras.optimizers.SGD(0.01),
+        )
+        loop = ktl.Loop(trainer, max_fused_steps=max_fused_steps)
+        seen = []
+        ktl.every_n_steps(loop, 3, "log", 0, lambda loop, m: seen.append(float(m[0])))
+        y = X.sum(axis=1, keepdims=True) / 10
+        loop.run_epochs(ktl.TFDataset(tf.data.Dataset.from_tensor_slices((X / 10, y)).batch(2)),
+                        3)
+        return seen, trainer
+
+    fused, fused_trainer = run(8)
+    single, _ = run(1)
+    assert fused == single and len(fused) == 5  # 15 steps
+    assert fused_trainer._cache.executors()[0].fused_fns  # 2-step calls between the hooks

@@ -76,7 +76,7 @@ def _train(max_fused_steps, runs):
 
 def test_every_schedule_fires_at_the_same_steps_with_the_same_metrics_fused_or_not():
     runs = [("steps", 100), ("steps", 37), ("epochs", 3)]
-    fused_trainer, fused_loop, fused = _train(16, runs)
+    fused_trainer, fused_loop, fused = _train(8, runs)
     plain_trainer, plain_loop, plain = _train(1, runs)
     assert fused == plain  # labels, steps and metric values, bit for bit
     labels = {label for label, _, _ in fused}
@@ -85,7 +85,7 @@ def test_every_schedule_fires_at_the_same_steps_with_the_same_metrics_fused_or_n
         np.testing.assert_array_equal(a, b)
     # Fusion happened, and only with power-of-two sizes up to the cap, each compiled once.
     (executor,) = fused_trainer._cache.executors()
-    assert executor.fused_fns and set(executor.fused_fns) <= {2, 4, 8, 16}
+    assert executor.fused_fns and set(executor.fused_fns) <= {2, 4, 8}
     assert all(count == 1 for count in executor.fused_trace_counts.values())
     assert not plain_trainer._cache.executors()[0].fused_fns
     assert len(fused_loop.train_step_durations) == len(plain_loop.train_step_durations)
@@ -99,7 +99,7 @@ def test_number_of_compiled_sizes_stays_bounded_over_a_long_run():
     x, y = _data()
     loop.run_steps(ktl.ArrayDataset(x, y, batch_size=16, loop_forever=True), 1500)
     (executor,) = trainer._cache.executors()
-    assert set(executor.fused_fns) <= {2, 4, 8, 16}
+    assert set(executor.fused_fns) <= {2, 4, 8}
     assert executor.fused_trace_counts == {n: 1 for n in executor.fused_fns}
     assert executor.trace_count <= 1
 
@@ -195,14 +195,14 @@ def _fake_run(specs, runs, cap):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(specs=_hook_specs, runs=_runs, cap=st.sampled_from([2, 4, 16]))
+@given(specs=_hook_specs, runs=_runs, cap=st.sampled_from([2, 4, 8]))
 def test_schedule_mixes_fire_identically_fused_or_not_and_as_planned(specs, runs, cap):
     fused_trainer, fused, fused_plans = _fake_run(specs, runs, cap)
     plain_trainer, plain, _ = _fake_run(specs, runs, 1)
     assert fused == plain
     assert fused_trainer.total == plain_trainer.total
     assert not plain_trainer.fused_calls
-    assert all(n in {2, 4, 8, 16} and n <= cap for n in fused_trainer.fused_calls)
+    assert all(n in {2, 4, 8} and n <= cap for n in fused_trainer.fused_calls)
     for expected, fired in fused_plans:  # The plan told the recording hooks' steps.
         assert fired == expected
 
@@ -264,8 +264,9 @@ def test_non_finite_loss_in_a_fused_call_names_the_first_bad_step(make_trainer):
     with pytest.raises(ktl.NonFiniteLossError) as info:
         loop.run_steps(ktl.ArrayDataset(x, x[:, :1], batch_size=4, loop_forever=True), 40)
     assert info.value.step == 10
-    assert info.value.detected_at == 15  # the end of the 16-step call holding step 10
-    assert loop.loop_step == 16
+    # Steps 8-15 ran in one call, checked once the next call (16-23) was dispatched.
+    assert info.value.detected_at == 23 and info.value.detected_at - info.value.step < 16
+    assert loop.loop_step == 24
 
 
 def test_stop_from_a_scheduled_hook_ends_at_its_step(make_trainer):
@@ -277,7 +278,7 @@ def test_stop_from_a_scheduled_hook_ends_at_its_step(make_trainer):
     assert loop.loop_step == 6 and trainer.global_step == 6
 
 
-@pytest.mark.parametrize("bad", [0, 3, 32, 2.0, True])
+@pytest.mark.parametrize("bad", [0, 3, 16, 2.0, True])
 def test_max_fused_steps_must_be_a_power_of_two_up_to_sync_every(make_trainer, bad):
     with pytest.raises(ValueError, match="max_fused_steps"):
         ktl.Loop(make_trainer(), max_fused_steps=bad)
@@ -297,7 +298,7 @@ def test_progress_bar_redraws_let_steps_fuse_and_draw_at_the_same_steps(make_tra
         loop.run_steps(ktl.ArrayDataset(x, x[:, :1], batch_size=4, loop_forever=True), 30)
         return drawn, bar.draws, trainer
 
-    fused, fused_draws, fused_trainer = run(16)
+    fused, fused_draws, fused_trainer = run(8)
     plain, plain_draws, _ = run(1)
     assert fused == plain and fused_draws == plain_draws == 4  # steps 0, 9, 19, 29 (clock 0-6)
     assert fused_trainer._cache.executors()[0].fused_fns

@@ -1,0 +1,79 @@
+"""trainer.train_steps: several steps in one compiled call, the same results as one by one."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_trainloop as ktl
+
+
+def _stack(x, y, steps, batch):
+    n = steps * batch
+    return x[:n].reshape(steps, batch, -1), y[:n].reshape(steps, batch)
+
+
+def test_train_steps_matches_train_step_one_batch_at_a_time(make_trainer, digits):
+    x, y, _, _ = digits
+    xs, ys = _stack(x, y, 8, 32)
+    keras.utils.set_random_seed(0)  # The weights are drawn at the first step.
+    one_by_one = make_trainer(train_metrics=[ktl.metrics.SparseCategoricalAccuracy()])
+    losses = []
+    for i in range(8):
+        metrics = one_by_one.train_step(None, [xs[i]], [ys[i]])
+        losses.append(float(metrics[0]))
+    keras.utils.set_random_seed(0)
+    fused = make_trainer(train_metrics=[ktl.metrics.SparseCategoricalAccuracy()])
+    fused_metrics, batch_losses = fused.train_steps(None, [xs], [ys])
+    assert batch_losses.shape == (8,)
+    np.testing.assert_array_equal(np.asarray(batch_losses), np.asarray(losses, np.float32))
+    for a, b in zip(fused_metrics, metrics):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert fused.global_step == one_by_one.global_step == 8
+    for a, b in zip(fused.model.get_weights(), one_by_one.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_train_steps_compiles_once_per_count_and_shares_the_spec_executor(make_trainer, digits):
+    x, y, _, _ = digits
+    trainer = make_trainer()
+    trainer.train_step(None, [x[:32]], [y[:32]])
+    for steps in (4, 4, 2, 4):
+        trainer.train_steps(None, *map(lambda a: [a], _stack(x, y, steps, 32)))
+    (executor,) = trainer._cache.executors()
+    assert executor.fused_trace_counts == {4: 1, 2: 1}
+    assert executor.trace_count == 1
+    assert trainer.global_step == 15
+
+
+def test_train_steps_first_call_builds_the_model(make_trainer, digits):
+    x, y, _, _ = digits
+    created = []
+    trainer = make_trainer()
+    trainer.on_exec_creation(lambda executor, graph_type: created.append(graph_type))
+    trainer.train_steps(None, *map(lambda a: [a], _stack(x, y, 2, 16)))
+    assert created == [ktl.GraphType.TRAIN]
+    assert trainer.global_step == 2
+
+
+@pytest.mark.parametrize(
+    "inputs, labels",
+    [
+        ([np.zeros((4, 8, 64), np.float32)], [np.zeros((3, 8), np.int32)]),  # counts differ
+        ([np.zeros((0, 8, 64), np.float32)], [np.zeros((0, 8), np.int32)]),  # no batch
+        ([np.float32(1.0)], []),  # no leading axis
+    ],
+)
+def test_train_steps_rejects_unstacked_arrays_before_anything_runs(make_trainer, inputs, labels):
+    trainer = make_trainer()
+    with pytest.raises(ValueError, match="stacked on a leading axis"):
+        trainer.train_steps(None, inputs, labels)
+    assert not trainer._cache.executors()
+
+
+def test_train_steps_is_refused_under_a_distribution(make_trainer, digits):
+    x, y, _, _ = digits
+    trainer = make_trainer(distribution=keras.distribution.DataParallel())
+    assert not trainer.can_fuse_steps
+    with pytest.raises(ValueError, match="keras.distribution"):
+        trainer.train_steps(None, *map(lambda a: [a], _stack(x, y, 2, 16)))
+    assert make_trainer().can_fuse_steps
