@@ -8,8 +8,10 @@ Example:
 """
 
 from keras_trainloop.loop._errors import HookError, NonFiniteLossError
+from keras_trainloop.loop._hooks import HookCost
 from keras_trainloop.loop._keras_bridge import LOG_NAMES_KEY, LoopCallback
-from keras_trainloop.loop._loop import SYNC_EVERY, Loop
+from keras_trainloop.loop._loop import MAX_FUSED_STEPS, SYNC_EVERY, Loop
+from keras_trainloop.loop._plan import Plan, PlannedHook
 from keras_trainloop.loop._schedules import (
     EveryNSteps,
     Exponential,
@@ -24,15 +26,19 @@ from keras_trainloop.loop._schedules import (
 
 __all__ = [
     "LOG_NAMES_KEY",
+    "MAX_FUSED_STEPS",
     "SYNC_EVERY",
     "EveryNSteps",
     "Exponential",
+    "HookCost",
     "HookError",
     "Loop",
     "LoopCallback",
     "NTimesDuringLoop",
     "NonFiniteLossError",
     "Periodic",
+    "Plan",
+    "PlannedHook",
     "Schedule",
     "every_n_steps",
     "exponential_callback",

@@ -374,7 +374,8 @@ class Loop:
 
         Returns:
             A `Plan`: `plan.hooks` (event, name, steps, cost), `plan.calls`
-            (first step and steps of each compiled call), `plan.steps_of(name)`,
+            (first step and steps of each compiled call, for a dataset with
+            `yield_batches`; others run one step per call), `plan.steps_of(name)`,
             `plan.fires_at(step)`, `plan.report()`.
 
         Example:
@@ -383,7 +384,9 @@ class Loop:
             print(loop.plan(1000).report())
         """
         _check_count("steps", steps, "plan")
-        return make_plan(self, steps, self._on_step, self._on_end, self._max_fused_steps)
+        fusable = not self._on_batch_begin.hooks and self._trainer_can_fuse()
+        cap = self._max_fused_steps if fusable else 1
+        return make_plan(self, steps, self._on_step, self._on_end, cap)
 
     def hook_costs(self) -> dict[str, HookCost]:
         """Each hook's measured cost since the loop was created, by "Event: name".
@@ -520,15 +523,17 @@ class Loop:
         if self._on_start.hooks:
             self._on_start.fire(self, ds)
 
-    def _can_fuse(self, ds: Any) -> bool:
-        """Whether steps over `ds` may run fused (some may still run one by one)."""
+    def _trainer_can_fuse(self) -> bool:
         trainer = self.trainer
         return (
             self._max_fused_steps > 1
-            and callable(getattr(ds, "yield_batches", None))
             and callable(getattr(trainer, "train_steps", None))
             and bool(getattr(trainer, "can_fuse_steps", False))
         )
+
+    def _can_fuse(self, ds: Any) -> bool:
+        """Whether steps over `ds` may run fused (some may still run one by one)."""
+        return callable(getattr(ds, "yield_batches", None)) and self._trainer_can_fuse()
 
     def _steps(self, ds: Any, limit: int, metrics: list) -> tuple[list, bool]:
         """Runs steps until `loop_step == limit` (-1: no limit), the data ends or a stop.
@@ -645,10 +650,10 @@ class Loop:
                     self.loop_step = step + 1  # The step was trained.
                     raise
             now = perf_counter()
+            self._step_seconds = (now - last) / n  # Bounds the next call for timed hooks.
             if n == 1:
-                durations.append(now - last)
+                durations.append(self._step_seconds)
             else:
-                self._step_seconds = (now - last) / n
                 durations.extend([self._step_seconds] * n)
             last = now
             step += 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import keras
 import numpy as np
 import pytest
@@ -314,3 +316,23 @@ class _Lines:
 
     def flush(self):
         pass
+
+
+def test_a_periodic_hook_bounds_how_long_a_fused_call_takes():
+    class SlowTrainer(SumTrainer):
+        def train_step(self, spec, inputs, labels):
+            time.sleep(0.002)  # at least 2 ms a step
+            return super().train_step(spec, inputs, labels)
+
+    def run(period):
+        trainer = SlowTrainer()
+        loop = ktl.Loop(trainer)
+        if period is not None:
+            ktl.periodic_callback(loop, period, False, "p", 0, lambda loop, m: None)
+        x = np.ones((64, 2), np.float32)
+        loop.run_steps(ktl.ArrayDataset(x, x, batch_size=2, loop_forever=True), 60)
+        return trainer.fused_calls
+
+    assert max(run(None)) == 8
+    bounded = run(0.01)  # 10 ms at >= 2 ms a step: calls of at most 4 steps
+    assert bounded and max(bounded) <= 4
