@@ -209,10 +209,18 @@ class ArrayDataset:
     def _begin_pass(self) -> None:
         self._pos = 0
         self._untouched = True
+        self._pass_arrays = None
         if self._rng is not None:
             self._order = self._rng.permutation(self._num_examples)
-            if self._copy_passes:
-                self._pass_arrays = [a[self._order] for a in self._arrays]
+
+    def _copy_pass(self) -> None:
+        """Gathers the pass's examples in their order once, so each batch is a slice.
+
+        Done when a pass starts with `yield_batch` (one batch at a time);
+        `yield_batches` gathers its n batches directly, which is cheaper than
+        a copy of the pass shared by a few calls.
+        """
+        self._pass_arrays = [a[self._order] for a in self._arrays]
 
     def _split(self, batch: list[np.ndarray]) -> tuple[Any, list[np.ndarray], list[np.ndarray]]:
         k = self._num_inputs
@@ -231,6 +239,8 @@ class ArrayDataset:
         start = self._pos
         stop = start + self._batch_size
         if stop <= self._num_examples:  # The common case: a full batch inside the pass.
+            if self._untouched and self._copy_passes:
+                self._copy_pass()
             self._pos = stop
             self._untouched = False
             order = self._order
@@ -242,6 +252,8 @@ class ArrayDataset:
             return self._split([a[indices] for a in self._arrays])
         if self._loop_forever:
             indices = self._wrapped_indices(start)
+            if self._copy_passes:  # The new pass goes on one batch at a time.
+                self._copy_pass()
             return self._split([a[indices] for a in self._arrays])
         if start >= self._num_examples or self._drop_remainder:
             self._pos = self._num_examples
