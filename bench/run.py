@@ -1131,8 +1131,8 @@ def workload_section(name: str, w: Workload, data: Data, steps: int, reps: int,
                  f"{statistics.median(ra / rb for ra, rb in zip(scan.rates, a.rates)):.2f}x"
                  if scan is not None else "")
         verdict = "meets it" if wall >= goal else "below it"
-        sec += [f"Issue 8 goal (fused L1 >= {goal}x A on {name}): L1_np {wall:.2f}x by wall "
-                f"time, {cpu:.2f}x by CPU time: {verdict}{limit}.", ""]
+        sec += [(f"Issue 8 goal (fused L1 >= {goal}x A on {name}): L1_np {wall:.2f}x by wall "
+                 f"time, {cpu:.2f}x by CPU time: {verdict}{limit}."), ""]
     return "\n".join(sec)
 
 

@@ -532,64 +532,24 @@ class Loop:
     def _steps(self, ds: Any, limit: int, metrics: list) -> tuple[list, bool]:
         """Runs steps until `loop_step == limit` (-1: no limit), the data ends or a stop.
 
+        With `_can_fuse(ds)`, several steps run in one compiled call wherever
+        the hooks allow: each call ends at the next step where a hook may fire
+        (see `fusable_steps`). A call's batch losses are checked once the next
+        call (or step) has been dispatched, so the host prepares a call while
+        the device runs the previous one; with calls of at most 8 steps a NaN
+        surfaces at most 15 steps late. Other steps (a hook needs every step,
+        the dataset cannot stack the next batches, or fusion is off) run one
+        by one, their losses checked every `SYNC_EVERY` steps.
+
         Returns:
             The last metrics (`metrics` if no step ran) and whether the data
             ended (`EOFError`).
         """
-        if self._can_fuse(ds):
-            return self._fused_steps(ds, limit, metrics)
+        fuse = self._can_fuse(ds)
         yield_batch = ds.yield_batch
-        train_step = self.trainer.train_step
-        on_step = self._on_step
-        on_batch_begin = self._on_batch_begin
-        append_duration = self.train_step_durations.append
-        perf_counter = time.perf_counter
-        countdown = self._countdown
-        step = self.loop_step
-        pending_append = self._pending_losses.append
-        last = perf_counter()
-        while step != limit and not self._stop_requested:
-            self.loop_step = step
-            try:
-                spec, inputs, labels = yield_batch()
-            except EOFError:
-                self._countdown = countdown
-                return metrics, True
-            if on_batch_begin.hooks:
-                on_batch_begin.fire(self, step)
-            metrics = train_step(spec, inputs, labels)
-            pending_append(metrics[0])
-            countdown -= 1
-            if not countdown:
-                countdown = SYNC_EVERY
-                self._sync(metrics, step)
-            if on_step.hooks:
-                try:
-                    on_step.fire(self, metrics)
-                except BaseException:
-                    self.loop_step = step + 1  # The step was trained.
-                    raise
-            now = perf_counter()
-            append_duration(now - last)
-            last = now
-            step += 1
-        self.loop_step = step
-        self._countdown = countdown
-        return metrics, False
-
-    def _fused_steps(self, ds: Any, limit: int, metrics: list) -> tuple[list, bool]:
-        """`_steps` with several steps per compiled call wherever the hooks allow.
-
-        Each call ends at the next step where a hook may fire (see
-        `fusable_steps`). A call's batch losses are checked once the next call
-        (or step) has been dispatched, so the host prepares a call while the
-        device runs the previous one; with calls of at most 8 steps a NaN
-        surfaces at most 15 steps late. A step that cannot be fused (a hook
-        needs every step, or the dataset cannot stack the next batches) runs
-        alone as in `_steps`.
-        """
-        yield_batch, yield_batches = ds.yield_batch, ds.yield_batches
+        yield_batches = ds.yield_batches if fuse else None
         trainer = self.trainer
+        train_step = trainer.train_step
         on_step, on_batch_begin = self._on_step, self._on_batch_begin
         durations = self.train_step_durations
         perf_counter = time.perf_counter
@@ -601,15 +561,15 @@ class Loop:
         while step != limit and not self._stop_requested:
             self.loop_step = step
             n = 1
-            if not on_batch_begin.hooks:
-                n = fusable_steps(self, on_step, limit, cap, self._step_seconds)
             batch = None
-            while n > 1:
-                batch = yield_batches(n)
-                if batch is not None:
-                    break
-                n //= 2
-            if batch is None:  # One step, as in _steps.
+            if fuse and not on_batch_begin.hooks:
+                n = fusable_steps(self, on_step, limit, cap, self._step_seconds)
+                while n > 1:
+                    batch = yield_batches(n)
+                    if batch is not None:
+                        break
+                    n //= 2
+            if batch is None:  # One step.
                 try:
                     spec, inputs, labels = yield_batch()
                 except EOFError:
@@ -617,7 +577,7 @@ class Loop:
                     return metrics, True
                 if on_batch_begin.hooks:
                     on_batch_begin.fire(self, step)
-                metrics = trainer.train_step(spec, inputs, labels)
+                metrics = train_step(spec, inputs, labels)
                 if self._pending_call is not None:
                     self._check_call(step)
                 pending.append(metrics[0])
@@ -625,7 +585,7 @@ class Loop:
                 if not countdown:
                     countdown = SYNC_EVERY
                     self._sync(metrics, step)
-            else:
+            else:  # n steps in one call.
                 if pending:  # Steps run one by one before: check them first.
                     self._sync(metrics, step - 1)
                 metrics, losses = trainer.train_steps(*batch)

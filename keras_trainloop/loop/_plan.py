@@ -19,7 +19,7 @@ def check_max_fused_steps(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value & (value - 1):
         raise ValueError(
             "max_fused_steps must be a power of two >= 1 (1 turns fused execution off). "
-            f"Received: max_fused_steps={value!r}. Fix: pass e.g. max_fused_steps=16."
+            f"Received: max_fused_steps={value!r}. Fix: pass e.g. max_fused_steps=8."
         )
     return value
 
@@ -126,9 +126,9 @@ class Plan:
         steps = self.end_step - self.start_step
         train = steps * self.step_seconds
         lines = [
-            f"Plan: steps {self.start_step}..{self.end_step - 1} ({steps} steps) in "
-            f"{len(self.calls)} compiled calls; training ~{train:.3g} s at "
-            f"{self.step_seconds * 1e6:.3g} us/step measured.",
+            (f"Plan: steps {self.start_step}..{self.end_step - 1} ({steps} steps) in "
+             f"{len(self.calls)} compiled calls; training ~{train:.3g} s at "
+             f"{self.step_seconds * 1e6:.3g} us/step measured."),
             f"{'hook':<40} {'event':<6} {'calls':>7} {'median':>10} {'est. s':>9} {'share':>6}",
         ]
         ranked = sorted(self.hooks, key=lambda h: -h.estimated_seconds)

@@ -111,7 +111,7 @@ class SumTrainer:
     """A trainer double: its "loss" is the running sum of the inputs, its second metric the step."""
 
     can_fuse_steps = True
-    train_metrics: list = []
+    train_metrics = ()
 
     def __init__(self):
         self.total = np.float64(0)

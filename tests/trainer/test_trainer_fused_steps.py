@@ -38,7 +38,7 @@ def test_train_steps_compiles_once_per_count_and_shares_the_spec_executor(make_t
     trainer = make_trainer()
     trainer.train_step(None, [x[:32]], [y[:32]])
     for steps in (4, 4, 2, 4):
-        trainer.train_steps(None, *map(lambda a: [a], _stack(x, y, steps, 32)))
+        trainer.train_steps(None, *([a] for a in _stack(x, y, steps, 32)))
     (executor,) = trainer._cache.executors()
     assert executor.fused_trace_counts == {4: 1, 2: 1}
     assert executor.trace_count == 1
@@ -50,7 +50,7 @@ def test_train_steps_first_call_builds_the_model(make_trainer, digits):
     created = []
     trainer = make_trainer()
     trainer.on_exec_creation(lambda executor, graph_type: created.append(graph_type))
-    trainer.train_steps(None, *map(lambda a: [a], _stack(x, y, 2, 16)))
+    trainer.train_steps(None, *([a] for a in _stack(x, y, 2, 16)))
     assert created == [ktl.GraphType.TRAIN]
     assert trainer.global_step == 2
 
@@ -75,5 +75,5 @@ def test_train_steps_is_refused_under_a_distribution(make_trainer, digits):
     trainer = make_trainer(distribution=keras.distribution.DataParallel())
     assert not trainer.can_fuse_steps
     with pytest.raises(ValueError, match="keras.distribution"):
-        trainer.train_steps(None, *map(lambda a: [a], _stack(x, y, 2, 16)))
+        trainer.train_steps(None, *([a] for a in _stack(x, y, 2, 16)))
     assert make_trainer().can_fuse_steps
