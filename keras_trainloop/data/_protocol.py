@@ -13,6 +13,11 @@ class Dataset(Protocol):
     there is nothing to subclass. `isinstance(obj, ktl.Dataset)` checks that the
     three members exist (not their signatures).
 
+    Optional: `yield_batches(n) -> (spec, inputs, labels) | None`, the next `n`
+    batches stacked on a new leading axis (or None, consuming nothing, when
+    they cannot be stacked). `ktl.Loop` uses it to run `n` steps in one
+    compiled call; `ktl.ArrayDataset` and `ktl.TFDataset` have it.
+
     Attributes:
         name: identifies the dataset in progress bars, reports and plots.
 

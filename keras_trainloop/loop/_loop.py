@@ -104,8 +104,9 @@ class Loop:
     fire, so hooks fire at the same steps and see the same metrics as with
     one call per step. A call runs a power of two of steps, at most
     `max_fused_steps`, so few functions are compiled. It needs a dataset
-    with `yield_batches(n)` (`ktl.ArrayDataset` has it) and a trainer with
-    `train_steps` (not under a `keras.distribution`); otherwise, and while a
+    with `yield_batches(n)` (`ktl.ArrayDataset` and `ktl.TFDataset` have
+    it) and a trainer with `train_steps` (not under a
+    `keras.distribution`); otherwise, and while a
     hook without a schedule (`on_step(..., schedule=None)`) or a Keras
     callback with batch hooks is registered, each step is its own call.
     Hooks registered by `ktl.every_n_steps` and the other schedule helpers
