@@ -105,8 +105,8 @@ class Loop:
     one call per step. A call runs a power of two of steps, at most
     `max_fused_steps`, so few functions are compiled. It needs a dataset
     with `yield_batches(n)` (`ktl.ArrayDataset` and `ktl.TFDataset` have
-    it) and a trainer with `train_steps` (not under a
-    `keras.distribution`); otherwise, and while a
+    it) and a trainer with `train_steps` (one process:
+    `trainer.can_fuse_steps`); otherwise, and while a
     hook without a schedule (`on_step(..., schedule=None)`) or a Keras
     callback with batch hooks is registered, each step is its own call.
     Hooks registered by `ktl.every_n_steps` and the other schedule helpers

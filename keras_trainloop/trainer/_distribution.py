@@ -104,6 +104,13 @@ def _local_data_shards(sharding: NamedSharding) -> int:
     })
 
 
+def _stacked_sharding(sharding: Any) -> Any:
+    """The sharding of a batch's layout with a new, unsplit leading axis."""
+    if isinstance(sharding, NamedSharding):
+        return NamedSharding(sharding.mesh, PartitionSpec(None, *sharding.spec))
+    return sharding  # Replicated or single-device: the same for any rank.
+
+
 class BatchSharder:
     """Puts each batch on a distribution's devices, split over its data axis.
 
@@ -143,6 +150,19 @@ class BatchSharder:
                 shardings, (inputs, labels),
             )
         return jax.device_put((inputs, labels), shardings)
+
+    def stacked(self, spec: Any, inputs: list, labels: list) -> tuple[list, list]:
+        """Like calling it, for batches stacked on a new leading axis (`train_steps`).
+
+        Each batch is laid out as alone (and its size checked); the stacking
+        axis is not split. Single process only.
+        """
+        key = (tuple(_shape(x)[1:] for x in inputs), tuple(_shape(x)[1:] for x in labels))
+        shardings = self._shardings.get(key)
+        if shardings is None:
+            shardings = self._new_shardings(spec, key)
+        stacked = jax.tree.map(_stacked_sharding, shardings)
+        return jax.device_put((inputs, labels), stacked)
 
     def _new_shardings(self, spec: Any, key: tuple) -> tuple[list, list]:
         distribution = self._distribution

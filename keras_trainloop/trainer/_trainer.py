@@ -466,25 +466,27 @@ class Trainer:
             executor.trace_count += 1
             return step_fn(*args)
 
-        donate = (0, 1) if train else (1,)
         executor.fused_fns.clear()
-        distribution = self._distribution
-        if distribution is None:
-            executor.fn = jax.jit(fn, donate_argnums=donate)
-            return
         replicated = self._replicated
         # Metric states and values are replicated; the variables keep their layouts.
         out_shardings = (
             ((self._state_shardings, replicated), replicated) if train
             else (replicated, replicated)
         )
+        executor.fn = self._jit_fn(fn, (0, 1) if train else (1,), out_shardings)
+
+    def _jit_fn(self, fn: Callable, donate: tuple, out_shardings: Any) -> Callable:
+        """`jax.jit(fn)`; under a distribution, traced in its scope with `out_shardings`."""
+        distribution = self._distribution
+        if distribution is None:
+            return jax.jit(fn, donate_argnums=donate)
 
         def scoped_fn(*args):
             # Traced under the distribution, for layers that ask it for tensor layouts.
             with distribution_lib.scope(distribution):
                 return fn(*args)
 
-        executor.fn = jax.jit(scoped_fn, donate_argnums=donate, out_shardings=out_shardings)
+        return jax.jit(scoped_fn, donate_argnums=donate, out_shardings=out_shardings)
 
     def _build(self, graph_type: GraphType, spec: Any, inputs: list) -> None:
         """Creates the variables a new spec needs with one eager call, outside jit."""
@@ -619,7 +621,9 @@ class Trainer:
             )
             return state, values, batch_losses
 
-        fn = jax.jit(fused_fn, donate_argnums=(0, 1))
+        replicated = self._replicated
+        out_shardings = ((self._state_shardings, replicated), replicated, replicated)
+        fn = self._jit_fn(fused_fn, (0, 1), out_shardings)
         executor.fused_fns[num_steps] = fn
         return fn
 
@@ -696,8 +700,8 @@ class Trainer:
 
     @property
     def can_fuse_steps(self) -> bool:
-        """Whether `train_steps` can run: not under a `keras.distribution` (not supported yet)."""
-        return self.distribution is None
+        """Whether `train_steps` can run: not with several processes (not supported yet)."""
+        return self.distribution is None or jax.process_count() == 1
 
     def train_steps(
         self, spec: Any, inputs: Sequence[Any], labels: Sequence[Any]
@@ -715,18 +719,20 @@ class Trainer:
             `train_step` returns them) and the `n` batch losses, a device array
             of shape `(n,)`. Nothing is copied to the host.
 
+        Under a `keras.distribution` each batch is split over the data axis
+        as in `train_step` (the stacking axis is not split).
+
         Raises:
             ValueError: the arrays do not share a leading axis of size >= 1,
-                or any error of `train_step` for the first batch; under a
-                `keras.distribution` (see `can_fuse_steps`).
+                or any error of `train_step` for the first batch; with several
+                processes (see `can_fuse_steps`).
         """
         inputs = _as_array_list("inputs", inputs, spec)
         labels = _as_array_list("labels", labels, spec)
-        distribution = self.distribution
-        if distribution is not None:
+        if not self.can_fuse_steps:
             raise ValueError(
-                "train_steps() does not run under a keras.distribution yet. Received: "
-                f"spec={spec!r} under {distribution_lib.describe(distribution)}. "
+                "train_steps() does not run with several processes yet. Received: "
+                f"spec={spec!r} on process {jax.process_index()} of {jax.process_count()}. "
                 "Fix: call train_step() once per batch (ktl.Loop does so itself when "
                 "trainer.can_fuse_steps is False)."
             )
@@ -737,7 +743,9 @@ class Trainer:
         fn = self._fused_fn(executor, num_steps)
         if self._vars is None:
             self._pull_from_model()
-        if self._put_batch is not None:
+        if self._distribution is not None:
+            inputs, labels = self._put_batch.stacked(spec, inputs, labels)
+        elif self._put_batch is not None:
             inputs, labels = self._put_batch(spec, inputs, labels)
         (self._vars, self._train_mstates), values, batch_losses = fn(
             self._vars, self._train_mstates, inputs, labels

@@ -153,6 +153,7 @@ def run_checks(workdir: str) -> dict:
     results = {}
     for name, check in [
         ("data_parallel", lambda: data_parallel_equivalence(workdir)),
+        ("fused_data_parallel", fused_data_parallel),
         ("model_parallel", lambda: model_parallel(workdir)),
         ("indivisible_batch", indivisible_batch),
         ("in_device_refused", in_device_refused),
@@ -233,6 +234,44 @@ def data_parallel_equivalence(workdir: str) -> dict:
         "variables": variables,
         "trace_counts": [e.trace_count for e in executors],
         "saved_step": saved_step,
+    }
+
+
+def fused_data_parallel() -> dict:
+    """30 Loop steps under DataParallel, fused (up to 8 per call) and one call per step."""
+    keras.distribution.set_distribution(keras.distribution.DataParallel())
+    x, y = digits()
+    runs = {}
+    for cap in (1, 8):
+        keras.utils.set_random_seed(0)
+        log = ShardingLog()
+        trainer = new_trainer(log, "sgd")
+        executors = count_traces(trainer)
+        loop = ktl.Loop(trainer, max_fused_steps=cap)
+        seen, captured = [], {}
+        ktl.every_n_steps(loop, 10, "losses", 0,
+                          lambda loop, m, seen=seen: seen.append([loop.loop_step, float(m[0])]))
+        ktl.every_n_steps(loop, 30, "layouts", 1,
+                          lambda loop, m, t=trainer, c=captured: c.update(state=state_vs_layouts(t)))
+        ds = ktl.ArrayDataset(x, y, batch_size=BATCH, loop_forever=True, drop_remainder=True)
+        loop.run_steps(ds, 30)
+        runs[cap] = {
+            "seen": seen,
+            "weights": trainer.model.get_weights(),
+            "fused_sizes": sorted(executors[0].fused_fns),
+            "state": captured["state"],
+            "input_shardings": log.inputs,
+        }
+    fused, single = runs[8], runs[1]
+    return {
+        "seen_fused": fused["seen"],
+        "seen_single": single["seen"],
+        "max_weight_diff": float(max(np.max(np.abs(a - b))
+                                     for a, b in zip(fused["weights"], single["weights"]))),
+        "fused_sizes": fused["fused_sizes"],
+        "single_fused_sizes": single["fused_sizes"],
+        "state_vs_layouts": fused["state"],
+        "input_shardings": fused["input_shardings"],
     }
 
 

@@ -99,6 +99,20 @@ def test_data_parallel_loop_matches_single_device_run(checks):
 
 
 # ModelParallel ---------------------------------------------------------------------
+def test_fused_steps_under_data_parallel_match_one_call_per_step(checks):
+    fused = result(checks, "fused_data_parallel")
+    assert fused["fused_sizes"] and set(fused["fused_sizes"]) <= {2, 4, 8}
+    assert fused["single_fused_sizes"] == []
+    assert [s for s, _ in fused["seen_fused"]] == [s for s, _ in fused["seen_single"]] == [9, 19, 29]
+    for (_, a), (_, b) in zip(fused["seen_fused"], fused["seen_single"]):
+        assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6)
+    assert fused["max_weight_diff"] < 1e-5
+    assert fused["state_vs_layouts"]["mismatches"] == []
+    # Inside the scan each step sees its batch split over the 8 devices.
+    for sharding in fused["input_shardings"]:
+        assert sharding["spec"].startswith("P('batch'") and sharding["shard_shape"] == [8, 64]
+
+
 def test_model_parallel_argument_wins_over_the_global_distribution(checks):
     assert result(checks, "model_parallel")["trainer_distribution"] == "ModelParallel"
 

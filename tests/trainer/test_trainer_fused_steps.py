@@ -70,10 +70,19 @@ def test_train_steps_rejects_unstacked_arrays_before_anything_runs(make_trainer,
     assert not trainer._cache.executors()
 
 
-def test_train_steps_is_refused_under_a_distribution(make_trainer, digits):
+def test_train_steps_under_a_distribution_matches_train_step(make_trainer, digits):
     x, y, _, _ = digits
-    trainer = make_trainer(distribution=keras.distribution.DataParallel())
-    assert not trainer.can_fuse_steps
-    with pytest.raises(ValueError, match="keras.distribution"):
-        trainer.train_steps(None, *([a] for a in _stack(x, y, 2, 16)))
-    assert make_trainer().can_fuse_steps
+    xs, ys = _stack(x, y, 4, 16)
+    results = []
+    for fused in (False, True):
+        keras.utils.set_random_seed(0)
+        trainer = make_trainer(distribution=keras.distribution.DataParallel())
+        assert trainer.can_fuse_steps
+        if fused:
+            metrics, _ = trainer.train_steps(None, [xs], [ys])
+        else:
+            for i in range(4):
+                metrics = trainer.train_step(None, [xs[i]], [ys[i]])
+        results.append(([np.asarray(m) for m in metrics], trainer.model.get_weights()))
+    for a, b in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
