@@ -40,6 +40,14 @@ class HookCost:
             del recent[: _COST_WINDOW // 2]
         recent.append(seconds)
 
+    def __add__(self, other: HookCost) -> HookCost:
+        """The costs of two hooks together (e.g. hooks of one event sharing a name)."""
+        total = HookCost()
+        total.calls = self.calls + other.calls
+        total.total = self.total + other.total
+        total.recent = self.recent + other.recent
+        return total
+
     @property
     def median(self) -> float:
         """The median duration of the recent calls in seconds; 0.0 before any call."""

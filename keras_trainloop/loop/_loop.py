@@ -394,15 +394,7 @@ class Loop:
         for hooks in (self._on_start, self._on_step, self._on_end):
             for hook in hooks.hooks:
                 key = f"{hooks.kind}: {hook.name}"
-                if key not in costs:
-                    costs[key] = hook.cost
-                    continue
-                merged = HookCost()
-                for part in (costs[key], hook.cost):
-                    merged.calls += part.calls
-                    merged.total += part.total
-                    merged.recent += part.recent
-                costs[key] = merged
+                costs[key] = costs[key] + hook.cost if key in costs else hook.cost
         return costs
 
     # Keras interoperability ---------------------------------------------------

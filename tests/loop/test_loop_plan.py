@@ -95,3 +95,15 @@ def test_plan_rejects_a_bad_length_and_unknown_names(trainer):
         loop.plan(-1)
     with pytest.raises(KeyError, match="no_such_hook"):
         loop.plan(5).steps_of("no_such_hook")
+
+
+def test_hook_costs_add_up_hooks_of_one_event_sharing_a_name(trainer):
+    loop = ktl.Loop(trainer)
+    ktl.every_n_steps(loop, 2, "twin", 0, lambda loop, m: None)
+    ktl.every_n_steps(loop, 5, "twin", 0, lambda loop, m: None)
+    loop.on_step("same", 0, lambda loop, m: None)
+    loop.on_step("same", 1, lambda loop, m: None)
+    loop.run_steps(_forever(), 10)
+    costs = loop.hook_costs()
+    assert costs["OnStep: EveryNSteps(2): twin"].calls == 5
+    assert costs["OnStep: same"].calls == 20 and len(costs["OnStep: same"].recent) == 20
