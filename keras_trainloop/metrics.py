@@ -13,8 +13,15 @@ Three kinds aggregate a per-batch value, as GoMLX does:
 
 `KerasMetric` wraps any `keras.metrics.Metric` through its stateless API, and
 `mean`, `moving_average`, `per_batch` and `as_metric` build metrics from
-functions, Keras metrics or Keras metric names. GoMLX's accuracy metrics come
-ready-made.
+functions, Keras metrics or Keras metric names. `as_metric` reads names as
+`model.compile(metrics=[...])` does: "accuracy" (or "acc") becomes the binary,
+sparse categorical or categorical accuracy that the shapes of the labels and
+predictions call for. GoMLX's accuracy metrics come ready-made.
+
+Every metric has a `keras_name`, the key of its value in Keras-shaped logs (as
+`model.fit` would name it): a Keras metric's own name, a Keras metric name as
+given, else the snake_case of the metric's `name` ("Mean Accuracy" ->
+"mean_accuracy").
 
 Example:
     trainer = ktl.Trainer(
@@ -80,6 +87,10 @@ class Metric(abc.ABC):
         metric_type: what the value measures: "loss", "accuracy" or anything
             else. Metrics of one type share a plot axis, and the type picks
             the `pretty_print` format.
+        keras_name: the key of the metric's value in Keras-shaped logs, as
+            `model.fit` would name it, e.g. "mean_accuracy". Set by the
+            `keras_name=` keyword; defaults to the snake_case of `name`
+            ("Mean Accuracy" -> "mean_accuracy", "myError" -> "my_error").
 
     Example:
         class Max(Metric):
@@ -93,9 +104,13 @@ class Metric(abc.ABC):
         peak = Max("Max Prediction", "max", "prediction")
     """
 
-    def __init__(self, name: str, short_name: str, metric_type: str):
-        for arg, value in (("name", name), ("short_name", short_name),
-                           ("metric_type", metric_type)):
+    def __init__(
+        self, name: str, short_name: str, metric_type: str, *, keras_name: str | None = None,
+    ):
+        named = [("name", name), ("short_name", short_name), ("metric_type", metric_type)]
+        if keras_name is not None:
+            named.append(("keras_name", keras_name))
+        for arg, value in named:
             if not isinstance(value, str) or not value:
                 raise TypeError(
                     f"A metric's {arg} must be a non-empty string. "
@@ -104,6 +119,7 @@ class Metric(abc.ABC):
         self.name = name
         self.short_name = short_name
         self.metric_type = metric_type
+        self.keras_name = keras_name if keras_name is not None else _keras_log_name(name)
 
     @abc.abstractmethod
     def init_state(self) -> Any:
@@ -150,6 +166,18 @@ class Metric(abc.ABC):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, short_name={self.short_name!r}, "
                 f"metric_type={self.metric_type!r})")
+
+
+def _snake_case(name: str) -> str:
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _keras_log_name(name: str) -> str:
+    """The snake_case of a display name: "Mean Loss+Regularization" -> "mean_loss_regularization"."""
+    words = [word for word in re.split(r"\W+", name) if word]
+    snake = "_".join(_snake_case(word) for word in words)
+    return re.sub(r"(?<=[^_])_{2,}", "_", snake) or "metric"  # A leading "_" stays.
 
 
 def _check_fn(fn: Any, kind: str) -> None:
@@ -199,6 +227,8 @@ class MeanMetric(Metric):
         fn: `fn(labels: list, predictions: list) -> scalar or array`, traceable;
             None for a metric fed only through `accumulate` (the Trainer's loss
             entries).
+        keras_name: the key in Keras-shaped logs; defaults to the snake_case
+            of `name`.
 
     Example:
         mae = MeanMetric("Mean Absolute Error", "#mae", "mae", ktl.losses.mean_absolute_error)
@@ -207,9 +237,10 @@ class MeanMetric(Metric):
     """
 
     def __init__(
-        self, name: str, short_name: str, metric_type: str, fn: MetricFn | None = None,
+        self, name: str, short_name: str, metric_type: str, fn: MetricFn | None = None, *,
+        keras_name: str | None = None,
     ):
-        super().__init__(name, short_name, metric_type)
+        super().__init__(name, short_name, metric_type, keras_name=keras_name)
         _check_fn(fn, type(self).__name__)
         self.fn = fn
 
@@ -263,6 +294,8 @@ class MovingAverageMetric(Metric):
             through `accumulate`.
         new_example_weight: weight of a new batch once past the plain-mean
             start; in (0, 1]. Smaller is smoother.
+        keras_name: the key in Keras-shaped logs; defaults to the snake_case
+            of `name`.
 
     Raises:
         ValueError: `new_example_weight` is outside (0, 1].
@@ -274,9 +307,9 @@ class MovingAverageMetric(Metric):
 
     def __init__(
         self, name: str, short_name: str, metric_type: str, fn: MetricFn | None = None,
-        new_example_weight: float = 0.01,
+        new_example_weight: float = 0.01, *, keras_name: str | None = None,
     ):
-        super().__init__(name, short_name, metric_type)
+        super().__init__(name, short_name, metric_type, keras_name=keras_name)
         _check_fn(fn, type(self).__name__)
         if not isinstance(new_example_weight, (int, float)) or not 0 < new_example_weight <= 1:
             raise ValueError(
@@ -329,15 +362,18 @@ class BatchMetric(Metric):
         fn: `fn(labels: list, predictions: list) -> value`, traceable; an
             array result is reduced to its mean. None for a metric fed only
             through `accumulate`.
+        keras_name: the key in Keras-shaped logs; defaults to the snake_case
+            of `name`.
 
     Example:
         batch_mse = BatchMetric("Batch MSE", "mse", "loss", ktl.losses.mean_squared_error)
     """
 
     def __init__(
-        self, name: str, short_name: str, metric_type: str, fn: MetricFn | None = None,
+        self, name: str, short_name: str, metric_type: str, fn: MetricFn | None = None, *,
+        keras_name: str | None = None,
     ):
-        super().__init__(name, short_name, metric_type)
+        super().__init__(name, short_name, metric_type, keras_name=keras_name)
         _check_fn(fn, type(self).__name__)
         self.fn = fn
 
@@ -364,22 +400,21 @@ def _initial_variables(metric: keras.metrics.Metric) -> list[np.ndarray]:
     return [np.array(v) for v in values]
 
 
-def _keras_update(metric: keras.metrics.Metric, state: list, labels: list, predictions: list):
-    labels, predictions = _as_list(labels), _as_list(predictions)
+def _check_keras_inputs(metric_name: str, labels: list, predictions: list) -> None:
     if not labels or not predictions or len(labels) > 2:
         raise ValueError(
             f"A Keras metric reads labels[0], predictions[0] and an optional sample weight "
             f"labels[1]. Received: len(labels)={len(labels)}, len(predictions)="
-            f"{len(predictions)} for metric {metric.name!r}. "
+            f"{len(predictions)} for metric {metric_name!r}. "
             "Fix: yield [labels] or [labels, sample_weight], or wrap a function instead."
         )
+
+
+def _keras_update(metric: keras.metrics.Metric, state: list, labels: list, predictions: list):
+    labels, predictions = _as_list(labels), _as_list(predictions)
+    _check_keras_inputs(metric.name, labels, predictions)
     kwargs = {"sample_weight": labels[1]} if len(labels) == 2 else {}
     return metric.stateless_update_state(state, labels[0], predictions[0], **kwargs)
-
-
-def _snake_case(name: str) -> str:
-    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
-    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def _keras_base_name(metric: keras.metrics.Metric) -> str:
@@ -420,6 +455,8 @@ class KerasMetric(Metric):
         short_name: defaults to a short form of the name ("accuracy" -> "acc").
         metric_type: defaults to "accuracy" when the Keras metric's name
             contains "acc", else to that name.
+        keras_name: the key in Keras-shaped logs; defaults to `metric.name`
+            as is (suffix included), the key `model.fit` logs it under.
 
     Raises:
         TypeError: `metric` is not a `keras.metrics.Metric` instance.
@@ -430,7 +467,8 @@ class KerasMetric(Metric):
 
     def __init__(
         self, metric: keras.metrics.Metric, name: str | None = None,
-        short_name: str | None = None, metric_type: str | None = None,
+        short_name: str | None = None, metric_type: str | None = None, *,
+        keras_name: str | None = None,
     ):
         if not isinstance(metric, keras.metrics.Metric):
             raise TypeError(
@@ -439,7 +477,8 @@ class KerasMetric(Metric):
             )
         base = _keras_base_name(metric)
         name = name or base
-        super().__init__(name, short_name or _short(name), metric_type or _infer_type(base))
+        super().__init__(name, short_name or _short(name), metric_type or _infer_type(base),
+                         keras_name=metric.name if keras_name is None else keras_name)
         self.keras_metric = metric
         self._initial = _initial_variables(metric)
 
@@ -449,6 +488,89 @@ class KerasMetric(Metric):
     def update(self, state, labels, predictions):
         state = _keras_update(self.keras_metric, list(state), labels, predictions)
         return state, self.keras_metric.stateless_result(state)
+
+
+_COMPILE_ACCURACY_NAMES = ("accuracy", "acc")
+
+
+def _compile_accuracy_kind(label_shape: tuple, prediction_shape: tuple) -> str:
+    """Keras' `is_binary_or_sparse_categorical` rule (`trainers/compile_utils.py`)."""
+    label_last = label_shape[-1] if label_shape else None
+    prediction_last = prediction_shape[-1] if prediction_shape else None
+    if prediction_last == 1:
+        return "binary"
+    if len(label_shape) < len(prediction_shape) or (
+        label_last == 1 and prediction_last is not None and prediction_last > 1
+    ):
+        return "sparse_categorical"
+    return "categorical"
+
+
+class _CompileAccuracy(Metric):
+    """The metric named "accuracy" or "acc", as `model.compile(metrics=[...])` reads it.
+
+    Keras picks the accuracy from the shapes of the labels and predictions:
+    predictions with a last dimension of 1 take `BinaryAccuracy`; labels of a
+    lower rank than the predictions, or with a last dimension of 1 against
+    more than one class, `SparseCategoricalAccuracy`; anything else
+    `CategoricalAccuracy`. The shapes are known only when `update` is traced,
+    so it picks then, from `labels[0]` and `predictions[0]`. The three are
+    `MeanMetricWrapper`s with the same state (total, count), so one state
+    serves whichever is picked. As with `KerasMetric`, a second label is the
+    sample weight, and the value is cumulative since the last reset.
+
+    Args:
+        identifier: "accuracy" or "acc" in any case; the metric's `name` and
+            `keras_name`, as `model.compile` names it.
+    """
+
+    def __init__(self, identifier: str):
+        super().__init__(identifier, _short(identifier), ACCURACY_METRIC_TYPE,
+                         keras_name=identifier)
+        self.keras_metrics = {
+            "binary": keras.metrics.BinaryAccuracy(name=identifier),
+            "sparse_categorical": keras.metrics.SparseCategoricalAccuracy(name=identifier),
+            "categorical": keras.metrics.CategoricalAccuracy(name=identifier),
+        }
+        initials = {kind: _initial_variables(m) for kind, m in self.keras_metrics.items()}
+        layouts = {kind: [(v.shape, v.dtype.name, v.tolist()) for v in values]
+                   for kind, values in initials.items()}
+        if len({repr(layout) for layout in layouts.values()}) != 1:
+            raise RuntimeError(  # Only if a future Keras changes these metrics' variables.
+                "Keras' BinaryAccuracy, SparseCategoricalAccuracy and CategoricalAccuracy "
+                f"were expected to share one state. Received: initial states {layouts}. "
+                "Fix: name the accuracy explicitly, e.g. 'sparse_categorical_accuracy'."
+            )
+        self._initial = initials["binary"]
+
+    def keras_metric_for(self, labels: list, predictions: list) -> keras.metrics.Metric:
+        """The Keras accuracy `model.compile` picks for these labels and predictions.
+
+        Args:
+            labels: the batch's labels; only `labels[0]`'s shape is read.
+            predictions: the predictions; only `predictions[0]`'s shape is read.
+
+        Returns:
+            One of the `BinaryAccuracy`, `SparseCategoricalAccuracy` or
+            `CategoricalAccuracy` in `keras_metrics`.
+
+        Raises:
+            ValueError: labels or predictions are missing, or more than two
+                labels are given.
+        """
+        labels, predictions = _as_list(labels), _as_list(predictions)
+        _check_keras_inputs(self.name, labels, predictions)
+        kind = _compile_accuracy_kind(tuple(jnp.shape(labels[0])),
+                                      tuple(jnp.shape(predictions[0])))
+        return self.keras_metrics[kind]
+
+    def init_state(self) -> list[jax.Array]:
+        return [jnp.array(value) for value in self._initial]
+
+    def update(self, state, labels, predictions):
+        metric = self.keras_metric_for(labels, predictions)
+        state = _keras_update(metric, list(state), labels, predictions)
+        return state, metric.stateless_result(state)
 
 
 def _keras_batch_fn(metric: keras.metrics.Metric, initial: list[np.ndarray], kind: str):
@@ -513,7 +635,7 @@ def _keras_metric_by_name(name: str) -> keras.metrics.Metric:
 
 def mean(
     fn_or_keras_metric: Any, name: str | None = None, short_name: str | None = None,
-    metric_type: str | None = None,
+    metric_type: str | None = None, *, keras_name: str | None = None,
 ) -> Metric:
     """A metric that averages over everything since the last reset (for eval).
 
@@ -524,6 +646,9 @@ def mean(
         name: defaults to "Mean <function or Keras metric name>".
         short_name: defaults to "#" + a short form of that name.
         metric_type: defaults to "accuracy" if the name contains "acc", else the name.
+        keras_name: the key in Keras-shaped logs; defaults to a Keras metric
+            name as given, a Keras metric's own name, or for a function the
+            snake_case of `name`.
 
     Returns:
         The metric.
@@ -540,13 +665,16 @@ def mean(
     short_name = short_name or f"#{_short(base)}"
     metric_type = metric_type or _infer_type(base)
     if isinstance(obj, keras.metrics.Metric):
-        return KerasMetric(obj, name, short_name, metric_type)
-    return MeanMetric(name, short_name, metric_type, obj)
+        if keras_name is None and isinstance(fn_or_keras_metric, str):
+            keras_name = fn_or_keras_metric
+        return KerasMetric(obj, name, short_name, metric_type, keras_name=keras_name)
+    return MeanMetric(name, short_name, metric_type, obj, keras_name=keras_name)
 
 
 def moving_average(
     fn_or_keras_metric: Any, name: str | None = None, short_name: str | None = None,
-    metric_type: str | None = None, new_example_weight: float = 0.01,
+    metric_type: str | None = None, new_example_weight: float = 0.01, *,
+    keras_name: str | None = None,
 ) -> MovingAverageMetric:
     """An exponential moving average of a per-batch value (for training).
 
@@ -558,6 +686,8 @@ def moving_average(
         short_name: defaults to "~" + a short form of the name.
         metric_type: defaults to "accuracy" if the name contains "acc", else the name.
         new_example_weight: see `MovingAverageMetric`.
+        keras_name: the key in Keras-shaped logs; defaults to the snake_case
+            of `name` (a moving average is not what `model.fit` logs).
 
     Returns:
         The metric.
@@ -574,13 +704,13 @@ def moving_average(
         obj = _keras_batch_fn(obj, _initial_variables(obj), "moving_average")
     return MovingAverageMetric(
         name or f"Moving Average {base}", short_name or f"~{_short(base)}",
-        metric_type or _infer_type(base), obj, new_example_weight,
+        metric_type or _infer_type(base), obj, new_example_weight, keras_name=keras_name,
     )
 
 
 def per_batch(
     fn_or_keras_metric: Any, name: str | None = None, short_name: str | None = None,
-    metric_type: str | None = None,
+    metric_type: str | None = None, *, keras_name: str | None = None,
 ) -> BatchMetric:
     """A metric whose value is that of the current batch only.
 
@@ -591,6 +721,8 @@ def per_batch(
         name: defaults to "Batch <name>".
         short_name: defaults to a short form of the name.
         metric_type: defaults to "accuracy" if the name contains "acc", else the name.
+        keras_name: the key in Keras-shaped logs; defaults to the snake_case
+            of `name`.
 
     Returns:
         The metric.
@@ -607,7 +739,7 @@ def per_batch(
         obj = _keras_batch_fn(obj, _initial_variables(obj), "per_batch")
     return BatchMetric(
         name or f"Batch {base}", short_name or _short(base), metric_type or _infer_type(base),
-        obj,
+        obj, keras_name=keras_name,
     )
 
 
@@ -618,16 +750,24 @@ def as_metric(obj: Any) -> Metric:
         obj: one of
             - a `Metric`: returned as is;
             - a `keras.metrics.Metric` instance: wrapped in a `KerasMetric`;
-            - a Keras metric name such as "sparse_categorical_accuracy" or
-              "auc": `keras.metrics.get(obj)` wrapped in a `KerasMetric` (note
-              that Keras reads "accuracy" as exact equality of labels and
-              predictions; `model.compile`'s guess of the right accuracy does
-              not happen here);
+            - "accuracy" or "acc" (any case): the accuracy
+              `model.compile(metrics=["accuracy"])` picks from the shapes of
+              `labels[0]` and `predictions[0]`, chosen when `update` is
+              traced: `BinaryAccuracy` for predictions shaped `[..., 1]`,
+              `SparseCategoricalAccuracy` for class ids (labels of lower rank
+              than the predictions, or `[..., 1]` against several classes),
+              else `CategoricalAccuracy`. A second label is the sample weight;
+            - another Keras metric name such as "sparse_categorical_accuracy",
+              "auc" or "mse": `keras.metrics.get(obj)` wrapped in a
+              `KerasMetric`;
             - a function `fn(labels, predictions)`: a `MeanMetric` named after
               the function.
 
     Returns:
-        The metric.
+        The metric. A name is kept as given for both `name` and
+        `keras_name`, as `model.compile` does (`"mse"` logs as "mse", not
+        "mean_squared_error"); an instance's `keras_name` is the Keras metric's
+        own `name`, a function's the snake_case of the function's name.
 
     Raises:
         TypeError: `obj` is none of the accepted kinds (a class instead of an
@@ -635,14 +775,16 @@ def as_metric(obj: Any) -> Metric:
         ValueError: a string that Keras does not know as a metric.
 
     Example:
-        metrics = [as_metric(m) for m in ["auc", ktl.metrics.SparseCategoricalAccuracy()]]
+        metrics = [as_metric(m) for m in ["accuracy", "auc", ktl.metrics.BinaryAccuracy()]]
     """
     if isinstance(obj, Metric):
         return obj
     if isinstance(obj, keras.metrics.Metric):
         return KerasMetric(obj)
     if isinstance(obj, str):
-        return KerasMetric(_keras_metric_by_name(obj))
+        if obj.lower() in _COMPILE_ACCURACY_NAMES:
+            return _CompileAccuracy(obj)
+        return KerasMetric(_keras_metric_by_name(obj), name=obj, keras_name=obj)
     accepted = ("a ktl.metrics.Metric, a keras.metrics.Metric instance, a Keras metric name, "
                 "or a function fn(labels: list, predictions: list)")
     if isinstance(obj, type):
@@ -731,9 +873,11 @@ class _MeanAccuracy(MeanMetric):
 
     _correct_fn: Callable[[list, list], jax.Array]
 
-    def __init__(self, name: str = "Mean Accuracy", short_name: str = "#acc"):
+    def __init__(self, name: str = "Mean Accuracy", short_name: str = "#acc", *,
+                 keras_name: str | None = None):
         super().__init__(name, short_name, ACCURACY_METRIC_TYPE,
-                         _accuracy_fn(type(self)._correct_fn, type(self).__name__))
+                         _accuracy_fn(type(self)._correct_fn, type(self).__name__),
+                         keras_name=keras_name)
 
     def update(self, state, labels, predictions):
         labels, predictions = _as_list(labels), _as_list(predictions)
@@ -748,10 +892,10 @@ class _MovingAverageAccuracy(MovingAverageMetric):
     _correct_fn: Callable[[list, list], jax.Array]
 
     def __init__(self, name: str = "Moving Average Accuracy", short_name: str = "~acc",
-                 new_example_weight: float = 0.01):
+                 new_example_weight: float = 0.01, *, keras_name: str | None = None):
         super().__init__(name, short_name, ACCURACY_METRIC_TYPE,
                          _accuracy_fn(type(self)._correct_fn, type(self).__name__),
-                         new_example_weight)
+                         new_example_weight, keras_name=keras_name)
 
     def update(self, state, labels, predictions):
         labels, predictions = _as_list(labels), _as_list(predictions)
@@ -772,6 +916,7 @@ class SparseCategoricalAccuracy(_MeanAccuracy):
     Args:
         name: defaults to "Mean Accuracy".
         short_name: defaults to "#acc".
+        keras_name: defaults to the snake_case of `name`, "mean_accuracy".
 
     Example:
         eval_metrics = [ktl.metrics.SparseCategoricalAccuracy()]
@@ -787,6 +932,8 @@ class MovingAverageSparseCategoricalAccuracy(_MovingAverageAccuracy):
         name: defaults to "Moving Average Accuracy".
         short_name: defaults to "~acc".
         new_example_weight: see `MovingAverageMetric`.
+        keras_name: defaults to the snake_case of `name`,
+            "moving_average_accuracy".
 
     Example:
         train_metrics = [ktl.metrics.MovingAverageSparseCategoricalAccuracy()]
@@ -806,6 +953,7 @@ class BinaryAccuracy(_MeanAccuracy):
     Args:
         name: defaults to "Mean Accuracy".
         short_name: defaults to "#acc".
+        keras_name: defaults to the snake_case of `name`, "mean_accuracy".
 
     Example:
         eval_metrics = [ktl.metrics.BinaryAccuracy()]
@@ -821,6 +969,8 @@ class MovingAverageBinaryAccuracy(_MovingAverageAccuracy):
         name: defaults to "Moving Average Accuracy".
         short_name: defaults to "~acc".
         new_example_weight: see `MovingAverageMetric`.
+        keras_name: defaults to the snake_case of `name`,
+            "moving_average_accuracy".
 
     Example:
         train_metrics = [ktl.metrics.MovingAverageBinaryAccuracy()]
@@ -838,6 +988,7 @@ class BinaryLogitsAccuracy(_MeanAccuracy):
     Args:
         name: defaults to "Mean Accuracy".
         short_name: defaults to "#acc".
+        keras_name: defaults to the snake_case of `name`, "mean_accuracy".
 
     Example:
         eval_metrics = [ktl.metrics.BinaryLogitsAccuracy()]
@@ -853,6 +1004,8 @@ class MovingAverageBinaryLogitsAccuracy(_MovingAverageAccuracy):
         name: defaults to "Moving Average Accuracy".
         short_name: defaults to "~acc".
         new_example_weight: see `MovingAverageMetric`.
+        keras_name: defaults to the snake_case of `name`,
+            "moving_average_accuracy".
 
     Example:
         train_metrics = [ktl.metrics.MovingAverageBinaryLogitsAccuracy()]

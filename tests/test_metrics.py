@@ -462,3 +462,202 @@ def test_metric_without_fn_is_fed_by_accumulate_only(metric_cls):
 def test_metric_fn_must_be_callable():
     with pytest.raises(TypeError, match=r"Received: fn='mse'"):
         M.MeanMetric("m", "m", "m", "mse")
+
+
+# "accuracy" as model.compile reads it --------------------------------------------------------
+def _accuracy_batches(kind, seed=0, sizes=(5, 3, 7), classes=3):
+    """(labels, predictions) batches shaped for one of Keras' three accuracies."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for n in sizes:
+        if kind == "binary":
+            labels = rng.integers(0, 2, size=(n, 1)).astype(np.float32)
+            predictions = rng.uniform(size=(n, 1)).astype(np.float32)
+        else:
+            class_ids = rng.integers(0, classes, size=(n,)).astype(np.int32)
+            predictions = rng.normal(size=(n, classes)).astype(np.float32)
+            labels = {
+                "sparse": class_ids,
+                "sparse_column": class_ids[:, None],
+                "one_hot": np.eye(classes, dtype=np.float32)[class_ids],
+            }[kind]
+        batches.append(([labels], [predictions]))
+    return batches
+
+
+def _keras_values(keras_metric, batches):
+    """The Keras metric's cumulative result after each batch (stateful API)."""
+    values = []
+    for labels, predictions in batches:
+        keras_metric.update_state(*labels[:1], predictions[0],
+                                  sample_weight=labels[1] if len(labels) > 1 else None)
+        values.append(float(keras_metric.result()))
+    return values
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize(
+    ("kind", "keras_cls"),
+    [
+        pytest.param("sparse", keras.metrics.SparseCategoricalAccuracy, id="sparse_ids"),
+        pytest.param("sparse_column", keras.metrics.SparseCategoricalAccuracy,
+                     id="sparse_ids_column"),
+        pytest.param("one_hot", keras.metrics.CategoricalAccuracy, id="one_hot"),
+        pytest.param("binary", keras.metrics.BinaryAccuracy, id="binary"),
+    ],
+)
+def test_accuracy_name_picks_the_keras_accuracy_compile_would(kind, keras_cls, jit):
+    batches = _accuracy_batches(kind)
+    metric = M.as_metric("accuracy")
+    assert type(metric.keras_metric_for(*batches[0])) is keras_cls
+    expected = _keras_values(keras_cls(), batches)
+    assert len(set(expected)) > 1  # The batches move the value: cumulative, not constant.
+    np.testing.assert_allclose(_run(metric, batches, jit=jit), expected, rtol=1e-6)
+
+
+def test_accuracy_name_reads_sample_weight_from_second_label():
+    batches = _accuracy_batches("sparse", seed=2, sizes=(6, 4))
+    rng = np.random.default_rng(5)
+    weighted = [([labels[0], rng.uniform(size=len(labels[0])).astype(np.float32)], predictions)
+                for labels, predictions in batches]
+    expected = _keras_values(keras.metrics.SparseCategoricalAccuracy(), weighted)
+    np.testing.assert_allclose(_run(M.as_metric("accuracy"), weighted), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("identifier", ["accuracy", "acc", "Accuracy", "ACC"])
+def test_accuracy_names_keep_the_name_as_given(identifier):
+    metric = M.as_metric(identifier)
+    assert (metric.name, metric.keras_name, metric.short_name, metric.metric_type) == (
+        identifier, identifier, "acc" if identifier.lower() == "accuracy" else identifier,
+        "accuracy",
+    )
+    batches = _accuracy_batches("one_hot", seed=4)
+    expected = _keras_values(keras.metrics.CategoricalAccuracy(), batches)
+    np.testing.assert_allclose(_run(metric, batches), expected, rtol=1e-6)
+
+
+def test_accuracy_name_state_is_shared_by_the_three_keras_accuracies():
+    metric = M.as_metric("acc")
+    state = metric.init_state()
+    for keras_metric in metric.keras_metrics.values():
+        initial = keras_metric.stateless_reset_state()
+        assert [(v.shape, v.dtype) for v in initial] == [(v.shape, v.dtype) for v in state]
+
+
+def test_accuracy_name_needs_labels_and_predictions():
+    metric = M.as_metric("accuracy")
+    with pytest.raises(ValueError, match=r"len\(labels\)=0.*metric 'accuracy'"):
+        metric.update(metric.init_state(), [], [np.zeros((2, 3), np.float32)])
+
+
+def test_trainer_eval_with_accuracy_name_matches_keras_sparse_categorical_accuracy():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 8)).astype(np.float32)
+    y = rng.integers(0, 4, size=(40,)).astype(np.int32)
+    model = keras.Sequential([
+        keras.Input((8,)),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(4, activation="softmax"),
+    ])
+    trainer = ktl.Trainer(model, "sparse_categorical_crossentropy", "adam",
+                          eval_metrics=["accuracy"])
+    values = trainer.eval(ktl.ArrayDataset(x, y, batch_size=16))  # Batches of 16, 16 and 8.
+    names = [m.name for m in trainer.eval_metrics]
+    assert names[-1] == "accuracy"
+    reference = keras.metrics.SparseCategoricalAccuracy()
+    reference.update_state(y, np.asarray(trainer.model(x)))
+    np.testing.assert_allclose(float(values[-1]), float(reference.result()), rtol=1e-6)
+
+
+# Names as Keras logs them ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("identifier", "keras_fn"),
+    [
+        pytest.param("mse", keras.metrics.mean_squared_error, id="mse"),
+        pytest.param("mae", keras.metrics.mean_absolute_error, id="mae"),
+    ],
+)
+def test_keras_metric_names_average_keras_functions_under_the_name_given(identifier, keras_fn):
+    rng = np.random.default_rng(1)
+    batches = [([rng.normal(size=(n, 2)).astype(np.float32)],
+                [rng.normal(size=(n, 2)).astype(np.float32)]) for n in (4, 2, 5)]
+    metric = M.as_metric(identifier)
+    assert (metric.name, metric.keras_name) == (identifier, identifier)
+    per_example = np.concatenate([np.asarray(keras_fn(lab[0], pred[0])) for lab, pred in batches])
+    np.testing.assert_allclose(_run(metric, batches)[-1], per_example.mean(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("identifier", ["sparse_categorical_accuracy", "auc", "AUC", "mse"])
+def test_keras_metric_names_are_name_and_keras_name_as_given(identifier):
+    metric = M.as_metric(identifier)
+    assert isinstance(metric, M.KerasMetric)
+    assert (metric.name, metric.keras_name) == (identifier, identifier)
+
+
+@pytest.mark.parametrize(
+    ("make", "keras_name"),
+    [
+        pytest.param(keras.metrics.MeanAbsoluteError, "mean_absolute_error", id="default_name"),
+        pytest.param(lambda: keras.metrics.AUC(name="my_auc"), "my_auc", id="given_name"),
+    ],
+)
+def test_keras_metric_objects_keras_name_is_their_name(make, keras_name):
+    keras_metric = make()
+    for metric in (M.as_metric(keras_metric), M.KerasMetric(keras_metric), M.mean(keras_metric)):
+        assert metric.keras_name == keras_metric.name == keras_name
+
+
+def _my_err(labels, predictions):
+    return jnp.mean(jnp.abs(labels[0] - predictions[0]))
+
+
+def myRelativeError(labels, predictions):  # A camelCase name on purpose.
+    return jnp.mean(jnp.abs(labels[0] - predictions[0]) / (jnp.abs(labels[0]) + 1))
+
+
+@pytest.mark.parametrize(
+    ("make", "keras_name"),
+    [
+        pytest.param(lambda: M.MeanMetric("Mean Accuracy", "#acc", "accuracy", _batch_mean),
+                     "mean_accuracy", id="mean"),
+        pytest.param(lambda: M.MovingAverageMetric("Moving Average Loss", "~loss", "loss"),
+                     "moving_average_loss", id="moving_average"),
+        pytest.param(lambda: M.BatchMetric("Batch Loss+Regularization", "l", "loss"),
+                     "batch_loss_regularization", id="batch"),
+        pytest.param(M.SparseCategoricalAccuracy, "mean_accuracy", id="gomlx_accuracy"),
+        pytest.param(M.MovingAverageBinaryLogitsAccuracy, "moving_average_accuracy",
+                     id="gomlx_moving_accuracy"),
+        pytest.param(lambda: M.as_metric(_my_err), "_my_err", id="function"),
+        pytest.param(lambda: M.as_metric(myRelativeError), "my_relative_error",
+                     id="camel_case_function"),
+        pytest.param(lambda: M.mean(_my_err), "mean_my_err", id="mean_of_function"),
+        pytest.param(lambda: M.moving_average("mse"), "moving_average_mean_squared_error",
+                     id="moving_average_of_keras_name"),
+    ],
+)
+def test_ktl_metrics_keras_name_is_snake_case_of_name(make, keras_name):
+    assert make().keras_name == keras_name
+
+
+@pytest.mark.parametrize(
+    ("make", "keras_name"),
+    [
+        pytest.param(lambda: M.MeanMetric("Mean x", "#x", "x", _batch_mean, keras_name="val_x"),
+                     "val_x", id="mean"),
+        pytest.param(lambda: M.KerasMetric(keras.metrics.AUC(), keras_name="roc"), "roc",
+                     id="keras"),
+        pytest.param(lambda: M.SparseCategoricalAccuracy(keras_name="acc"), "acc",
+                     id="gomlx_accuracy"),
+        pytest.param(lambda: M.moving_average(_my_err, keras_name="err"), "err",
+                     id="moving_average_factory"),
+        pytest.param(lambda: M.mean("mse"), "mse", id="mean_of_keras_name"),
+    ],
+)
+def test_keras_name_can_be_set_or_follows_the_source(make, keras_name):
+    assert make().keras_name == keras_name
+
+
+@pytest.mark.parametrize("keras_name", ["", 3], ids=["empty", "number"])
+def test_keras_name_must_be_a_non_empty_string(keras_name):
+    with pytest.raises(TypeError, match=rf"Received: keras_name={keras_name!r}"):
+        M.MeanMetric("m", "m", "m", _batch_mean, keras_name=keras_name)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from keras_trainloop.commandline._detect import has_ipywidgets, resolve_output
-from keras_trainloop.loop import LOG_NAMES_KEY, Schedule
+from keras_trainloop.loop import LOG_NAMES_KEY, VAL_LOGS_KEY, Schedule
 
 PROGRESS_BAR_KEY = "keras_trainloop.commandline.progress_bar"
 """Key of the attached `ProgressBar` in `loop.shared_data`."""
@@ -334,6 +334,10 @@ class ProgressBar:
                 names = loop.shared_data.get(LOG_NAMES_KEY, ())
                 name = names[i] if i < len(names) else f"metric_{i}"
                 parts.append(f"{name}={float(value):.4g}")
+        # The last validation of the run (run_steps/run_epochs with validation_data).
+        for name, value in loop.shared_data.get(VAL_LOGS_KEY, {}).items():
+            if isinstance(value, float):
+                parts.append(f"{name}={value:.4g}")
         return " ".join(parts)
 
 

@@ -10,7 +10,7 @@ Example:
 from keras_trainloop.loop._errors import HookError, NonFiniteLossError
 from keras_trainloop.loop._hooks import HookCost
 from keras_trainloop.loop._keras_bridge import LOG_NAMES_KEY, LoopCallback
-from keras_trainloop.loop._loop import MAX_FUSED_STEPS, SYNC_EVERY, Loop
+from keras_trainloop.loop._loop import MAX_FUSED_STEPS, SYNC_EVERY, VAL_LOGS_KEY, ExternalRun, Loop
 from keras_trainloop.loop._plan import Plan, PlannedHook
 from keras_trainloop.loop._schedules import (
     EveryNSteps,
@@ -28,8 +28,10 @@ __all__ = [
     "LOG_NAMES_KEY",
     "MAX_FUSED_STEPS",
     "SYNC_EVERY",
+    "VAL_LOGS_KEY",
     "EveryNSteps",
     "Exponential",
+    "ExternalRun",
     "HookCost",
     "HookError",
     "Loop",

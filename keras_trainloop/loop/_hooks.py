@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from keras_trainloop.loop._errors import HookError
+from keras_trainloop.loop._errors import HookError, NonFiniteLossError
 
 _COST_WINDOW = 1024
 """Durations kept per hook for its median cost (the most recent calls)."""
@@ -177,6 +177,8 @@ class HookList:
 
         Raises:
             HookError: a hook (or its schedule) raised; the hooks after it were not called.
+            NonFiniteLossError: as is, when a hook reading `loop.logs` made the loop
+                find a non-finite batch loss.
         """
         clock = time.perf_counter
         for hook in self.hooks:
@@ -189,6 +191,8 @@ class HookList:
                 hook.cost.add(clock() - start)
                 if schedule is not None:
                     schedule.called(loop)
+            except NonFiniteLossError:
+                raise  # The loop's own check (a hook read `loop.logs`), not the hook's error.
             except Exception as e:
                 raise HookError(self.kind, hook.name, loop.loop_step, e) from e
 

@@ -9,13 +9,18 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from keras_trainloop.data import Dataset, maybe_prefetch_to_device
 from keras_trainloop.loop._errors import NonFiniteLossError
 from keras_trainloop.loop._hooks import HookCost, HookList
+from keras_trainloop.loop._loss_watch import LossWatch, PendingCall, batch_size_of
 from keras_trainloop.loop._plan import Plan, check_max_fused_steps, fusable_steps, make_plan
+from keras_trainloop.loop._run_parts import (
+    FirstBatch,
+    check_validation,
+    new_history,
+    validation_due,
+)
 
 SYNC_EVERY = 16
 """The loop waits on the device at least once every this many steps (and at the end)."""
@@ -25,12 +30,8 @@ MAX_FUSED_STEPS = 8
 A call's losses are checked after the next call is dispatched, so with two calls in flight
 a NaN surfaces at most `SYNC_EVERY - 1` steps late."""
 
-
-@jax.jit
-def _first_nonfinite(losses: list) -> jax.Array:
-    """Index of the first non-finite loss in `losses`, or -1 (one dispatch for all)."""
-    bad = jnp.stack([~jnp.all(jnp.isfinite(loss)) for loss in losses])
-    return jnp.where(jnp.any(bad), jnp.argmax(bad), -1)
+VAL_LOGS_KEY = "val_logs"
+"""`loop.shared_data` key: the last validation's logs (`{"val_loss": ..., ...}`)."""
 
 OnStartFn = Callable[["Loop", Any], None]
 OnStepFn = Callable[["Loop", list], None]
@@ -139,22 +140,24 @@ class Loop:
         self.start_step: int = self.loop_step
         self.end_step: int = -1
         self.epoch: int = 0
+        self.epochs: int = 0
+        self.initial_epoch: int = 0
         self.shared_data: dict[str, Any] = {}
         self.train_step_durations: list[float] = []
+        self.history = new_history(None)
         self._on_start = HookList("OnStart", "fn(loop, ds)")
         self._on_step = HookList("OnStep", "fn(loop, metrics)")
         self._on_end = HookList("OnEnd", "fn(loop, metrics)")
-        # Used by the Keras-callback bridge only; empty lists cost nothing.
         self._on_epoch_begin = HookList("OnEpochBegin", "fn(loop, epoch)")
         self._on_epoch_end = HookList("OnEpochEnd", "fn(loop, metrics)")
         self._on_batch_begin = HookList("OnBatchBegin", "fn(loop, step)")
         self._stop_requested = False
         self._running = False
-        self._epochs = 0  # epochs requested by the current run_epochs; 0 in run_steps.
+        self._build_model_first = False
         self._countdown = SYNC_EVERY
-        self._pending_losses: list = []  # Batch losses not yet checked for NaN/Inf.
-        # The last fused call not yet checked: (its batch losses, its first step, n).
-        self._pending_call: tuple[jax.Array, int, int] | None = None
+        self._losses = LossWatch()  # Batch losses not yet read: NaN check, running mean.
+        self._event_logs: dict[str, Any] | None = None  # The current event's Keras logs.
+        self._val_logs: dict[str, Any] = {}  # The last validation's, while it is current.
         self._feeds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._step_seconds: float | None = None  # Last measured seconds per fused step.
 
@@ -222,6 +225,71 @@ class Loop:
         """
         self._on_end.add(name, priority, fn)
 
+    def on_epoch_begin(self, name: str, priority: float, fn: Callable[[Loop, int], None]) -> None:
+        """Adds `fn(loop, epoch)`, called by `run_epochs` before each epoch's first step.
+
+        Raises:
+            TypeError: bad name or priority, or `fn` cannot be called as `fn(loop, epoch)`.
+        """
+        self._on_epoch_begin.add(name, priority, fn)
+
+    def on_epoch_end(self, name: str, priority: float, fn: OnStepFn) -> None:
+        """Adds `fn(loop, metrics)`, called by `run_epochs` after each epoch.
+
+        It runs after the epoch's validation (`loop.logs(metrics)` holds its
+        `val_*` values) and after `ds.reset()`; `loop.epoch` is the epoch
+        that ended.
+
+        Raises:
+            TypeError: bad name or priority, or `fn` cannot be called as `fn(loop, metrics)`.
+        """
+        self._on_epoch_end.add(name, priority, fn)
+
+    def on_batch_begin(self, name: str, priority: float, fn: Callable[[Loop, int], None]) -> None:
+        """Adds `fn(loop, step)`, called before every train step with the step about to run.
+
+        While such a hook is registered every step is its own compiled call
+        (no fused steps).
+
+        Raises:
+            TypeError: bad name or priority, or `fn` cannot be called as `fn(loop, step)`.
+        """
+        self._on_batch_begin.add(name, priority, fn)
+
+    def request_built_model(self) -> None:
+        """Asks that the model be built before the `on_start` hooks of every run.
+
+        When the trainer's model has no variables yet, the run reads its
+        first batch before the `on_start` hooks, builds the model on it
+        (`trainer.build`) and trains on it as its first step. `fit` builds
+        the model before `on_train_begin` too; Keras' `BackupAndRestore`
+        needs it (`add_keras_callback` asks for it).
+        """
+        self._build_model_first = True
+
+    def logs(self, metrics: list) -> dict[str, Any]:
+        """The Keras-shaped logs of the current event, one dict shared by all its hooks.
+
+        Built on the first call of an event (a step, an epoch end, the end of
+        a run) and returned as the same dict to every later caller of that
+        event, so a hook that writes into it (a Keras callback setting
+        `logs["learning_rate"]`) is seen by the hooks after it, as in `fit`.
+        The values are Python floats, named as `fit` names them: `"loss"` (the
+        mean batch loss of the epoch so far, or of the run in `run_steps`,
+        weighted by batch size), each train metric under its Keras name
+        (`"accuracy"`), and after a validation `val_<name>` for each eval
+        value; the GoMLX values are there under their short names too
+        (`"batch_loss"`, `"~loss+"`, `"~loss"`, ...). Reading them waits for
+        the device (and checks the pending batch losses for NaN).
+
+        Args:
+            metrics: the metrics the hook received.
+        """
+        logs = self._event_logs
+        if logs is None:
+            logs = self._event_logs = self._build_logs(metrics)
+        return logs
+
     def stop(self) -> None:
         """Asks the current run to end gracefully after the current step.
 
@@ -239,7 +307,10 @@ class Loop:
         return self._stop_requested
 
     # Running -----------------------------------------------------------------
-    def run_steps(self, ds: Any, steps: int) -> list:
+    def run_steps(
+        self, ds: Any, steps: int, *, validation_data: Any = None,
+        validation_freq: int | None = None,
+    ) -> list:
         """Trains for `steps` steps, continuing from `loop_step`.
 
         Sets `start_step = loop_step` and `end_step = loop_step + steps`,
@@ -250,80 +321,136 @@ class Loop:
             ds: a `ktl.Dataset`; it must not end before `steps` batches
                 (use one that loops forever, or `run_epochs`).
             steps: how many steps; 0 does nothing (no hook runs).
+            validation_data: a finite `ktl.Dataset` evaluated with
+                `trainer.eval` every `validation_freq` steps and at the end of
+                the run; its values are `val_<name>` in `loop.logs`, the
+                progress bar, `loop.shared_data["val_logs"]` and `loop.history`.
+            validation_freq: validate after the steps where
+                `(loop_step + 1) % validation_freq == 0` (aligned with
+                `every_n_steps`, so it holds across resumes); None: only at the
+                end of the run.
+
+        `loop.history` gets one entry per validation (and one at the end of a
+        run without `validation_data`), indexed by the steps trained so far.
 
         Returns:
             The last step's metrics (a list of device arrays), or `[]` when
             no step ran.
 
         Raises:
-            ValueError: `steps` is negative or the dataset ended early (the
-                message says after how many steps).
+            ValueError: `steps` is negative, a bad validation argument, or the
+                dataset ended early (the message says after how many steps).
             HookError: a hook raised.
             NonFiniteLossError: a batch loss was NaN or Inf.
             Exception: errors of the dataset (other than `EOFError`) and of
                 the train step, unchanged.
 
         Example:
-            loop.run_steps(ktl.ArrayDataset(x, y, batch_size=32, loop_forever=True), 1000)
+            loop.run_steps(ktl.ArrayDataset(x, y, batch_size=32, loop_forever=True), 1000,
+                           validation_data=ktl.ArrayDataset(x_val, y_val, batch_size=256),
+                           validation_freq=200)
         """
         _check_count("steps", steps, "run_steps")
         self._require_trainer("run_steps")
         _check_dataset(ds, "run_steps")
+        check_validation(validation_data, validation_freq, "run_steps")
         if steps == 0:
             return []
         feed = self._device_feed(ds)
         with self._run():
-            self._begin(ds, end_step=self.loop_step + steps, epochs=0)
-            metrics, ended = self._steps(feed, self.end_step, [])
-            if ended:
-                done = self.loop_step - self.start_step
-                raise ValueError(
-                    f"Dataset {_dataset_name(ds)!r} ended after {done} steps, before the "
-                    f"requested {steps}. Received: steps={steps}. Fix: use "
-                    "loop.run_epochs(ds, epochs) for a finite dataset, or a dataset that loops "
-                    "forever (e.g. ktl.ArrayDataset(..., loop_forever=True))."
-                )
-            return self._finish(metrics)
+            feed = self._begin(ds, feed, end_step=self.loop_step + steps, epochs=0)
+            metrics: list = []
+            end = self.end_step
+            while self.loop_step != end and not self._stop_requested:
+                limit = end
+                if validation_data is not None and validation_freq is not None:
+                    limit = min(end, (self.loop_step // validation_freq + 1) * validation_freq)
+                metrics, ended = self._steps(feed, limit, metrics)
+                if ended:
+                    done = self.loop_step - self.start_step
+                    raise ValueError(
+                        f"Dataset {_dataset_name(ds)!r} ended after {done} steps, before the "
+                        f"requested {steps}. Received: steps={steps}. Fix: use "
+                        "loop.run_epochs(ds, epochs) for a finite dataset, or a dataset that "
+                        "loops forever (e.g. ktl.ArrayDataset(..., loop_forever=True))."
+                    )
+                if self.loop_step == limit and limit != end and not self._stop_requested:
+                    self._flush_losses(metrics)
+                    self._validate(validation_data)
+                    self._record_history(self.loop_step, metrics)
+                    self._val_logs = {}
+            if self.loop_step != self.start_step:
+                self._flush_losses(metrics)
+                if validation_data is not None:
+                    self._validate(validation_data)
+                self._record_history(self.loop_step, metrics)
+            return self._finish(metrics, keep_logs=True)
 
-    def run_epochs(self, ds: Any, epochs: int) -> list:
+    def run_epochs(
+        self, ds: Any, epochs: int, *, validation_data: Any = None, validation_freq: Any = 1,
+    ) -> list:
         """Trains for `epochs` passes over a finite dataset, continuing from `loop_step`.
 
         `end_step` is -1 during the first epoch; at the end of each epoch it
         is extrapolated from that epoch's length. `ds.reset()` is called after
         every epoch, including the last (and one cut short by `stop()`).
 
+        As in `fit`, each epoch starts its train metrics and the running mean
+        `"loss"` of `loop.logs` over; after an epoch (and its validation) the
+        `on_epoch_end` hooks run, then `loop.history` gets the epoch's logs.
+        An `on_start` hook may set `loop.initial_epoch` (Keras'
+        `BackupAndRestore` does, through `add_keras_callback`): the run then
+        resumes at that epoch, as `fit(initial_epoch=...)`.
+
         Args:
             ds: a finite `ktl.Dataset` (it signals its end with `EOFError`).
             epochs: how many epochs; 0 does nothing (no hook runs).
+            validation_data: a finite `ktl.Dataset` evaluated with
+                `trainer.eval` after the epochs `validation_freq` selects;
+                its values are `val_<name>` in the epoch-end logs, the
+                progress bar, `loop.shared_data["val_logs"]` and `loop.history`.
+            validation_freq: an int n: after every n-th epoch (`(epoch + 1) %
+                n == 0`); or a list of the epochs (counted from 1) to validate
+                after, as in `fit`.
 
         Returns:
             The last step's metrics (a list of device arrays), or `[]` when
             no step ran.
 
         Raises:
-            ValueError: `epochs` is negative, or an epoch yielded no batch.
+            ValueError: `epochs` is negative, a bad validation argument, an
+                epoch yielded no batch, or `initial_epoch` is out of range.
             HookError: a hook raised.
             NonFiniteLossError: a batch loss was NaN or Inf.
             Exception: errors of the dataset (other than `EOFError`) and of
                 the train step, unchanged.
 
         Example:
-            loop.run_epochs(ktl.ArrayDataset(x, y, batch_size=32, shuffle=True), 5)
+            loop.run_epochs(ktl.ArrayDataset(x, y, batch_size=32, shuffle=True), 5,
+                            validation_data=ktl.ArrayDataset(x_val, y_val, batch_size=256))
         """
         _check_count("epochs", epochs, "run_epochs")
         self._require_trainer("run_epochs")
         _check_dataset(ds, "run_epochs")
+        check_validation(validation_data, validation_freq, "run_epochs")
         if epochs == 0:
             return []
         feed = self._device_feed(ds)
         with self._run():
-            self._begin(ds, end_step=-1, epochs=epochs)
+            feed = self._begin(ds, feed, end_step=-1, epochs=epochs)
+            first_epoch = self._checked_initial_epoch(epochs)
             metrics: list = []
-            for epoch in range(epochs):
+            logs_of_last_epoch = False
+            for epoch in range(first_epoch, epochs):
                 if self._stop_requested:
                     break
                 self.epoch = epoch
+                if epoch != first_epoch:  # The first epoch starts fresh from _begin.
+                    self.trainer.reset_train_metrics()
+                    self._losses.reset_mean()
+                self._val_logs = {}
                 if self._on_epoch_begin.hooks:
+                    self._event_logs = None
                     self._on_epoch_begin.fire(self, epoch)
                 epoch_start = self.loop_step
                 metrics, ended = self._steps(feed, -1, metrics)
@@ -337,10 +464,17 @@ class Loop:
                 if ended:
                     self.end_step = self.loop_step + yields * (epochs - epoch - 1)
                 feed.reset()
+                self._flush_losses(metrics)  # The epoch's mean loss is complete.
+                self._event_logs = None
+                if validation_data is not None and validation_due(epoch, validation_freq):
+                    self._validate(validation_data)
                 if self._on_epoch_end.hooks:
                     self._on_epoch_end.fire(self, metrics)
+                if metrics:
+                    self._record_history(epoch, metrics)
+                logs_of_last_epoch = True
                 self.epoch = epoch + 1
-            return self._finish(metrics)
+            return self._finish(metrics, keep_logs=logs_of_last_epoch)
 
     def median_train_step_duration(self) -> float:
         """The median of `train_step_durations` in seconds; 0.001 when empty.
@@ -453,6 +587,34 @@ class Loop:
 
         return LoopCallback(self)
 
+    def begin_external_run(self, start_step: int, end_step: int = -1) -> ExternalRun:
+        """Starts a run whose steps happen elsewhere (e.g. `model.fit`); fires `on_start`.
+
+        The run-session API for drivers such as `as_keras_callback`: the
+        returned `ExternalRun` reports each step (`run.step(step, metrics)`,
+        which fires the `on_step` hooks on schedule), epochs
+        (`run.set_epoch(epoch)`) and the end (`run.end(metrics)`, which fires
+        `on_end`). `loop_step`, `start_step`, `end_step`, `epoch` and
+        `train_step_durations` follow it as in `run_steps`; `stop()` sets
+        `run.stop_requested`. `on_start` hooks get `ds=None`.
+
+        Args:
+            start_step: the global step of the run's first step.
+            end_step: one past its last step; -1 while unknown.
+        """
+        _check_count("start_step", start_step, "begin_external_run")
+        self.loop_step = self.start_step = start_step
+        self.end_step = end_step
+        self.epoch = 0
+        self.epochs = 0
+        self.train_step_durations = []
+        self._stop_requested = False
+        self._event_logs = None
+        run = ExternalRun(self)
+        if self._on_start.hooks:
+            self._on_start.fire(self, None)
+        return run
+
     # Internals ---------------------------------------------------------------
     def _require_trainer(self, method: str) -> None:
         if self.trainer is None:
@@ -494,21 +656,47 @@ class Loop:
             self._feeds[ds] = feed
         return feed
 
-    def _begin(self, ds: Any, end_step: int, epochs: int) -> None:
-        """Starts a run: resets metrics and flags, then fires the on_start hooks."""
+    def _begin(self, ds: Any, feed: Any, end_step: int, epochs: int) -> Any:
+        """Starts a run: resets metrics and flags, then fires the on_start hooks.
+
+        Returns the dataset to read: `feed`, or, when the model must be built
+        first (`request_built_model`), `feed` with its first batch read ahead.
+        """
         trainer = self.trainer
         trainer.reset_train_metrics()
-        self._pending_losses = []
-        self._pending_call = None
+        self._losses.reset()
         self._stop_requested = False
         self._countdown = SYNC_EVERY
-        self._epochs = epochs
+        self.epochs = epochs
+        self.initial_epoch = 0
         self.start_step = self.loop_step
         self.end_step = end_step
         self.epoch = 0
         self.train_step_durations = []
+        self.history = new_history(trainer)
+        self._val_logs = {}
+        self._event_logs = None
+        self.shared_data.pop(VAL_LOGS_KEY, None)
+        if self._build_model_first and not getattr(trainer, "built", True):
+            feed = FirstBatch(feed)
+            if feed.first is not None:
+                trainer.build(*feed.first)
         if self._on_start.hooks:
             self._on_start.fire(self, ds)
+        return feed
+
+    def _checked_initial_epoch(self, epochs: int) -> int:
+        """`initial_epoch` as set by the on_start hooks, checked against `epochs`."""
+        initial = self.initial_epoch
+        if isinstance(initial, bool) or not isinstance(initial, int) or not (
+            0 <= initial <= epochs
+        ):
+            raise ValueError(
+                f"loop.initial_epoch must be an int in [0, epochs={epochs}] (set by an "
+                f"on_start hook to resume run_epochs). Received: initial_epoch={initial!r}."
+            )
+        self.epoch = initial
+        return initial
 
     def _trainer_can_fuse(self) -> bool:
         trainer = self.trainer
@@ -538,6 +726,13 @@ class Loop:
             The last metrics (`metrics` if no step ran) and whether the data
             ended (`EOFError`).
         """
+        try:
+            return self._run_steps_until(ds, limit, metrics)
+        except NonFiniteLossError as e:
+            self.loop_step = e.detected_at + 1  # The steps dispatched were trained.
+            raise
+
+    def _run_steps_until(self, ds: Any, limit: int, metrics: list) -> tuple[list, bool]:
         fuse = self._can_fuse(ds)
         yield_batch = ds.yield_batch
         yield_batches = ds.yield_batches if fuse else None
@@ -549,7 +744,7 @@ class Loop:
         cap = self._max_fused_steps
         countdown = self._countdown
         step = self.loop_step
-        pending = self._pending_losses
+        losses = self._losses
         last = perf_counter()
         while step != limit and not self._stop_requested:
             self.loop_step = step
@@ -569,31 +764,35 @@ class Loop:
                     self._countdown = countdown
                     return metrics, True
                 if on_batch_begin.hooks:
+                    self._event_logs = None
                     on_batch_begin.fire(self, step)
                 metrics = train_step(spec, inputs, labels)
-                if self._pending_call is not None:
-                    self._check_call(step)
-                pending.append(metrics[0])
+                if losses.call is not None:
+                    losses.check_call(step)
+                losses.add_step(metrics[0], batch_size_of(inputs, stacked=False))
                 countdown -= 1
                 if not countdown:
                     countdown = SYNC_EVERY
                     self._sync(metrics, step)
             else:  # n steps in one call.
-                if pending:  # Steps run one by one before: check them first.
+                if losses.has_steps:  # Steps run one by one before: check them first.
                     self._sync(metrics, step - 1)
-                metrics, losses = trainer.train_steps(*batch)
-                previous, self._pending_call = self._pending_call, (losses, step, n)
+                metrics, batch_losses = trainer.train_steps(*batch)
+                size = batch_size_of(batch[1], stacked=True)
+                previous = losses.add_call(PendingCall(batch_losses, step, n, size))
                 step += n - 1
                 self.loop_step = step
                 if previous is not None:
-                    self._check_call(step, previous)
+                    losses.check_call(step, previous)
                 countdown = SYNC_EVERY
             if on_step.hooks:
+                self._event_logs = None
                 try:
                     on_step.fire(self, metrics)
                 except BaseException:
                     self.loop_step = step + 1  # The step was trained.
                     raise
+                losses.raise_if_bad()  # Found by a hook reading loop.logs.
             now = perf_counter()
             self._step_seconds = (now - last) / n  # Bounds the next call for timed hooks.
             if n == 1:
@@ -606,51 +805,75 @@ class Loop:
         self._countdown = countdown
         return metrics, False
 
-    def _check_call(self, detected_at: int, call: tuple | None = None) -> None:
-        """Waits for a fused call (the pending one by default) and raises if a loss was not finite.
-
-        `detected_at` is the last step dispatched so far.
-        """
-        if call is None:
-            call, self._pending_call = self._pending_call, None
-        losses, first_step, _ = call
-        # Read on the host: n floats, cheaper than one more dispatch (measured ~25 us).
-        bad = ~np.isfinite(np.asarray(losses))
-        if bad.any():
-            self._pending_call = None
-            self.loop_step = detected_at + 1  # The steps dispatched were trained.
-            raise NonFiniteLossError(first_step + int(bad.argmax()), detected_at)
-
     def _sync(self, metrics: list, detected_at: int) -> None:
-        """Waits for `metrics`, then raises if a batch loss since the last sync was not finite.
+        """Waits for `metrics`, then reads every pending batch loss (NaN check, running mean).
 
-        The batch losses of the steps since the last sync are checked in one
-        dispatch; `detected_at` is the step that just ran.
+        `detected_at` is the step that just ran.
+
+        Raises:
+            NonFiniteLossError: a batch loss was NaN or Inf.
         """
-        if self._pending_call is not None:  # It ran before the pending single steps.
-            self._check_call(detected_at)
         jax.block_until_ready(metrics)
-        pending = self._pending_losses
-        if not pending:
-            return
-        first_pending_step = detected_at + 1 - len(pending)
-        index = int(_first_nonfinite(pending))
-        pending.clear()
-        if index >= 0:
-            self.loop_step = detected_at + 1  # Those steps were trained.
-            raise NonFiniteLossError(first_pending_step + index, detected_at)
+        self._losses.check_all(detected_at)
 
-    def _finish(self, metrics: list) -> list:
+    def _flush_losses(self, metrics: list) -> None:
+        """`_sync` after the last step run, setting `loop_step` as `_steps` does on a NaN."""
+        if self.loop_step == self.start_step:
+            return
+        try:
+            self._sync(metrics, self.loop_step - 1)
+        except NonFiniteLossError as e:
+            self.loop_step = e.detected_at + 1
+            raise
+
+    def _build_logs(self, metrics: list) -> dict[str, Any]:
+        """A new Keras logs dict for `metrics` (see `logs`).
+
+        Reads the pending batch losses without raising: a non-finite one makes
+        `"loss"` NaN (Keras' `TerminateOnNaN` sees it) and is raised by the
+        loop after the hooks of the event.
+        """
+        if self._losses.pending:
+            self._losses.read_all(self.loop_step)
+        logs: dict[str, Any] = {}
+        if metrics:
+            logs["loss"] = self._losses.mean()
+            trainer_logs = getattr(self.trainer, "train_logs", None)
+            if trainer_logs is not None:
+                logs.update(trainer_logs(metrics))
+        logs.update(self._val_logs)
+        return logs
+
+    def _validate(self, validation_data: Any) -> None:
+        """Evaluates `validation_data`; its values become the `val_*` logs of this event."""
+        values = self.trainer.eval(validation_data, return_dict=True)
+        self._val_logs = {f"val_{name}": value for name, value in values.items()}
+        self.shared_data[VAL_LOGS_KEY] = dict(self._val_logs)
+        self._event_logs = None
+
+    def _record_history(self, epoch: int, metrics: list) -> None:
+        """Adds the current event's logs to `history` (after the hooks, as `fit` does)."""
+        self.history.on_epoch_end(epoch, self.logs(metrics))
+
+    def _finish(self, metrics: list, *, keep_logs: bool = False) -> list:
         """Ends a run: waits for the device, checks the loss, fires the on_end hooks.
 
-        Reading `trainer.model` writes the trained weights into the Keras
-        variables, so any reference to the model (or to a Keras model given as
-        `model_fn`) holds them after the run, as after `keras.Model.fit`.
+        `trainer.finalize()` writes the trained weights into the Keras
+        variables (and applies EMA weights), so any reference to the model
+        (or to a Keras model given as `model_fn`) holds them after the run,
+        as after `keras.Model.fit`. With `keep_logs`, the on_end hooks get the
+        last event's logs (the last epoch's, as `fit`'s `on_train_end`).
         """
         if self.loop_step != self.start_step:
-            self._sync(metrics, self.loop_step - 1)
-            getattr(self.trainer, "model", None)
+            self._flush_losses(metrics)
+            finalize = getattr(self.trainer, "finalize", None)
+            if finalize is not None:
+                finalize()
+            else:
+                getattr(self.trainer, "model", None)
         self.end_step = self.loop_step
+        if not keep_logs:
+            self._event_logs = None
         if self._on_end.hooks:
             self._on_end.fire(self, metrics)
         return metrics
@@ -662,4 +885,43 @@ class Loop:
             f"on_start={self._on_start.names()}, on_step={self._on_step.names()}, "
             f"on_end={self._on_end.names()})"
         )
+
+
+class ExternalRun:
+    """A run driven from outside the loop (see `Loop.begin_external_run`)."""
+
+    def __init__(self, loop: Loop):
+        self.loop = loop
+        self._last_time = time.perf_counter()
+        self._metrics: list = []
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether a hook called `loop.stop()`."""
+        return self.loop._stop_requested
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch now running (for hooks reading `loop.epoch`)."""
+        self.loop.epoch = epoch
+
+    def step(self, step: int, metrics: list) -> None:
+        """Step `step` ran with `metrics`: fires the `on_step` hooks due, then advances."""
+        loop = self.loop
+        loop.loop_step = step
+        self._metrics = metrics
+        if loop._on_step.hooks:
+            loop._event_logs = None
+            loop._on_step.fire(loop, metrics)
+        now = time.perf_counter()
+        loop.train_step_durations.append(now - self._last_time)
+        self._last_time = now
+        loop.loop_step = step + 1
+
+    def end(self, metrics: list | None = None) -> None:
+        """The run ended: fires the `on_end` hooks with `metrics` (default: the last step's)."""
+        loop = self.loop
+        loop.end_step = loop.loop_step
+        loop._event_logs = None
+        if loop._on_end.hooks:
+            loop._on_end.fire(loop, self._metrics if metrics is None else metrics)
 

@@ -21,11 +21,15 @@ class FnModel(keras.Model):
 
     Layers and variables created through the context (and a Keras layer given
     as `model_fn`) are tracked, so `summary()`, `save_weights()` and
-    `load_weights()` work. While the Trainer trains, the current weights live
-    in the Trainer's state; every read through this model (`get_weights`,
-    `save_weights`, `summary`, calling it, or a Keras callback's `.model`)
-    first syncs them back (`jax_state_sync`), and values written here are used
-    by the next step.
+    `load_weights()` work; calling it (`model(x)`, `model.predict(x)`) takes
+    one array or a list of arrays, as any Keras model. While the Trainer
+    trains, the current weights live in the Trainer's state; every read
+    through this model (`get_weights`, `save_weights`, `summary`, calling it,
+    or a Keras callback's `.model`) first syncs them back through Keras' own
+    `jax_state_sync()`, and values written here are used by the next step.
+
+    It cannot be saved as a whole model (`save("m.keras")`): its architecture
+    is Python code, not a Keras config. Save its weights instead.
     """
 
     def __init__(self, model_fn: Callable | keras.layers.Layer, context: Context, name: str = "fn_model"):
@@ -38,7 +42,6 @@ class FnModel(keras.Model):
             self._model_fn = model_fn
         self._context = context
         self._spec = None
-        self._sync_fn: Callable[[], None] | None = None
 
     def _call_wrapped(self, ctx: Context, spec: Any, inputs: list) -> Any:
         del spec
@@ -50,22 +53,32 @@ class FnModel(keras.Model):
         previous = store.training
         store.training = bool(training)
         try:
-            predictions = self._model_fn(self._context, self._spec, list(inputs))
+            predictions = self._model_fn(self._context, self._spec, _as_list(inputs))
         finally:
             store.training = previous
-        predictions = _as_list(predictions)
-        if not predictions:
+        if isinstance(predictions, (list, tuple)) and not predictions:
             raise ValueError(
                 "model_fn must return at least one prediction. Received: an empty list "
                 f"for spec={self._spec!r}."
             )
         return predictions
 
-    # State sync protocol (Keras' JAX trainer uses the same name) -----------
-    def jax_state_sync(self):
-        if self._sync_fn is not None:
-            self._sync_fn()
+    def save(self, filepath: Any, *args: Any, **kwargs: Any) -> None:
+        """Refused: a model built from a `model_fn` has no Keras config to save.
 
+        Raises:
+            ValueError: always, with the fix (save the weights).
+        """
+        raise ValueError(
+            "This model is built from a Python model_fn, so it cannot be saved as a whole "
+            "model (a .keras file needs a Keras config of the architecture). Received: "
+            f"save({filepath!r}). Fix: save the weights (model.save_weights('m.weights.h5'), "
+            "keras.callbacks.ModelCheckpoint(..., save_weights_only=True) with a "
+            "'.weights.h5' path, or ktl.checkpoints), or pass a keras.Model as model_fn "
+            "(then trainer.model is that model and saves as usual)."
+        )
+
+    # Reads sync the Trainer's state first (Keras' JAX state protocol) ---------
     def _synced(method_name: str):
         def method(self, *args, **kwargs):
             self.jax_state_sync()
@@ -79,7 +92,6 @@ class FnModel(keras.Model):
     set_weights = _synced("set_weights")
     save_weights = _synced("save_weights")
     load_weights = _synced("load_weights")
-    save = _synced("save")
     summary = _synced("summary")
     predict = _synced("predict")
     evaluate = _synced("evaluate")

@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import keras
+import numpy as np
 from keras.src.backend.common.stateless_scope import StatelessScope
 
 from keras_trainloop import losses as losses_lib
@@ -15,6 +16,7 @@ from keras_trainloop import metrics as metrics_lib
 from keras_trainloop import optimizers as optimizers_lib
 from keras_trainloop.context import Context
 from keras_trainloop.trainer import _distribution as distribution_lib
+from keras_trainloop.trainer import _keras_state
 from keras_trainloop.trainer._cache import Executor, ExecutorCache, GraphType
 from keras_trainloop.trainer._model import FnModel
 from keras_trainloop.trainer._model_losses import get_losses
@@ -48,6 +50,37 @@ def _as_array_list(kind: str, values: Any, spec: Any) -> list:
             "Fix: pass list(d.values()) and use the spec to name them."
         )
     return [values]
+
+
+def _call_model(model: keras.Model, spec: Any, inputs: list, training: bool) -> list:
+    """Calls the model on a batch's inputs; returns its predictions as a list.
+
+    An `FnModel` gets the list (and the spec); a user's Keras model gets one
+    input as is and several as a list, as `fit` would pass them.
+    """
+    if isinstance(model, FnModel):
+        model._spec = spec
+        outputs = keras.Model.__call__(model, inputs, training=training)  # No sync: traced.
+    else:
+        outputs = model(inputs[0] if len(inputs) == 1 else inputs, training=training)
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def _keras_names(metric: Any) -> tuple[str, ...]:
+    """A user metric's log names: the one Keras gives it, then its short name if different."""
+    keras_name = getattr(metric, "keras_name", None) or metric.name
+    return (keras_name,) if metric.short_name == keras_name else (keras_name, metric.short_name)
+
+
+def _named(names: list[tuple[str, ...]], values: Sequence[Any]) -> dict[str, Any]:
+    """`{name: value}` for each value under each of its names; scalars as Python floats."""
+    logs: dict[str, Any] = {}
+    for value_names, value in zip(names, jax.device_get(list(values))):
+        value = np.asarray(value)
+        value = float(value.reshape(())) if value.size == 1 else value
+        for name in value_names:
+            logs.setdefault(name, value)
+    return logs
 
 
 def _loss_metrics(mean_kind: str) -> tuple[Any, Any]:
@@ -91,7 +124,12 @@ class Trainer:
     Args:
         model_fn: `model_fn(ctx, spec, inputs: list) -> list` of predictions (a
             single array is wrapped), or a `keras.Layer`/`keras.Model` called
-            on the inputs (one input as is, several as a list).
+            on the inputs (one input as is, several as a list). A
+            `keras.Model` (Functional, Sequential or subclassed) is used as
+            is: `trainer.model is model_fn`, its `optimizer` is set to this
+            trainer's, and its variables hold the trained weights whenever
+            they are read through Keras' JAX state protocol (a callback's
+            `.model`, `trainer.model`) and after every run.
         loss_fn: `loss_fn(labels: list, predictions: list) -> array`
             (mean-reduced if not scalar), a `keras.losses.Loss`, a Keras loss
             name, or None to optimize only `ktl.add_loss` terms.
@@ -103,6 +141,8 @@ class Trainer:
             entries (means recommended).
         context: the Context holding variables and hyperparameters; a new one
             when None.
+        max_executors: the most compiled executors (train and eval together);
+            None reads `ktl.DEFAULT_MAX_EXECUTORS` (20).
         distribution: a Keras distribution for this trainer
             (`keras.distribution.DataParallel`, or `ModelParallel` with a
             `LayoutMap`); None (the default) uses the global one
@@ -147,6 +187,7 @@ class Trainer:
         eval_metrics: Sequence[Any] | None = None,
         *,
         context: Context | None = None,
+        max_executors: int | None = None,
         distribution: distribution_lib.Distribution | None = None,
     ):
         if not (callable(model_fn) or isinstance(model_fn, keras.layers.Layer)):
@@ -175,8 +216,11 @@ class Trainer:
 
         self._context = context if context is not None else Context()
         self._model_fn = model_fn
+        self._live_state = _keras_state.LiveState(self._sync_to_model)
         self._model = self._new_model()
         self._cache = ExecutorCache(_default_max_executors())
+        if max_executors is not None:
+            self.max_executors = max_executors
         self._device = None
 
         # Placement, fixed at the first step: the distribution (None: one device), the
@@ -199,9 +243,12 @@ class Trainer:
         self._reset_eval_metrics()
 
     # Construction helpers -------------------------------------------------
-    def _new_model(self) -> FnModel:
-        model = FnModel(self._model_fn, self._context)
-        model._sync_fn = self._sync_to_model
+    def _new_model(self) -> keras.Model:
+        """The user's `keras.Model` itself, or an `FnModel` around a function or layer."""
+        if isinstance(self._model_fn, keras.Model):
+            model = self._model_fn
+        else:
+            model = FnModel(self._model_fn, self._context)
         model.optimizer = self.optimizer
         self._context._store.global_step = lambda: self.global_step
         return model
@@ -241,8 +288,10 @@ class Trainer:
 
     @max_executors.setter
     def max_executors(self, value: int) -> None:
-        if int(value) <= 0:
-            raise ValueError(f"max_executors must be positive. Received: {value!r}.")
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(
+                f"max_executors must be a positive int. Received: max_executors={value!r}."
+            )
         self._cache.max_executors = int(value)
 
     @property
@@ -363,6 +412,7 @@ class Trainer:
             for ref, value in zip(refs, values):
                 ref.assign(value)
         self._vars = None
+        _keras_state.disarm(self._model)
 
     def _pull_from_model(self) -> None:
         """Takes the state from the Keras variables (copied: the step donates it)."""
@@ -377,6 +427,7 @@ class Trainer:
         self._iterations_index = next(
             i for i, v in enumerate(refs[2]) if v is self.optimizer.iterations
         )
+        _keras_state.arm(self._model, self._live_state)
 
     # Executors ---------------------------------------------------------------
     def _executor(self, graph_type: GraphType, spec: Any, inputs: list, labels: list) -> Executor:
@@ -495,16 +546,24 @@ class Trainer:
         model = self._model
         had_trainable = len(model.trainable_variables)
         optimizer_built = self.optimizer.built
-        model._spec = spec
         distribution = self._distribution
         with distribution_lib.scope(distribution):
             try:
                 # Stateless: the call only creates variables; its updates (BatchNorm
                 # statistics, dropout seeds) are dropped, as a symbolic build would.
                 with StatelessScope():
-                    keras.Model.__call__(model, inputs, training=graph_type is GraphType.TRAIN)
+                    _call_model(model, spec, inputs, graph_type is GraphType.TRAIN)
             finally:
                 store.losses = []
+            if graph_type is GraphType.TRAIN and not model.trainable_variables:
+                raise ValueError(
+                    f"model_fn={self._model_fn!r} has no trainable variable to train "
+                    f"(0 trainable variables for spec={spec!r}): the layers it calls were "
+                    "not created through the context, so nothing tracks them. Fix: create "
+                    "layers inside model_fn with ctx.layer(name, lambda: keras.layers...) "
+                    "(variables with ctx.variable), or pass the keras.Model itself as "
+                    "model_fn."
+                )
             if optimizer_built and len(model.trainable_variables) != had_trainable:
                 raise ValueError(
                     f"spec={spec!r} created new trainable variables after the optimizer was "
@@ -537,10 +596,9 @@ class Trainer:
         mapping = list(zip(refs_t, tv)) + list(zip(refs_n, ntv))
         store.losses = []
         store.global_step = step
-        model._spec = spec
         try:
             with StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
-                predictions = keras.Model.__call__(model, inputs, training=training)
+                predictions = _call_model(model, spec, inputs, training)
                 layer_losses = list(model.losses)
             extra = get_losses(self._context)
         finally:
@@ -782,13 +840,22 @@ class Trainer:
         self._eval_mstates, values = executor.fn(self._vars, self._eval_mstates, inputs, labels)
         return values
 
-    def eval(self, ds: Any) -> list:
+    def eval(self, ds: Any, *, return_dict: bool = False) -> list | dict[str, Any]:
         """Evaluates the model on a finite dataset; returns the eval metric values.
 
         Resets `ds` and the eval metrics first. Waits on the device every
         `_EVAL_SYNC_EVERY` batches, which bounds the steps in flight (as the
         Loop does for training; too many in flight can deadlock XLA's CPU
         all-reduce on multiple devices).
+
+        Args:
+            ds: a finite `ktl.Dataset`.
+            return_dict: False: the list of values (device arrays), in the
+                order of `eval_metrics`. True: `{name: value}` as
+                `model.evaluate(..., return_dict=True)` gives it: `"loss"`
+                (loss + regularization), then each eval metric under the
+                name Keras gives it (`metric.keras_name`, e.g. `"accuracy"`);
+                scalars as Python floats.
 
         Raises:
             ValueError: `ds` yielded no batch.
@@ -811,4 +878,67 @@ class Trainer:
                 f"Dataset {getattr(ds, 'name', ds)!r} yielded no batch to evaluate. "
                 "Fix: check that it is not empty and that reset() starts a new pass."
             )
+        if return_dict:
+            return self.eval_logs(values)
         return values
+
+    # Keras-shaped names ----------------------------------------------------------
+    def train_logs(self, values: Sequence[Any]) -> dict[str, Any]:
+        """`train_step`'s values by name, as Keras logs (one host transfer).
+
+        The loss entries appear under their short names (`"batch_loss"`,
+        `"~loss+"`, `"~loss"`), each train metric under the name Keras gives
+        it (`metric.keras_name`, e.g. `"accuracy"`) and under its short name.
+        Scalars are Python floats. The Loop adds `"loss"`, the running mean
+        of the batch loss, as `fit` does.
+        """
+        return _named(self._train_log_names, values)
+
+    def eval_logs(self, values: Sequence[Any]) -> dict[str, Any]:
+        """`eval`'s values by name, as `model.evaluate(return_dict=True)` names them."""
+        return _named(self._eval_log_names, values)
+
+    @property
+    def _train_log_names(self) -> list[tuple[str, ...]]:
+        n_loss = self._num_train_loss_metrics
+        names = [(m.short_name,) for m in self._train_metrics[:n_loss]]
+        return names + [_keras_names(m) for m in self._train_metrics[n_loss:]]
+
+    @property
+    def _eval_log_names(self) -> list[tuple[str, ...]]:
+        n_loss = self._num_eval_loss_metrics
+        names = [("loss",)] + [()] * (n_loss - 1)
+        return names + [_keras_names(m)[:1] for m in self._eval_metrics[n_loss:]]
+
+    # Keras' run protocol ------------------------------------------------------
+    @property
+    def built(self) -> bool:
+        """Whether the model's variables exist (`trainer.model.built`)."""
+        return bool(self._model.built)
+
+    def build(self, spec: Any, inputs: Sequence[Any], labels: Sequence[Any]) -> None:
+        """Creates the model's and the optimizer's variables for a batch; compiles nothing.
+
+        The first `train_step` does this itself; call it to have a built
+        model before training (Keras' `BackupAndRestore` needs one at
+        `on_train_begin`; the Loop does it when asked to, see
+        `Loop.request_built_model`). Nothing is trained.
+
+        Raises:
+            ValueError: the errors of `train_step` for this batch.
+        """
+        inputs = _as_array_list("inputs", inputs, spec)
+        labels = _as_array_list("labels", labels, spec)
+        self._executor(GraphType.TRAIN, spec, inputs, labels)
+
+    def finalize(self) -> None:
+        """Ends a run as `fit` does: the Keras variables get the state, EMA weights applied.
+
+        Writes the trained state into the model's variables and, for an
+        optimizer with `use_ema=True`, sets the trainable variables to their
+        moving averages (`optimizer.finalize_variable_values`); the next step
+        continues from those values.
+        """
+        self._sync_to_model()
+        if self.optimizer.built and getattr(self.optimizer, "use_ema", False):
+            self.optimizer.finalize_variable_values(self._model.trainable_variables)

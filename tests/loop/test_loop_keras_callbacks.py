@@ -11,7 +11,6 @@ import pytest
 from loop_helpers import Batches
 
 import keras_trainloop as ktl
-from keras_trainloop.loop import _keras_bridge
 
 
 class RecordingCallback(keras.callbacks.Callback):
@@ -57,7 +56,7 @@ def test_keras_callback_gets_every_event_of_run_epochs_in_order(trainer):
         ("train_end",),
     ]
     assert callback.model is trainer.model
-    assert callback.params == {"verbose": 0, "epochs": 2, "steps": None}
+    assert callback.params == {"verbose": 1, "epochs": 2, "steps": None}  # Batches: no len
 
 
 def test_keras_callback_logs_are_python_floats_named_after_the_train_metrics(trainer):
@@ -71,26 +70,29 @@ def test_keras_callback_logs_are_python_floats_named_after_the_train_metrics(tra
     names = [m.short_name for m in trainer.train_metrics]
     assert list(batch_logs[0]) == ["loss", *names]
     assert all(type(v) is float for logs in batch_logs for v in logs.values())
-    assert [logs["loss"] for logs in batch_logs] == pytest.approx(losses)
+    assert [logs["batch_loss"] for logs in batch_logs] == pytest.approx(losses)
+    running_mean = np.cumsum(losses) / np.arange(1, 4)  # "loss" as in fit: the epoch's mean
+    assert [logs["loss"] for logs in batch_logs] == pytest.approx(running_mean)
     assert [e[1] for e in callback.events if e[0] == "batch_end"] == [0, 1, 2]
     assert not any(e[0].startswith("epoch") for e in callback.events)  # run_steps: no epochs
-    assert callback.params == {"verbose": 0, "epochs": 1, "steps": 3}
+    assert callback.params == {"verbose": 1, "epochs": 1, "steps": 3}
 
 
 def test_keras_callback_without_batch_hooks_costs_no_per_step_work(trainer, monkeypatch):
     built = []
-    original = _keras_bridge._LogsCache.logs
+    original = ktl.Loop._build_logs
 
-    def counting_logs(self, loop, metrics):
-        built.append(loop.loop_step)
-        return original(self, loop, metrics)
+    def counting_logs(self, metrics):
+        built.append(self.loop_step)
+        return original(self, metrics)
 
-    monkeypatch.setattr(_keras_bridge._LogsCache, "logs", counting_logs)
+    monkeypatch.setattr(ktl.Loop, "_build_logs", counting_logs)
     loop = ktl.Loop(trainer)
     loop.add_keras_callback(keras.callbacks.CSVLogger("/dev/null"))
     assert not loop._on_step.hooks and not loop._on_batch_begin.hooks
     loop.run_epochs(Batches([4]), 2)
-    assert built == [4, 8, 8]  # two epoch ends and the train end, no batch
+    # Two epoch ends (shared by the callback and loop.history); train end reuses the last.
+    assert built == [4, 8]
 
 
 def test_keras_callbacks_run_in_priority_order_with_loop_hooks(trainer):

@@ -12,7 +12,7 @@ PUBLIC = [
     "LOG_NAMES_KEY", "SYNC_EVERY", "EveryNSteps", "Exponential", "HookError", "Loop", "LoopCallback",
     "NTimesDuringLoop", "NonFiniteLossError", "Periodic", "Schedule", "every_n_steps",
     "exponential_callback", "n_times_during_loop", "periodic_callback",
-    "MAX_FUSED_STEPS", "HookCost", "Plan", "PlannedHook",
+    "MAX_FUSED_STEPS", "HookCost", "Plan", "PlannedHook", "VAL_LOGS_KEY", "ExternalRun",
 ]
 TOP_LEVEL = [
     "Loop", "HookError", "NonFiniteLossError", "every_n_steps", "n_times_during_loop",

@@ -122,7 +122,7 @@ def test_run_epochs_continues_from_loop_step_and_resets_metrics(trainer, monkeyp
     seen = _positions(loop)
     loop.run_epochs(ds, 2)
     assert [s[:2] for s in seen] == [(3, 3), (4, 3), (5, 3), (6, 3)]
-    assert len(resets) == 2
+    assert len(resets) == 3  # run_steps, then run_epochs at each epoch (as fit does)
     assert trainer.global_step == 7
 
 
@@ -237,14 +237,15 @@ def test_median_train_step_duration(durations, expected):
 
 
 def test_loop_waits_on_the_device_only_every_16_steps_and_at_the_end(trainer, monkeypatch):
-    from keras_trainloop.loop import _loop
+    from keras_trainloop.loop import _loss_watch
 
     loop = ktl.Loop(trainer)
     steps_at_check = []
-    original = _loop._first_nonfinite
-    monkeypatch.setattr(_loop, "_first_nonfinite",
-                        lambda losses: (steps_at_check.append((loop.loop_step, len(losses))),
-                                        original(losses))[1])
+    original = _loss_watch._first_nonfinite_and_sum
+    monkeypatch.setattr(
+        _loss_watch, "_first_nonfinite_and_sum",
+        lambda losses, sizes: (steps_at_check.append((loop.loop_step, len(losses))),
+                               original(losses, sizes))[1])
     loop.run_steps(Batches(loop_forever=True), 40)
     assert ktl.loop.SYNC_EVERY == 16
     assert steps_at_check == [(15, 16), (31, 16), (40, 8)]
