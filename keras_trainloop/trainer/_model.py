@@ -16,6 +16,18 @@ def _as_list(predictions: Any) -> list:
     return [predictions]
 
 
+def _not_savable(what: str) -> ValueError:
+    return ValueError(
+        "This model is built from a Python model_fn, so it cannot be saved as a whole model "
+        "(a .keras file or a full-model checkpoint needs a Keras config of the "
+        f"architecture). Received: {what}. Fix: save the weights only "
+        "(keras.callbacks.ModelCheckpoint('m.weights.h5', save_weights_only=True), "
+        "keras.callbacks.OrbaxCheckpoint(..., save_weights_only=True), "
+        "model.save_weights('m.weights.h5'), or ktl.checkpoints), or pass a keras.Model as "
+        "model_fn (then trainer.model is that model and saves as usual)."
+    )
+
+
 class FnModel(keras.Model):
     """The Keras model built from a `model_fn`.
 
@@ -69,14 +81,11 @@ class FnModel(keras.Model):
         Raises:
             ValueError: always, with the fix (save the weights).
         """
-        raise ValueError(
-            "This model is built from a Python model_fn, so it cannot be saved as a whole "
-            "model (a .keras file needs a Keras config of the architecture). Received: "
-            f"save({filepath!r}). Fix: save the weights (model.save_weights('m.weights.h5'), "
-            "keras.callbacks.ModelCheckpoint(..., save_weights_only=True) with a "
-            "'.weights.h5' path, or ktl.checkpoints), or pass a keras.Model as model_fn "
-            "(then trainer.model is that model and saves as usual)."
-        )
+        raise _not_savable(f"save({filepath!r})")
+
+    def get_config(self) -> dict:
+        """Refused as `save`: what Keras serializes a whole model with (`.keras`, Orbax)."""
+        raise _not_savable("get_config() (saving the whole model)")
 
     # Reads sync the Trainer's state first (Keras' JAX state protocol) ---------
     def _synced(method_name: str):

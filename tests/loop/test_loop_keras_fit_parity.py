@@ -1,0 +1,257 @@
+"""Keras callbacks under `model.fit` and under the Loop, side by side: what each observes."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import keras
+import numpy as np
+import pytest
+from keras_parity import BATCH, digits_data, fit_run, loop_run, sequential, twin_models
+
+import keras_trainloop as ktl
+
+
+@pytest.fixture(scope="module")
+def data():
+    return digits_data()
+
+
+def _close(a, b):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_history_has_fits_values_epoch_by_epoch(data):
+    fit_model, loop_model = twin_models()
+    history = fit_run(fit_model, data, [], 3)
+    loop = loop_run(loop_model, data, [], 3)
+    assert isinstance(loop.history, keras.callbacks.History)
+    assert loop.history.epoch == history.epoch == [0, 1, 2]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        _close(loop.history.history[key], history.history[key])
+    for fit_w, loop_w in zip(fit_model.get_weights(), loop_model.get_weights()):
+        _close(loop_w, fit_w)
+    assert loop_model.history is loop.history  # as fit sets model.history
+
+
+def test_early_stopping_on_val_loss_stops_at_fits_epoch(data):
+    def early_stopping():
+        return keras.callbacks.EarlyStopping(patience=0, min_delta=0.2)  # monitor="val_loss"
+
+    fit_model, loop_model = twin_models()
+    history = fit_run(fit_model, data, [early_stopping()], 8,
+                      optimizer=keras.optimizers.SGD(0.5))
+    loop = loop_run(loop_model, data, [early_stopping()], 8, optimizer=keras.optimizers.SGD(0.5))
+    assert len(history.epoch) < 8  # it did stop early
+    assert loop.history.epoch == history.epoch
+    assert loop.epoch == len(history.epoch)
+
+
+@pytest.mark.parametrize("make_callback", [
+    lambda: keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0,
+                                              min_delta=10.0),
+    lambda: keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr * 0.5),
+], ids=["ReduceLROnPlateau", "LearningRateScheduler"])
+def test_learning_rate_written_into_logs_reaches_history_and_csv_logger(
+    data, tmp_path, make_callback
+):
+    fit_model, loop_model = twin_models()
+    fit_csv, loop_csv = tmp_path / "fit.csv", tmp_path / "loop.csv"
+    history = fit_run(fit_model, data, [make_callback(), keras.callbacks.CSVLogger(fit_csv)], 3)
+    loop = loop_run(loop_model, data, [make_callback(), keras.callbacks.CSVLogger(loop_csv)], 3)
+    assert "learning_rate" in history.history
+    _close(loop.history.history["learning_rate"], history.history["learning_rate"])
+    with open(fit_csv) as f_fit, open(loop_csv) as f_loop:
+        fit_rows, loop_rows = list(csv.DictReader(f_fit)), list(csv.DictReader(f_loop))
+    _close([float(r["learning_rate"]) for r in loop_rows],
+           [float(r["learning_rate"]) for r in fit_rows])
+    _close([float(r["val_loss"]) for r in loop_rows], [float(r["val_loss"]) for r in fit_rows])
+    _close(float(loop_model.optimizer.learning_rate), float(fit_model.optimizer.learning_rate))
+
+
+def test_one_logs_dict_per_event_is_shared_by_all_callbacks(data):
+    seen = []
+
+    class Writes(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["written"] = float(epoch)
+
+    class Reads(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((id(logs), logs.get("written")))
+
+    loop = loop_run(sequential(), data, [Writes(), Reads()], 2)
+    assert [value for _, value in seen] == [0.0, 1.0]
+    assert loop.history.history["written"] == [0.0, 1.0]
+
+
+def test_model_checkpoint_saves_the_users_model_as_keras_file(data, tmp_path):
+    path = tmp_path / "model_{epoch}.keras"
+    model = sequential()
+    loop = loop_run(model, data, [keras.callbacks.ModelCheckpoint(str(path))], 2)
+    assert loop.trainer.model is model
+    reloaded = keras.models.load_model(tmp_path / "model_2.keras")
+    for saved, trained in zip(reloaded.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(saved, trained)
+    x = data[2][:8]
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-6)
+
+
+def test_saved_weights_load_into_a_fresh_copy_of_the_architecture(data, tmp_path):
+    model = sequential()
+    loop_run(model, data, [], 1)
+    path = tmp_path / "w.weights.h5"
+    model.save_weights(path)
+    fresh = sequential(seed=7)
+    fresh.load_weights(path)
+    for a, b in zip(fresh.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_full_model_checkpoint_of_a_model_fn_is_a_clear_error(tmp_path):
+    def model_fn(ctx, spec, inputs):
+        return [ctx.layer("dense", lambda: keras.layers.Dense(2))(inputs[0])]
+
+    trainer = ktl.Trainer(model_fn, "mse", "sgd")
+    loop = ktl.Loop(trainer)
+    loop.add_keras_callback(keras.callbacks.ModelCheckpoint(str(tmp_path / "m.keras")))
+    x = np.ones((8, 3), np.float32)
+    with pytest.raises(ktl.HookError, match="save_weights_only=True") as info:
+        loop.run_epochs(ktl.ArrayDataset(x, np.zeros((8, 2), np.float32), batch_size=4), 1)
+    assert isinstance(info.value.__cause__, ValueError)
+    assert "model_fn" in str(info.value.__cause__)
+    # Saving the weights works.
+    loop = ktl.Loop(trainer)
+    loop.add_keras_callback(keras.callbacks.ModelCheckpoint(
+        str(tmp_path / "m.weights.h5"), save_weights_only=True))
+    loop.run_epochs(ktl.ArrayDataset(x, np.zeros((8, 2), np.float32), batch_size=4), 1)
+    assert (tmp_path / "m.weights.h5").exists()
+
+
+def test_orbax_checkpoint_saves_the_full_users_model_as_fit(data, tmp_path):
+    pytest.importorskip("orbax.checkpoint")
+    fit_model, loop_model = twin_models()
+    fit_run(fit_model, data, [keras.callbacks.OrbaxCheckpoint(str(tmp_path / "fit"))], 2)
+    loop_run(loop_model, data, [keras.callbacks.OrbaxCheckpoint(str(tmp_path / "loop"))], 2)
+    fit_saved = sorted(p.name for p in (tmp_path / "fit").iterdir())
+    assert fit_saved  # fit saved something
+    assert sorted(p.name for p in (tmp_path / "loop").iterdir()) == fit_saved
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 2:
+            raise RuntimeError("interrupted")
+
+
+class _Epochs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_backup_and_restore_resumes_at_the_recorded_epoch_as_fit_does(data, tmp_path):
+    fit_model, loop_model = twin_models()
+    fit_epochs, loop_epochs = _Epochs(), _Epochs()
+    fit_backup = keras.callbacks.BackupAndRestore(str(tmp_path / "fit"))
+    with pytest.raises(RuntimeError):
+        fit_run(fit_model, data, [fit_backup, _Interrupt()], 4)
+    fit_run(fit_model, data, [fit_backup, fit_epochs], 4)
+
+    loop_backup = keras.callbacks.BackupAndRestore(str(tmp_path / "loop"))
+    with pytest.raises(ktl.HookError, match="interrupted"):
+        loop_run(loop_model, data, [loop_backup, _Interrupt()], 4)
+    resumed = sequential(seed=3)  # a new process: fresh weights, restored from the backup
+    loop = loop_run(resumed, data, [loop_backup, loop_epochs], 4)
+    assert fit_epochs.epochs == [2, 3]
+    assert loop_epochs.epochs == fit_epochs.epochs
+    assert loop.history.epoch == [2, 3]
+
+
+def test_backup_and_restore_builds_a_model_fn_model_before_train_begin(tmp_path):
+    def model_fn(ctx, spec, inputs):
+        return [ctx.layer("dense", lambda: keras.layers.Dense(1))(inputs[0])]
+
+    x = np.ones((8, 3), np.float32)
+    ds = ktl.ArrayDataset(x, np.zeros((8, 1), np.float32), batch_size=4)
+    trainer = ktl.Trainer(model_fn, "mse", "sgd")
+    loop = ktl.Loop(trainer)
+    loop.add_keras_callback(keras.callbacks.BackupAndRestore(str(tmp_path), delete_checkpoint=False))
+    loop.run_epochs(ds, 2)
+    assert loop.loop_step == 4  # the batch read to build the model was trained on
+    metadata = json.loads((tmp_path / "training_metadata.json").read_text())
+    assert metadata["epoch"] == 2
+
+
+def test_epoch_end_callbacks_see_and_write_the_current_weights(data):
+    def callbacks(model, seen):
+        def on_epoch_end(epoch, logs):
+            seen.append([w.copy() for w in model.get_weights()])  # held by reference
+            if epoch == 0:
+                model.layers[0].kernel.assign(np.zeros((64, 32), np.float32))
+
+        return [keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)]
+
+    fit_model, loop_model = twin_models()
+    fit_seen, loop_seen = [], []
+    fit_run(fit_model, data, callbacks(fit_model, fit_seen), 2, validation=False)
+    loop_run(loop_model, data, callbacks(loop_model, loop_seen), 2, validation=False)
+    for fit_weights, loop_weights in zip(fit_seen, loop_seen):
+        for a, b in zip(fit_weights, loop_weights):
+            _close(b, a)
+    assert not np.allclose(loop_seen[0][0], loop_seen[1][0])
+
+
+def test_progbar_logger_prints_as_under_fit(data, capsys):
+    fit_model, loop_model = twin_models()
+    fit_run(fit_model, data, [], 2, validation=False, verbose=1)  # fit's own ProgbarLogger
+    fit_out = capsys.readouterr().out
+    loop_run(loop_model, data, [keras.callbacks.ProgbarLogger()], 2, validation=False)
+    loop_out = capsys.readouterr().out
+    steps = len(data[0]) // BATCH
+    for out in (fit_out, loop_out):
+        assert "Epoch 1/2" in out and "Epoch 2/2" in out
+        assert f"{steps}/{steps}" in out
+        assert "loss:" in out and "accuracy:" in out
+
+
+def test_ema_optimizer_ends_the_run_with_the_ema_weights_as_fit(data):
+    def ema():
+        return keras.optimizers.Adam(1e-2, use_ema=True, ema_momentum=0.9)
+
+    fit_model, loop_model = twin_models()
+    fit_run(fit_model, data, [], 2, optimizer=ema(), validation=False)
+    loop_run(loop_model, data, [], 2, optimizer=ema(), validation=False)
+    for a, b in zip(fit_model.get_weights(), loop_model.get_weights()):
+        _close(b, a)
+
+
+def test_tensorboard_writes_the_users_model_summary_and_scalars(data, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    loop_run(sequential(), data, [keras.callbacks.TensorBoard(str(tmp_path))], 2)
+    events = EventAccumulator(str(tmp_path / "train"), purge_orphaned_data=False)
+    events.Reload()
+    tags = set(events.Tags()["tensors"])
+    assert "keras" in tags  # the model summary, written for Sequential/Functional models
+    assert {"epoch_loss", "epoch_accuracy"} <= tags
+    val = EventAccumulator(str(tmp_path / "validation"), purge_orphaned_data=False)
+    val.Reload()
+    assert "epoch_loss" in set(val.Tags()["tensors"])  # from val_loss, as under fit
+
+
+def test_terminate_on_nan_raises_non_finite_loss_error():
+    x = np.ones((8, 3), np.float32)
+    x[5] = np.nan
+    trainer = ktl.Trainer(keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)]),
+                          "mse", "sgd")
+    loop = ktl.Loop(trainer)
+    loop.add_keras_callback(keras.callbacks.TerminateOnNaN())
+    with pytest.raises(ktl.NonFiniteLossError, match="at step 1"):
+        loop.run_epochs(ktl.ArrayDataset(x, np.zeros((8, 1), np.float32), batch_size=4), 3)
