@@ -1,12 +1,26 @@
 """keras-trainloop: GoMLX's training loop (ml/train v0.9.1) for Keras 3 on JAX.
 
 Example:
-    import keras_trainloop as ktl
+    import keras_trainloop as ktl  # First: it selects Keras' JAX backend.
+    import keras
 
-    trainer = ktl.Trainer(model_fn, "sparse_categorical_crossentropy", "adam")
+    def model_fn(ctx, spec, inputs):  # Returns logits.
+        x = ctx.layer("hidden", lambda: keras.layers.Dense(128, "relu"))(inputs[0])
+        return [ctx.layer("logits", lambda: keras.layers.Dense(10))(x)]
+
+    keras.utils.set_random_seed(0)  # The same initial weights on every run.
+    trainer = ktl.Trainer(model_fn, ktl.losses.sparse_categorical_cross_entropy_logits,
+                          "adam", eval_metrics=["accuracy"])
     loop = ktl.Loop(trainer)
-    ktl.every_n_steps(loop, 100, "log", 0, lambda loop, metrics: print(metrics[1]))
-    loop.run_steps(ktl.ArrayDataset(x, y, batch_size=64, loop_forever=True), 1000)
+    ktl.every_n_steps(loop, 100, "log", 0, lambda loop, metrics: print(float(metrics[1])))
+    loop.run_steps(ktl.ArrayDataset(x, y, batch_size=64, shuffle=True, seed=0,
+                                    loop_forever=True), 1000,
+                   validation_data=ktl.ArrayDataset(x_val, y_val, batch_size=256),
+                   validation_freq=500)
+    print(loop.history.history["val_accuracy"])
+
+A Keras model works as model_fn too (`ktl.Trainer(model, "sparse_categorical_crossentropy",
+"adam")` for a model ending in a softmax); then `trainer.model is model`.
 
 Importing the package only selects Keras' JAX backend; Keras, JAX and the
 rest load when a public name is first used, and TensorFlow, TFDS, orbax and

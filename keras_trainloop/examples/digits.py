@@ -22,6 +22,8 @@ from typing import Any
 
 import keras_trainloop as ktl  # Selects Keras' JAX backend first.
 
+import keras  # noqa: E402  (after keras_trainloop, which selects the backend)
+
 DEFAULTS = {
     "learning_rate": 1e-3,
     "optimizer": "adam",
@@ -144,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     else:
         train, train_eval, test, num_classes = digits_datasets(args.batch_size, args.seed)
 
+    keras.utils.set_random_seed(args.seed)  # The weights' initial values: --seed fixes them.
     trainer = ktl.Trainer(
         make_model_fn(num_classes),
         ktl.losses.sparse_categorical_cross_entropy_logits,

@@ -76,7 +76,8 @@ class Loop:
             model), so a loop on a restored model resumes its step count.
             After an aborted run it counts the steps trained: after a
             `HookError` of an `on_step` hook at step k it is k + 1, after a
-            `NonFiniteLossError` it is the bad step (its update was dropped).
+            `NonFiniteLossError` it is one past the last step trained (the
+            error's `detected_at + 1`: the steps up to there took their updates).
         start_step: `loop_step` at the start of the current (or last) run.
         end_step: one past the last step of the run; -1 while unknown (the
             first epoch of `run_epochs`). At `on_end`, `loop_step == end_step`.
@@ -89,6 +90,24 @@ class Loop:
             loop waited for). The first one includes compilation. The steps
             of a fused call each get the call's time divided by its steps.
         max_fused_steps: see the argument; may be changed between runs.
+        epochs: the epochs asked of the current (or last) `run_epochs`; 0 in
+            `run_steps`.
+        initial_epoch: the epoch `run_epochs` starts at: 0, unless an
+            `on_start` hook sets it to resume (as `fit(initial_epoch=...)`).
+        history: a `keras.callbacks.History` of the current (or last) run, as
+            `fit` returns it: one entry per epoch (`run_epochs`), or per
+            validation (`run_steps`; one at its end without validation), with
+            the epoch's logs (`loop.logs`), `val_*` included.
+
+    Keras-shaped runs: `run_steps` / `run_epochs` take `validation_data`
+    (evaluated with `trainer.eval`, results as `val_<name>`); `loop.logs`
+    gives any hook the event's logs with `fit`'s names; `add_keras_callback`
+    drives Keras callbacks as `fit` does, through the public event API
+    (`on_epoch_begin`, `on_epoch_end`, `on_batch_begin`, `logs`,
+    `request_built_model`, `initial_epoch`), which any bridge may use;
+    `begin_external_run` lets another loop (`model.fit`, see
+    `as_keras_callback`) drive this loop's hooks. `run_epochs` restarts the
+    train metrics at each epoch, as `fit` does.
 
     Device synchronization: metrics returned by the Trainer stay on the
     device, and the loop does not wait for a step to finish before starting
@@ -533,23 +552,46 @@ class Loop:
 
     # Keras interoperability ---------------------------------------------------
     def add_keras_callback(self, callback: Any, priority: float = 0) -> None:
-        """Drives a `keras.callbacks.Callback` from this loop's runs.
+        """Drives a `keras.callbacks.Callback` from this loop's runs, as `model.fit` would.
 
-        At the start of a run the callback gets `set_model(trainer.model)`,
-        `set_params(...)` and `on_train_begin`; `run_epochs` calls
-        `on_epoch_begin` / `on_epoch_end`; every step calls
+        The callback's model is `trainer.model`: the user's own `keras.Model`
+        when one was given as `model_fn` (so `ModelCheckpoint` with a
+        `.keras` path, `OrbaxCheckpoint`, `TensorBoard`'s model summary work
+        as after `fit`), else the `FnModel` (weights only:
+        `save_weights_only=True`). The model is built before
+        `on_train_begin` (the run reads its first batch early for that).
+
+        At the start of a run the callback gets `set_model`, `set_params`
+        (`verbose=1`, `epochs`, and `steps`: per epoch from `len(ds)` when the
+        dataset has a length, the run's steps in `run_steps`) and
+        `on_train_begin`; `run_epochs` calls `on_epoch_begin` /
+        `on_epoch_end` (after the epoch's validation); every step calls
         `on_train_batch_begin` / `on_train_batch_end` with the batch index
         within the epoch (within the run for `run_steps`); the end of the run
-        calls `on_train_end`. Logs are dicts of Python floats: `"loss"` (the
-        batch loss) and each train metric under its short name (e.g.
-        `"~loss"`, the moving average); epoch-end and train-end logs hold the
-        last step's values. Per-step logs are built, which copies the metrics
-        to the host, only for callbacks that override the batch hooks; other
-        callbacks cost nothing per step. Setting `model.stop_training = True`
-        stops the loop gracefully (see `stop`).
+        calls `on_train_end` with the last epoch's logs. Each event has one
+        logs dict (`loop.logs`), shared by all callbacks in priority order,
+        with `fit`'s names: `"loss"` the epoch's running mean, metrics under
+        Keras' names, `val_*`, plus the GoMLX values under their short names
+        (`"batch_loss"`, `"~loss"`, ...); what a callback writes there
+        (`ReduceLROnPlateau`'s `"learning_rate"`) reaches the callbacks after
+        it and `loop.history`. Before epoch-end and train-end events the
+        trained state is written into the Keras variables, so a callback
+        holding the model by reference reads current weights; what it writes
+        there is used by the next step. Setting `model.stop_training = True`
+        stops the loop gracefully (see `stop`). A `BackupAndRestore` resumes
+        `run_epochs` at the epoch it recorded (`loop.initial_epoch`).
 
+        Per-step logs are built, which copies the metrics to the host, only
+        for callbacks that override the batch hooks (they also make every
+        step its own compiled call); other callbacks cost nothing per step.
         `run_steps` fires no epoch events: callbacks that act at epoch end
         (CSVLogger, EarlyStopping) need `run_epochs`.
+
+        `keras.callbacks.TerminateOnNaN`: the loop's own check comes first: a
+        NaN or Inf batch loss makes `"loss"` NaN in the logs (TerminateOnNaN
+        prints its message and stops the run) and the run raises
+        `ktl.NonFiniteLossError` naming the first bad step, as without the
+        callback; with it, the NaN is noticed at the step it happens.
 
         Args:
             callback: any `keras.callbacks.Callback`.
@@ -560,8 +602,9 @@ class Loop:
 
         Example:
             loop.add_keras_callback(keras.callbacks.CSVLogger("log.csv"))
-            loop.add_keras_callback(keras.callbacks.EarlyStopping(monitor="loss", patience=2))
-            loop.run_epochs(ds, 20)
+            loop.add_keras_callback(keras.callbacks.EarlyStopping(patience=2))  # val_loss
+            loop.run_epochs(ds, 20, validation_data=val_ds)
+            loop.history.history["val_loss"]
         """
         from keras_trainloop.loop._keras_bridge import add_keras_callback
 

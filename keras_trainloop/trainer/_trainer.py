@@ -66,6 +66,14 @@ def _call_model(model: keras.Model, spec: Any, inputs: list, training: bool) -> 
     return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
 
+def _check_max_executors(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(
+            f"max_executors must be a positive int. Received: max_executors={value!r}."
+        )
+    return value
+
+
 def _keras_names(metric: Any) -> tuple[str, ...]:
     """A user metric's log names: the one Keras gives it, then its short name if different."""
     keras_name = getattr(metric, "keras_name", None) or metric.name
@@ -197,6 +205,8 @@ class Trainer:
             )
         if context is not None and not isinstance(context, Context):
             raise TypeError(f"context must be a ktl.Context. Received: context={context!r}.")
+        if max_executors is not None:
+            _check_max_executors(max_executors)
         self._explicit_distribution = distribution_lib.check_distribution(distribution)
         self._loss_fn = losses_lib.as_loss_fn(loss_fn)
         with distribution_lib.scope(distribution):
@@ -288,11 +298,7 @@ class Trainer:
 
     @max_executors.setter
     def max_executors(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(
-                f"max_executors must be a positive int. Received: max_executors={value!r}."
-            )
-        self._cache.max_executors = int(value)
+        self._cache.max_executors = _check_max_executors(value)
 
     @property
     def train_metrics(self) -> list:

@@ -42,3 +42,10 @@ def test_trains_on_a_tfds_dataset_on_disk(tfds_digits_dir, tmp_path, capsys):
     assert result["global_step"] == 150
     assert float(result["eval"][1][-1]) > 0.5
     assert "Results on digits_local/test" in capsys.readouterr().out
+
+
+def test_one_seed_gives_the_same_accuracy_twice(capsys):
+    args = ["--steps", "40", "--seed", "3", "--plot", os.devnull]
+    first, second = digits.main(args), digits.main(args)
+    capsys.readouterr()
+    assert [float(v) for v in first["eval"][1]] == [float(v) for v in second["eval"][1]]

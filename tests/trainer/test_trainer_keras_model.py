@@ -1,0 +1,123 @@
+"""A user's own Keras model as model_fn, and the Keras-facing parts of the Trainer."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import keras_trainloop as ktl
+
+
+def _functional():
+    inputs = keras.Input((6,))
+    return keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(8, "relu")(inputs)))
+
+
+def _sequential():
+    return keras.Sequential([keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)])
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.hidden = keras.layers.Dense(8, activation="relu")
+        self.out = keras.layers.Dense(3)
+
+    def call(self, x, training=False):
+        return self.out(self.hidden(x))
+
+
+BATCH = (np.random.default_rng(0).normal(size=(16, 6)).astype(np.float32),
+         np.random.default_rng(1).integers(0, 3, 16).astype(np.int32))
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+@pytest.mark.parametrize("make", [_functional, _sequential, _Subclassed],
+                         ids=["functional", "sequential", "subclassed"])
+def test_trainer_model_is_the_users_model_and_holds_the_trained_weights(make):
+    model = make()
+    trainer = ktl.Trainer(model, LOSS, keras.optimizers.SGD(0.1))
+    assert trainer.model is model
+    x, y = BATCH
+    trainer.train_step(None, [x], [y])
+    before = [w.copy() for w in model.get_weights()]
+    ktl.Loop(trainer).run_steps(ktl.ArrayDataset(x, y, batch_size=8, loop_forever=True), 4)
+    after = model.get_weights()  # no trainer.model read: the run synced it
+    assert not np.allclose(before[0], after[0])
+    assert model.optimizer is trainer.optimizer
+    assert int(model.optimizer.iterations) == trainer.global_step == 5
+
+
+def test_a_callbacks_model_read_syncs_the_state_through_keras_protocol():
+    model = _functional()
+    trainer = ktl.Trainer(model, LOSS, keras.optimizers.SGD(0.1))
+    x, y = BATCH
+    trainer.train_step(None, [x], [y])
+    stale = np.asarray(model.layers[1].kernel.value).copy()
+    trainer.train_step(None, [x], [y])
+    callback = keras.callbacks.Callback()
+    callback.set_model(model)
+    current = np.asarray(callback.model.layers[1].kernel.value)  # Keras' jax_state_sync()
+    assert not np.allclose(stale, current)
+    # The variables own the state now: a write there is used by the next step.
+    model.layers[1].kernel.assign(np.zeros_like(current))
+    model.layers[1].bias.assign(np.zeros(8, np.float32))
+    trainer.train_step(None, [x], [y])
+    assert np.abs(np.asarray(trainer.model.layers[1].kernel.value)).max() < 0.5
+
+
+def test_model_fn_model_can_be_called_and_predict_on_one_array():
+    def model_fn(ctx, spec, inputs):
+        return ctx.layer("dense", lambda: keras.layers.Dense(3))(inputs[0])
+
+    trainer = ktl.Trainer(model_fn, LOSS, "sgd")
+    x, y = BATCH
+    trainer.train_step(None, [x], [y])
+    assert tuple(trainer.model(x).shape) == (16, 3)
+    np.testing.assert_allclose(trainer.model.predict(x, verbose=0),
+                               np.asarray(trainer.model(x)), rtol=1e-6)
+
+
+def test_model_fn_with_layers_created_outside_ctx_is_an_error_at_the_first_step():
+    outside = keras.layers.Dense(3)
+
+    def model_fn(ctx, spec, inputs):
+        return [outside(inputs[0])]
+
+    trainer = ktl.Trainer(model_fn, LOSS, "sgd")
+    x, y = BATCH
+    with pytest.raises(ValueError, match=r"model_fn=.*model_fn.*0 trainable variables.*ctx\.layer"):
+        trainer.train_step(None, [x], [y])
+    assert trainer.global_step == 0
+    assert not trainer.optimizer.built
+
+
+def test_eval_return_dict_matches_model_evaluate():
+    model = _sequential()
+    trainer = ktl.Trainer(model, LOSS, "adam", eval_metrics=["accuracy"])
+    x, y = BATCH
+    trainer.train_step(None, [x], [y])
+    ds = ktl.ArrayDataset(x, y, batch_size=5)
+    got = trainer.eval(ds, return_dict=True)
+    twin = _sequential()
+    twin.build((None, 6))
+    twin.set_weights(trainer.model.get_weights())
+    twin.compile(loss=LOSS, metrics=["accuracy"])
+    expected = twin.evaluate(x, y, batch_size=5, verbose=0, return_dict=True)
+    assert set(got) == set(expected) == {"loss", "accuracy"}
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], rel=1e-5)
+    assert all(type(v) is float for v in got.values())
+    assert len(trainer.eval(ds)) == 3  # the list, as before
+
+
+def test_max_executors_argument_sets_the_limit():
+    trainer = ktl.Trainer(_sequential(), LOSS, "sgd", max_executors=1)
+    assert trainer.max_executors == 1
+    x, y = BATCH
+    trainer.train_step("a", [x], [y])
+    with pytest.raises(ValueError, match="'b'"):
+        trainer.train_step("b", [x], [y])
+    with pytest.raises(ValueError, match=r"Received: max_executors=0"):
+        ktl.Trainer(_sequential(), LOSS, "sgd", max_executors=0)
