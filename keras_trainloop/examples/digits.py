@@ -20,9 +20,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import keras_trainloop as ktl  # Selects Keras' JAX backend first.
+import keras
 
-import keras  # noqa: E402  (after keras_trainloop, which selects the backend)
+import keras_trainloop as ktl  # Selects Keras' JAX backend first.
 
 DEFAULTS = {
     "learning_rate": 1e-3,
