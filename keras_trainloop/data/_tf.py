@@ -200,6 +200,21 @@ class TFDataset:
         """The `spec` returned with every batch."""
         return self._spec
 
+    def __len__(self) -> int:
+        """Batches in one pass, when tf.data knows it (`cardinality()`), as Keras reads it.
+
+        Raises:
+            TypeError: the length is unknown or infinite (`len()` then fails as
+                for any object without a length; `fit` shows no total either).
+        """
+        cardinality = int(self._dataset.cardinality())
+        if cardinality < 0:
+            raise TypeError(
+                f"TFDataset {self.name!r} has no known length (tf.data cardinality "
+                f"{cardinality}: unknown or infinite)."
+            )
+        return cardinality
+
     def __repr__(self) -> str:
         return f"TFDataset(name={self.name!r}, element_spec={self._dataset.element_spec!r})"
 

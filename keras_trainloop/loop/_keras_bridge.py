@@ -81,6 +81,10 @@ class _KerasDriver:
             loop.on_batch_begin(name, priority, self.on_batch_begin)
         if _overrides(cb, "on_train_batch_end", "on_batch_end"):
             loop.on_step(name, priority, self.on_batch_end)
+        if _overrides(cb, "on_test_begin"):
+            loop.on_validation_begin(name, priority, self.on_validation_begin)
+        if _overrides(cb, "on_test_end"):
+            loop.on_validation_end(name, priority, self.on_validation_end)
         loop.on_end(name, priority, self.on_end)
 
     def _check_stop(self, loop: Any) -> None:
@@ -122,6 +126,14 @@ class _KerasDriver:
         _ = loop.trainer.model  # Syncs the trained state into the Keras variables.
         self.callback.on_epoch_end(loop.epoch, loop.logs(metrics))
         self._check_stop(loop)
+
+    def on_validation_begin(self, loop: Any, ds: Any) -> None:
+        _ = loop.trainer.model  # The callback may change the weights evaluated (SwapEMAWeights).
+        self.callback.on_test_begin({})
+
+    def on_validation_end(self, loop: Any, logs: dict) -> None:
+        _ = loop.trainer.model  # What the callback writes back is used by the next step.
+        self.callback.on_test_end(logs)
 
     def on_end(self, loop: Any, metrics: list) -> None:
         _ = loop.trainer.model

@@ -170,6 +170,8 @@ class Loop:
         self._on_epoch_begin = HookList("OnEpochBegin", "fn(loop, epoch)")
         self._on_epoch_end = HookList("OnEpochEnd", "fn(loop, metrics)")
         self._on_batch_begin = HookList("OnBatchBegin", "fn(loop, step)")
+        self._on_validation_begin = HookList("OnValidationBegin", "fn(loop, ds)")
+        self._on_validation_end = HookList("OnValidationEnd", "fn(loop, logs)")
         self._stop_requested = False
         self._running = False
         self._build_model_first = False
@@ -274,6 +276,34 @@ class Loop:
             TypeError: bad name or priority, or `fn` cannot be called as `fn(loop, step)`.
         """
         self._on_batch_begin.add(name, priority, fn)
+
+    def on_validation_begin(self, name: str, priority: float, fn: OnStartFn) -> None:
+        """Adds `fn(loop, ds)`, called before each validation with its dataset.
+
+        Reading `trainer.model` there syncs the trained state into the Keras
+        variables; values written there (e.g. Keras' `SwapEMAWeights` putting
+        the EMA weights in) are what the validation evaluates.
+
+        Raises:
+            TypeError: bad name or priority, or `fn` cannot be called as `fn(loop, ds)`.
+        """
+        self._on_validation_begin.add(name, priority, fn)
+
+    def on_validation_end(
+        self, name: str, priority: float, fn: Callable[[Loop, dict], None]
+    ) -> None:
+        """Adds `fn(loop, logs)`, called after each validation with its results.
+
+        `logs` is `trainer.eval(..., return_dict=True)`: `{"loss": ...,
+        "accuracy": ...}`, without the `val_` prefix (as Keras'
+        `on_test_end` gets them). The trainer's next step uses the Keras
+        variables' values if the hook read `trainer.model` (to undo what an
+        `on_validation_begin` hook wrote, for example).
+
+        Raises:
+            TypeError: bad name or priority, or `fn` cannot be called as `fn(loop, logs)`.
+        """
+        self._on_validation_end.add(name, priority, fn)
 
     def request_built_model(self) -> None:
         """Asks that the model be built before the `on_start` hooks of every run.
@@ -579,7 +609,11 @@ class Loop:
         holding the model by reference reads current weights; what it writes
         there is used by the next step. Setting `model.stop_training = True`
         stops the loop gracefully (see `stop`). A `BackupAndRestore` resumes
-        `run_epochs` at the epoch it recorded (`loop.initial_epoch`).
+        `run_epochs` at the epoch it recorded (`loop.initial_epoch`). A
+        validation calls `on_test_begin` before and `on_test_end` (with the
+        results, no `val_` prefix) after it, for callbacks that override
+        them (`SwapEMAWeights` evaluates the EMA weights so, as in `fit`); no
+        per-batch test events are sent.
 
         Per-step logs are built, which copies the metrics to the host, only
         for callbacks that override the batch hooks (they also make every
@@ -889,7 +923,12 @@ class Loop:
 
     def _validate(self, validation_data: Any) -> None:
         """Evaluates `validation_data`; its values become the `val_*` logs of this event."""
+        if self._on_validation_begin.hooks:
+            self._event_logs = None
+            self._on_validation_begin.fire(self, validation_data)
         values = self.trainer.eval(validation_data, return_dict=True)
+        if self._on_validation_end.hooks:
+            self._on_validation_end.fire(self, dict(values))
         self._val_logs = {f"val_{name}": value for name, value in values.items()}
         self.shared_data[VAL_LOGS_KEY] = dict(self._val_logs)
         self._event_logs = None

@@ -198,3 +198,23 @@ def test_loop_fuses_steps_over_a_tf_dataset_with_the_same_results():
     single, _ = run(1)
     assert fused == single and len(fused) == 5  # 15 steps
     assert fused_trainer._cache.executors()[0].fused_fns  # 2-step calls between the hooks
+
+
+def test_length_is_tf_datas_cardinality_when_known():
+    assert len(ktl.TFDataset(tf.data.Dataset.from_tensor_slices((X, Y)).batch(4))) == 3
+    endless = ktl.TFDataset(tf.data.Dataset.from_tensor_slices((X, Y)).batch(4).repeat())
+    with pytest.raises(TypeError, match="no known length"):
+        len(endless)
+
+
+def test_progbar_logger_gets_the_steps_of_a_tf_data_epoch(capsys):
+    import keras
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    loop = ktl.Loop(ktl.Trainer(model, "mse", "sgd"))
+    callback = keras.callbacks.ProgbarLogger()
+    loop.add_keras_callback(callback)
+    y = Y.astype(np.float32)[:, None]
+    loop.run_epochs(ktl.TFDataset(tf.data.Dataset.from_tensor_slices((X, y)).batch(4)), 1)
+    assert callback.target == 3  # params["steps"] (ProgbarLogger keeps it as target)
+    assert "3/3" in capsys.readouterr().out

@@ -16,7 +16,7 @@ import pytest
 import keras_trainloop as ktl
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "loop"))
-from keras_parity import digits_data, twin_models  # noqa: E402
+from keras_parity import digits_data, twin_models
 
 README = pathlib.Path(__file__).parents[2] / "README.md"
 
@@ -24,7 +24,7 @@ README = pathlib.Path(__file__).parents[2] / "README.md"
 def _snippet(after: str) -> str:
     text = README.read_text()
     start = text.index(after)
-    match = re.search(r"```python\n(.*?)```", text[start:], re.S)
+    match = re.search(r"```python\n(.*?)```", text[start:], re.DOTALL)
     return match.group(1)
 
 
@@ -35,9 +35,9 @@ def test_the_fit_and_loop_snippets_run_and_learn_alike(tmp_path, monkeypatch, ca
             "keras": keras, "ktl": ktl}
     fit_model, loop_model = twin_models()
     fit_ns = dict(data, model=fit_model)
-    exec(_snippet("With `model.fit`:"), fit_ns)
+    exec(_snippet("With `model.fit`:"), fit_ns)  # noqa: S102 (the README's own code)
     loop_ns = dict(data, model=loop_model, callbacks=fit_ns["callbacks"])
-    exec(_snippet("With keras-trainloop (same model object"), loop_ns)
+    exec(_snippet("With keras-trainloop (same model object"), loop_ns)  # noqa: S102
     capsys.readouterr()
     fit_history, loop_history = fit_ns["history"].history, loop_ns["history"].history
     for history in (fit_history, loop_history):

@@ -231,6 +231,37 @@ def test_ema_optimizer_ends_the_run_with_the_ema_weights_as_fit(data):
         _close(b, a)
 
 
+def test_swap_ema_weights_validates_with_the_ema_weights_as_fit(data):
+    def ema():
+        return keras.optimizers.Adam(1e-2, use_ema=True, ema_momentum=0.9)
+
+    fit_model, loop_model = twin_models()
+    history = fit_run(fit_model, data, [keras.callbacks.SwapEMAWeights()], 3, optimizer=ema())
+    loop = loop_run(loop_model, data, [keras.callbacks.SwapEMAWeights()], 3, optimizer=ema())
+    _close(loop.history.history["val_loss"], history.history["val_loss"])
+    for a, b in zip(fit_model.get_weights(), loop_model.get_weights()):
+        _close(b, a)
+
+
+def test_model_checkpoint_every_n_batches_writes_fits_files(data, tmp_path):
+    def checkpoint(folder):
+        return keras.callbacks.ModelCheckpoint(
+            str(tmp_path / folder / "w_{epoch}_{batch}.weights.h5"), save_weights_only=True,
+            save_freq=4)
+
+    fit_model, loop_model = twin_models()
+    fit_run(fit_model, data, [checkpoint("fit")], 2)
+    loop_run(loop_model, data, [checkpoint("loop")], 2)
+    fit_files = sorted(p.name for p in (tmp_path / "fit").iterdir())
+    assert len(fit_files) >= 2
+    assert sorted(p.name for p in (tmp_path / "loop").iterdir()) == fit_files
+    last = fit_files[-1]
+    fit_model.load_weights(tmp_path / "fit" / last)
+    loop_model.load_weights(tmp_path / "loop" / last)
+    for a, b in zip(fit_model.get_weights(), loop_model.get_weights()):
+        _close(b, a)
+
+
 def test_tensorboard_writes_the_users_model_summary_and_scalars(data, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
