@@ -12,6 +12,7 @@ import jax
 
 from keras_trainloop.data import Dataset, maybe_prefetch_to_device
 from keras_trainloop.loop._errors import NonFiniteLossError
+from keras_trainloop.loop._fusion_gate import FusionGate
 from keras_trainloop.loop._hooks import HookCost, HookList
 from keras_trainloop.loop._loss_watch import LossWatch, PendingCall, batch_size_of
 from keras_trainloop.loop._plan import Plan, check_max_fused_steps, fusable_steps, make_plan
@@ -29,6 +30,8 @@ MAX_FUSED_STEPS = 8
 """Default and largest `max_fused_steps`: at most this many steps run in one compiled call.
 A call's losses are checked after the next call is dispatched, so with two calls in flight
 a NaN surfaces at most `SYNC_EVERY - 1` steps late."""
+
+_NO_SPEC = object()  # No batch read yet: fusion waits for the gate's probe.
 
 VAL_LOGS_KEY = "val_logs"
 """`loop.shared_data` key: the last validation's logs (`{"val_loss": ..., ...}`)."""
@@ -139,6 +142,11 @@ class Loop:
             `global_step` and `reset_train_metrics`), or None.
         max_fused_steps: the most steps run in one compiled call, a power of
             two from 1 (off) to `MAX_FUSED_STEPS` (8, the default).
+        measure_fusion: True (the default): for each dataset spec, the first
+            calls are timed (3 single steps, then 3 fused calls, each waited
+            on) and fused calls are kept only if a fused step costs no more
+            than a single one (see `fusion_decisions`); the decision holds for
+            this loop's later runs. False: fuse without measuring.
 
     Example:
         loop = ktl.Loop(trainer)
@@ -147,7 +155,10 @@ class Loop:
         metrics = loop.run_epochs(train_ds, 3)
     """
 
-    def __init__(self, trainer: Any, *, max_fused_steps: int = MAX_FUSED_STEPS):
+    def __init__(
+        self, trainer: Any, *, max_fused_steps: int = MAX_FUSED_STEPS,
+        measure_fusion: bool = True,
+    ):
         if trainer is not None and not callable(getattr(trainer, "train_step", None)):
             raise TypeError(
                 "Loop expects a ktl.Trainer (or None for a loop used only as a Keras callback). "
@@ -181,6 +192,8 @@ class Loop:
         self._val_logs: dict[str, Any] = {}  # The last validation's, while it is current.
         self._feeds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._step_seconds: float | None = None  # Last measured seconds per fused step.
+        self._gate = FusionGate(enabled=bool(measure_fusion))
+        self._last_spec: Any = _NO_SPEC  # The spec of the last batch trained on.
 
     @property
     def max_fused_steps(self) -> int:
@@ -562,9 +575,20 @@ class Loop:
             print(loop.plan(1000).report())
         """
         _check_count("steps", steps, "plan")
-        fusable = not self._on_batch_begin.hooks and self._trainer_can_fuse()
+        fusable = (not self._on_batch_begin.hooks and self._trainer_can_fuse()
+                   and not self._gate.dropped_fusion())
         cap = self._max_fused_steps if fusable else 1
-        return make_plan(self, steps, self._on_step, self._on_end, cap)
+        first_caps = self._gate.planned_caps() if fusable else []
+        return make_plan(self, steps, self._on_step, self._on_end, cap, first_caps)
+
+    def fusion_decisions(self) -> dict[Any, bool | None]:
+        """Per dataset spec trained on: whether fused calls are kept (`measure_fusion`).
+
+        True: fused calls measured at most as costly per step as single steps;
+        False: slower, so this loop runs that spec one step per call; None:
+        still measuring. Empty before any fused-capable run.
+        """
+        return self._gate.decisions()
 
     def hook_costs(self) -> dict[str, HookCost]:
         """Each hook's measured cost since the loop was created, by "Event: name".
@@ -822,13 +846,21 @@ class Loop:
         countdown = self._countdown
         step = self.loop_step
         losses = self._losses
+        gate = self._gate
+        probe = fuse and gate.enabled  # Fused calls wait for the gate's measurements.
+        settled, settled_cap = object(), cap  # The last spec the gate decided, its cap.
         last = perf_counter()
         while step != limit and not self._stop_requested:
             self.loop_step = step
             n = 1
             batch = None
+            start = last
             if fuse and not on_batch_begin.hooks:
-                n = fusable_steps(self, on_step, limit, cap, self._step_seconds)
+                call_cap = cap
+                if probe:
+                    last_spec = self._last_spec
+                    call_cap = settled_cap if last_spec is settled else gate.cap(last_spec, cap)
+                n = fusable_steps(self, on_step, limit, call_cap, self._step_seconds)
                 while n > 1:
                     batch = yield_batches(n)
                     if batch is not None:
@@ -854,6 +886,7 @@ class Loop:
             else:  # n steps in one call.
                 if losses.has_steps:  # Steps run one by one before: check them first.
                     self._sync(metrics, step - 1)
+                spec = batch[0]
                 metrics, batch_losses = trainer.train_steps(*batch)
                 size = batch_size_of(batch[1], stacked=True)
                 previous = losses.add_call(PendingCall(batch_losses, step, n, size))
@@ -862,6 +895,13 @@ class Loop:
                 if previous is not None:
                     losses.check_call(step, previous)
                 countdown = SYNC_EVERY
+            if probe and spec is not settled:
+                if gate.probing(spec):  # Timed: the call's whole cost, waited on.
+                    jax.block_until_ready(metrics)
+                    gate.record(spec, n, perf_counter() - start)
+                else:
+                    settled, settled_cap = spec, gate.cap(spec, cap)
+            self._last_spec = spec
             if on_step.hooks:
                 self._event_logs = None
                 try:

@@ -147,8 +147,16 @@ class Plan:
         return self.report()
 
 
-def make_plan(loop: Any, steps: int, on_step: HookList, on_end: HookList, cap: int) -> Plan:
-    """Simulates the schedules of `loop`'s hooks (on copies) for `steps` steps."""
+def make_plan(
+    loop: Any, steps: int, on_step: HookList, on_end: HookList, cap: int,
+    first_caps: list[int] | None = None,
+) -> Plan:
+    """Simulates the schedules of `loop`'s hooks (on copies) for `steps` steps.
+
+    `first_caps`: the caps of the run's first calls (the loop's fusion gate
+    measures single steps, then short fused calls); `cap` after them.
+    """
+    first_caps = list(first_caps or [])
     view = _View(loop, steps)
     end = view.end_step
     copies = [copy.copy(h.schedule) for h in on_step.hooks]
@@ -161,7 +169,8 @@ def make_plan(loop: Any, steps: int, on_step: HookList, on_end: HookList, cap: i
     step = view.start_step
     while step < end:
         view.loop_step = step
-        n = fusable_steps(view, plan_hooks, end, cap, None)
+        call_cap = min(cap, first_caps[len(calls)]) if len(calls) < len(first_caps) else cap
+        n = fusable_steps(view, plan_hooks, end, call_cap, None)
         calls.append((step, n))
         view.loop_step = step = step + n - 1
         for i, (hook, schedule) in enumerate(zip(on_step.hooks, copies)):

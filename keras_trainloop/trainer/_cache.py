@@ -39,6 +39,8 @@ class Executor:
         fused_fns: for a TRAIN executor, the jitted functions running
             several steps in one call (`trainer.train_steps`), by step count.
         fused_trace_counts: how many times each of those was traced.
+        fused_unrolled: by step count, whether the fused body was unrolled (a
+            step with convolutions: XLA:CPU compiles them badly inside a loop).
     """
 
     def __init__(self, spec: Any, graph_type: GraphType, num_inputs: int, num_labels: int):
@@ -50,6 +52,7 @@ class Executor:
         self.trace_count = 0
         self.fused_fns: dict[int, Callable] = {}
         self.fused_trace_counts: dict[int, int] = {}
+        self.fused_unrolled: dict[int, bool] = {}
 
     def __repr__(self) -> str:
         return (

@@ -236,7 +236,7 @@ def test_a_hook_without_schedule_keeps_one_step_per_call(make_trainer):
 
 def test_a_hook_with_a_schedule_object_fires_when_due_and_lets_steps_fuse(make_trainer):
     trainer = make_trainer()
-    loop = ktl.Loop(trainer)
+    loop = ktl.Loop(trainer, measure_fusion=False)  # exact call sizes
     seen = []
     loop.on_step("every 5", 0, lambda loop, m: seen.append(loop.loop_step),
                  schedule=ktl.loop.EveryNSteps(5))
@@ -251,7 +251,7 @@ def test_epoch_ends_fall_back_to_single_steps(make_trainer):
     calls = []
     original = trainer.train_steps
     trainer.train_steps = lambda spec, i, l: calls.append(i[0].shape[0]) or original(spec, i, l)
-    loop = ktl.Loop(trainer)
+    loop = ktl.Loop(trainer, measure_fusion=False)  # exact call sizes
     x = np.random.default_rng(0).normal(size=(46, 3)).astype(np.float32)
     loop.run_epochs(ktl.ArrayDataset(x, x[:, :1], batch_size=4), 2)  # 12 batches, last short
     assert calls == [8, 2, 8, 2]  # then one full batch and the short one, one by one
@@ -260,7 +260,7 @@ def test_epoch_ends_fall_back_to_single_steps(make_trainer):
 
 def test_non_finite_loss_in_a_fused_call_names_the_first_bad_step(make_trainer):
     trainer = make_trainer()
-    loop = ktl.Loop(trainer)
+    loop = ktl.Loop(trainer, measure_fusion=False)  # exact call sizes
     x = np.ones((64, 3), np.float32)
     x[4 * 10] = np.nan  # batch 10
     with pytest.raises(ktl.NonFiniteLossError) as info:

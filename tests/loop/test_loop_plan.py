@@ -17,7 +17,7 @@ def _forever(batch_size=4):
 
 
 def test_plan_lists_every_n_steps_and_calls_that_end_at_each_firing(trainer):
-    loop = ktl.Loop(trainer)
+    loop = ktl.Loop(trainer, measure_fusion=False)  # the probe: test_fusion_gate.py
     ktl.every_n_steps(loop, 100, "eval", 0, lambda loop, m: None)
     plan = loop.plan(1000)
     assert plan.start_step == 0 and plan.end_step == 1000

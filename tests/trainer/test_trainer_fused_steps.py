@@ -86,3 +86,35 @@ def test_train_steps_under_a_distribution_matches_train_step(make_trainer, digit
         results.append(([np.asarray(m) for m in metrics], trainer.model.get_weights()))
     for a, b in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def _convnet():
+    return keras.Sequential([
+        keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+        keras.layers.Flatten(), keras.layers.Dense(10),
+    ])
+
+
+def test_fused_steps_with_convolutions_are_unrolled_and_match_single_steps(digits):
+    x, y, _, _ = digits
+    xs, ys = x[:4 * 16].reshape(4, 16, 8, 8, 1), y[:4 * 16].reshape(4, 16)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    keras.utils.set_random_seed(0)
+    single = ktl.Trainer(_convnet(), loss, keras.optimizers.Adam(1e-2))
+    for i in range(4):
+        single.train_step(None, [xs[i]], [ys[i]])
+    keras.utils.set_random_seed(0)
+    fused = ktl.Trainer(_convnet(), loss, keras.optimizers.Adam(1e-2))
+    fused.train_steps(None, [xs], [ys])
+    executor = fused._cache.get(ktl.GraphType.TRAIN, None)
+    assert executor.fused_unrolled == {4: True}
+    for a, b in zip(fused.model.get_weights(), single.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_steps_without_convolutions_stay_a_rolled_loop(make_trainer, digits):
+    x, y, _, _ = digits
+    xs, ys = _stack(x, y, 4, 16)
+    trainer = make_trainer()
+    trainer.train_steps(None, [xs], [ys])
+    assert trainer._cache.get(ktl.GraphType.TRAIN, None).fused_unrolled == {4: False}
