@@ -34,9 +34,14 @@ def _default_max_executors() -> int:
     return int(getattr(keras_trainloop, "DEFAULT_MAX_EXECUTORS", DEFAULT_MAX_EXECUTORS))
 
 
-@jax.jit
-def _copy_tree(tree: Any) -> Any:
-    return jax.tree.map(jnp.copy, tree)
+def _copy_shared_arrays(groups: tuple[list, ...]) -> None:
+    """Replaces each array already seen in `groups` by a copy (in place)."""
+    seen: set[int] = set()
+    for group in groups:
+        for i, array in enumerate(group):
+            if id(array) in seen:
+                group[i] = jnp.copy(array)
+            seen.add(id(group[i]))
 
 
 def _as_array_list(kind: str, values: Any, spec: Any) -> list:
@@ -430,21 +435,28 @@ class Trainer:
         """Writes the training state into the Keras variables; they own it afterwards."""
         if self._vars is None:
             return
-        for refs, values in zip(self._var_refs, self._vars):
-            for ref, value in zip(refs, values):
+        values, self._vars = self._vars, None
+        for refs in self._var_refs:
+            _keras_state.release(refs)
+        for refs, group in zip(self._var_refs, values):
+            for ref, value in zip(refs, group):
                 ref.assign(value)
-        self._vars = None
         _keras_state.disarm(self._model)
 
     def _pull_from_model(self) -> None:
-        """Takes the state from the Keras variables (copied: the step donates it)."""
+        """Takes the state from the Keras variables, which hold nothing meanwhile.
+
+        No copy: the arrays are donated by the next step, so the state is held
+        once (as `fit` does); a read of a variable syncs it back first.
+        """
         refs = self._all_variables()
-        values = tuple([v.value for v in group] for group in refs)
+        values = tuple(_keras_state.own(group, self._sync_to_model) for group in refs)
+        _copy_shared_arrays(values)  # A buffer may be donated once only.
         if self._state_shardings is not None:
             values = jax.device_put(values, self._state_shardings)
         elif self._device is not None:
             values = jax.device_put(values, self._device)
-        self._vars = _copy_tree(values)
+        self._vars = values
         self._var_refs = refs
         self._iterations_index = next(
             i for i, v in enumerate(refs[2]) if v is self.optimizer.iterations

@@ -326,7 +326,7 @@ def test_a_periodic_hook_bounds_how_long_a_fused_call_takes():
 
     def run(period):
         trainer = SlowTrainer()
-        loop = ktl.Loop(trainer)
+        loop = ktl.Loop(trainer, measure_fusion=False)  # sleeping steps: fusion cannot pay
         if period is not None:
             ktl.periodic_callback(loop, period, False, "p", 0, lambda loop, m: None)
         x = np.ones((64, 2), np.float32)

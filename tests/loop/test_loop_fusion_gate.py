@@ -125,7 +125,7 @@ def _run(monkeypatch, single, fused_per_step, steps=64):
 
 
 def test_loop_falls_back_to_single_steps_when_fused_calls_are_slower(monkeypatch):
-    loop, trainer, plan = _run(monkeypatch, single=1.0, fused_per_step=1.3)
+    loop, trainer, _ = _run(monkeypatch, single=1.0, fused_per_step=1.3)
     assert loop.fusion_decisions() == {None: False}
     probe = 1 + _fusion_gate.PROBE_SINGLE
     assert trainer.calls[:probe] == [1] * probe

@@ -121,3 +121,47 @@ def test_max_executors_argument_sets_the_limit():
         trainer.train_step("b", [x], [y])
     with pytest.raises(ValueError, match=r"Received: max_executors=0"):
         ktl.Trainer(_sequential(), LOSS, "sgd", max_executors=0)
+
+
+def _live_bytes():
+    import jax
+
+    return sum(x.nbytes for x in jax.live_arrays() if not x.is_deleted())
+
+
+def test_the_training_state_is_held_once_while_training():
+    import gc
+
+    model = keras.Sequential([keras.Input((512,)), keras.layers.Dense(1024),
+                              keras.layers.Dense(3)])
+    trainer = ktl.Trainer(model, LOSS, keras.optimizers.Adam())
+    x = np.ones((4, 512), np.float32)
+    y = np.zeros(4, np.int32)
+    trainer.train_step(None, [x], [y])
+    state_bytes = sum(np.asarray(v).nbytes for v in model.variables + model.optimizer.variables)
+    gc.collect()
+    before = _live_bytes()  # the state, in the variables
+    for _ in range(3):
+        trainer.train_step(None, [x], [y])
+    gc.collect()
+    during = _live_bytes()  # the state, in the trainer: not a second copy
+    assert during < before + 0.2 * state_bytes
+    assert before > state_bytes * 0.9
+
+
+def test_a_variable_held_by_reference_reads_and_writes_the_current_state():
+    model = _functional()
+    kernel = model.layers[1].kernel  # held by reference across steps
+    trainer = ktl.Trainer(model, LOSS, keras.optimizers.SGD(0.1))
+    x, y = BATCH
+    trainer.train_step(None, [x], [y])
+    first = np.asarray(kernel.value).copy()
+    trainer.train_step(None, [x], [y])
+    second = np.asarray(kernel)  # syncs: the value after step 2
+    assert not np.allclose(first, second)
+    np.testing.assert_array_equal(second, trainer.model.layers[1].kernel.numpy())
+    trainer.train_step(None, [x], [y])
+    kernel.assign(np.zeros_like(second))  # a write while the trainer holds the state
+    trainer.train_step(None, [x], [y])
+    assert np.abs(kernel.numpy()).max() < 0.5  # one SGD step from zeros
+    assert trainer.global_step == 4 and int(model.optimizer.iterations) == 4
