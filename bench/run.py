@@ -30,7 +30,8 @@ one core (`--pinned-profile off` skips that), where Python and XLA cannot overla
 rungs add up.
 
 Run:
-    python bench/run.py                       # W1,W2,W3 + W1 profiles -> bench/RESULTS.md
+    python bench/run.py                       # W1-W4, W8 + W1 profiles -> bench/RESULTS.md
+    python bench/run.py --workloads W4,W8     # the convnet and the peak-memory workloads
     python bench/run.py --quick               # smoke test, prints only
     python bench/run.py --workloads W1 --reps 15 --steps 1792
     python bench/run.py --profile only        # only the W1 profiles (e.g. while tuning the Loop)
@@ -74,6 +75,9 @@ import optax
 
 import keras_trainloop as ktl
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import convnet_memory
+
 perf_counter = time.perf_counter
 process_time = time.process_time
 
@@ -103,6 +107,12 @@ WORKLOADS = {
                    quick_steps=2, quick_reps=2),
 }
 
+
+EXTRA_WORKLOADS = {
+    "W4": convnet_memory.W4_TITLE,
+    "W8": "peak RSS of W3's MLP in fresh processes: hand-written, keras.fit, ktl.Loop",
+}
+"""Workloads with their own systems (bench/convnet_memory.py)."""
 
 FLOORS = {"W1": 0.9, "W2": 0.97, "W3": 0.97}
 """Issue 6's floor for L1's speed relative to A, per workload."""
@@ -967,7 +977,8 @@ def report(sections: list[str], started: str, command: str, source: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workloads", default="W1,W2,W3", help="comma-separated: W1,W2,W3")
+    p.add_argument("--workloads", default="W1,W2,W3,W4,W8",
+                   help="comma-separated: W1,W2,W3 (MLPs), W4 (convnet), W8 (peak memory)")
     p.add_argument("--reps", type=int, default=None, help="measured repetitions (per workload)")
     p.add_argument("--steps", type=int, default=None, help="steps per system per repetition")
     p.add_argument("--quick", action="store_true", help="few steps and reps (smoke test)")
@@ -983,9 +994,10 @@ def main(argv: list[str] | None = None) -> None:
                         "or '-' with --quick")
     args = p.parse_args(argv)
     names = [n.strip().upper() for n in args.workloads.split(",") if n.strip()]
-    unknown = [n for n in names if n not in WORKLOADS]
+    unknown = [n for n in names if n not in WORKLOADS and n not in EXTRA_WORKLOADS]
     if unknown:
-        p.error(f"unknown workload(s) {unknown}; choose from {sorted(WORKLOADS)}")
+        p.error(f"unknown workload(s) {unknown}; choose from "
+                f"{sorted(WORKLOADS) + sorted(EXTRA_WORKLOADS)}")
     if args.profile == "only":
         names = ["W1"]
     output = args.output or ("-" if args.quick else os.path.join(os.path.dirname(
@@ -1002,6 +1014,16 @@ def main(argv: list[str] | None = None) -> None:
     t_all = perf_counter()
     peak_reset_ok = reset_peak()
     for name in names:
+        if name in EXTRA_WORKLOADS:
+            log(f"{name}: {EXTRA_WORKLOADS[name]}; load {os.getloadavg()[0]:.2f}")
+            if name == "W4":
+                steps = args.steps or (16 if args.quick else 96)
+                reps = args.reps or (2 if args.quick else 5)
+                sections.append(convnet_memory.w4_section(steps, reps, log))
+            else:
+                sections.append(convnet_memory.w8_section(log))
+            print(sections[-1], flush=True)
+            continue
         w = WORKLOADS[name]
         steps = args.steps or (w.quick_steps if args.quick else w.steps)
         reps = args.reps or (w.quick_reps if args.quick else w.reps)

@@ -1,0 +1,342 @@
+"""W4 (a small convnet) and W8 (peak memory of W3's MLP): the workloads where fusion and
+holding the state twice used to hurt. Run through `bench/run.py --workloads W4,W8`.
+
+W4: Conv32-Conv64-Flatten-Dense128-Dense10 on scikit-learn digits 8x8x1, batch 128, Adam
+1e-3, same initial weights for every system; systems side by side, rotating order, ratios
+paired per repetition:
+    A          a hand-written jax.jit step (model.stateless_call + the Keras optimizer's
+               stateless_apply), batches already on device.
+    A_scan1    the same step in lax.scan over 8 stacked batches, default unroll=1.
+    A_scanU    the same scan with unroll=True.
+    B1         keras.fit(steps_per_execution=1).
+    L_default  ktl.Loop(trainer).run_steps(ArrayDataset(shuffle, loop_forever)): fused calls
+               where the fusion gate measured them no slower (with convolutions the fused
+               body is unrolled).
+    L_fused1   the same with max_fused_steps=1 (one call per step).
+
+W8: peak RSS of a fresh process that trains W3's MLP (1024-4096-4096-10, batch 1024, Adam)
+for a few steps: the hand-written loop, keras.fit and the Loop, each in its own process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+
+import keras_trainloop as ktl
+
+perf_counter = time.perf_counter
+process_time = time.process_time
+
+W4_BATCH = 128
+W4_TITLE = ("scikit-learn digits 8x8x1, convnet Conv32-Conv64-Flatten-Dense128-Dense10, "
+            "batch 128")
+
+
+def _convnet(seed: int = 0) -> keras.Model:
+    init = keras.initializers.GlorotUniform
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(32, 3, padding="same", activation="relu",
+                            kernel_initializer=init(seed)),
+        keras.layers.Conv2D(64, 3, padding="same", activation="relu",
+                            kernel_initializer=init(seed + 1)),
+        keras.layers.Flatten(),
+        keras.layers.Dense(128, activation="relu", kernel_initializer=init(seed + 2)),
+        keras.layers.Dense(10, kernel_initializer=init(seed + 3)),
+    ])
+
+
+def _loss() -> keras.losses.Loss:
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    n = len(d.target) // W4_BATCH * W4_BATCH
+    return (d.images[:n] / 16.0).astype(np.float32)[..., None], d.target[:n].astype(np.int32)
+
+
+class _Stateless:
+    """The hand-written step shared by A and the A_scan systems."""
+
+    def __init__(self, weights: list[np.ndarray]):
+        self.model = _convnet()
+        self.model.set_weights(weights)
+        self.opt = keras.optimizers.Adam(1e-3)
+        self.opt.build(self.model.trainable_variables)
+        loss_fn = _loss()
+        model, opt = self.model, self.opt
+
+        def step(state, x, y):
+            tv, ntv, ov = state
+
+            def f(tv):
+                logits, new_ntv = model.stateless_call(tv, ntv, x, training=True)
+                return loss_fn(y, logits), new_ntv
+
+            (loss, new_ntv), grads = jax.value_and_grad(f, has_aux=True)(tv)
+            new_tv, new_ov = opt.stateless_apply(ov, grads, tv)
+            return (new_tv, new_ntv, new_ov), loss
+
+        self.step = step
+        self.state = jax.tree.map(jnp.copy, (
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+            [v.value for v in opt.variables]))
+
+
+class _System:
+    name = "?"
+    what = ""
+
+    def __init__(self, weights, x, y, batches):
+        self.weights, self.x, self.y, self.batches = weights, x, y, batches
+
+    def build(self) -> None: ...
+
+    def run(self, n: int) -> tuple[float, float]:
+        raise NotImplementedError
+
+
+class _A(_System):
+    name, what = "A", "hand-written jax.jit step, device batches"
+
+    def build(self):
+        self.s = _Stateless(self.weights)
+        self.fn = jax.jit(self.s.step, donate_argnums=0)
+
+    def run(self, n):
+        t0, c0 = perf_counter(), process_time()
+        state, loss = self.s.state, None
+        for i in range(n):
+            x, y = self.batches[i % len(self.batches)]
+            state, loss = self.fn(state, x, y)
+        jax.block_until_ready(loss)
+        self.s.state = state
+        return perf_counter() - t0, process_time() - c0
+
+
+class _AScan(_System):
+    def __init__(self, *args, unroll):
+        super().__init__(*args)
+        self.unroll = unroll
+        self.name = "A_scanU" if unroll is True else "A_scan1"
+        self.what = f"the same step in lax.scan over 8 stacked batches, unroll={unroll}"
+
+    def build(self):
+        self.s = _Stateless(self.weights)
+        step, unroll = self.s.step, self.unroll
+
+        def chunk(state, xs, ys):
+            return jax.lax.scan(lambda st, b: step(st, *b), state, (xs, ys), unroll=unroll)
+
+        self.fn = jax.jit(chunk, donate_argnums=0)
+        xs = jnp.stack([b[0] for b in self.batches[:8]])
+        ys = jnp.stack([b[1] for b in self.batches[:8]])
+        self.chunk = (xs, ys)
+
+    def run(self, n):
+        t0, c0 = perf_counter(), process_time()
+        state, losses = self.s.state, None
+        for _ in range(max(1, n // 8)):
+            state, losses = self.fn(state, *self.chunk)
+        jax.block_until_ready(losses)
+        self.s.state = state
+        return perf_counter() - t0, process_time() - c0
+
+
+class _Fit(_System):
+    name, what = "B1", "keras.fit(steps_per_execution=1), numpy arrays"
+
+    def build(self):
+        self.model = _convnet()
+        self.model.set_weights(self.weights)
+        self.model.compile(keras.optimizers.Adam(1e-3), _loss())
+
+    def run(self, n):
+        copies = -(-n * W4_BATCH // len(self.x))
+        x = np.concatenate([self.x] * copies)[: n * W4_BATCH]
+        y = np.concatenate([self.y] * copies)[: n * W4_BATCH]
+        t0, c0 = perf_counter(), process_time()
+        self.model.fit(x, y, batch_size=W4_BATCH, epochs=1, verbose=0, shuffle=True)
+        return perf_counter() - t0, process_time() - c0
+
+
+class _Loop(_System):
+    def __init__(self, *args, cap):
+        super().__init__(*args)
+        self.cap = cap
+        self.name = "L_default" if cap == 8 else "L_fused1"
+        self.what = ("ktl.Loop, default (fusion gate)" if cap == 8
+                     else "ktl.Loop(max_fused_steps=1)") + ", ArrayDataset(shuffle, numpy)"
+
+    def build(self):
+        model = _convnet()
+        model.set_weights(self.weights)
+        self.trainer = ktl.Trainer(model, _loss(), keras.optimizers.Adam(1e-3))
+        self.loop = ktl.Loop(self.trainer, max_fused_steps=self.cap)
+        self.ds = ktl.ArrayDataset(self.x, self.y, batch_size=W4_BATCH, shuffle=True, seed=0,
+                                   loop_forever=True)
+
+    def run(self, n):
+        t0, c0 = perf_counter(), process_time()
+        self.loop.run_steps(self.ds, n)
+        return perf_counter() - t0, process_time() - c0
+
+
+def w4_section(steps: int, reps: int, log: Callable[[str], None]) -> str:
+    """W4 side by side: build, one untimed warm-up run each, then `reps` rotating repetitions."""
+    x, y = _digits()
+    weights = _convnet().get_weights()
+    batches = [jax.device_put((x[i:i + W4_BATCH], y[i:i + W4_BATCH]))
+               for i in range(0, len(x), W4_BATCH)]
+    systems = [_A(weights, x, y, batches), _AScan(weights, x, y, batches, unroll=1),
+               _AScan(weights, x, y, batches, unroll=True), _Fit(weights, x, y, batches),
+               _Loop(weights, x, y, batches, cap=8), _Loop(weights, x, y, batches, cap=1)]
+    load0 = os.getloadavg()
+    first: dict[str, float] = {}
+    for s in systems:
+        t0 = perf_counter()
+        s.build()
+        s.run(steps)  # warm-up: compiles (and the Loop's fusion probe)
+        first[s.name] = perf_counter() - t0
+        log(f"  W4 {s.name:9s} build + warm-up {first[s.name]:6.2f}s")
+    wall: dict[str, list[float]] = {s.name: [] for s in systems}
+    for r in range(reps):
+        k = r % len(systems)
+        for s in systems[k:] + systems[:k]:
+            dt, _ = s.run(steps)
+            done = max(1, steps // 8) * 8 if s.name.startswith("A_scan") else steps
+            wall[s.name].append(dt / done)
+        log(f"  W4 rep {r + 1}/{reps}, load {os.getloadavg()[0]:.2f}")
+    a = wall["A"]
+    rows = ["| system | ms/step median | ratio to A (paired) | build + warm-up (s) |",
+            "|---|---:|---:|---:|"]
+    ratios = {}
+    for s in systems:
+        ratio = statistics.median(ra / rs for ra, rs in zip(a, wall[s.name]))
+        ratios[s.name] = ratio
+        rows.append(f"| {s.name} | {statistics.median(wall[s.name]) * 1e3:.2f} | {ratio:.2f} "
+                    f"| {first[s.name]:.1f} |")
+    loop = next(s for s in systems if s.name == "L_default")
+    decisions = loop.loop.fusion_decisions()
+    goal = ratios["L_default"] >= 1.0
+    no_trap = ratios["L_default"] >= 0.97 * ratios["L_fused1"]
+    lines = [
+        f"## W4: {W4_TITLE}",
+        "",
+        (f"{steps} steps per system per repetition, {reps} rotating repetitions; load "
+         f"{load0[0]:.2f} -> {os.getloadavg()[0]:.2f}."),
+        "",
+        *rows,
+        "",
+        *[f"- {s.name}: {s.what}" for s in systems],
+        "",
+        (f"The Loop's fusion decision per spec: {decisions} (True: fused calls kept). "
+         f"Issue 13 goals: default Loop >= 1.0x A: {'met' if goal else 'not met'} "
+         f"({ratios['L_default']:.2f}x); never meaningfully slower than max_fused_steps=1 "
+         f"(>= 0.97 of it): {'met' if no_trap else 'not met'} "
+         f"({ratios['L_default'] / ratios['L_fused1']:.2f})."),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# W8: peak memory ------------------------------------------------------------------------------
+
+W8_DIMS = (1024, 4096, 4096, 10)
+W8_BATCH = 1024
+W8_STEPS = 4
+
+
+def _w8_child(system: str) -> None:
+    """Trains W3's MLP for a few steps in this process; prints its peak RSS (MB) as JSON."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((W8_BATCH * 2, W8_DIMS[0]), dtype=np.float32)
+    y = rng.integers(0, W8_DIMS[-1], len(x)).astype(np.int32)
+    layers = [keras.Input((W8_DIMS[0],))]
+    layers += [keras.layers.Dense(w, "relu") for w in W8_DIMS[1:-1]]
+    layers += [keras.layers.Dense(W8_DIMS[-1])]
+    model = keras.Sequential(layers)
+    loss = _loss()
+    if system == "keras.fit":
+        model.compile(keras.optimizers.Adam(1e-3), loss)
+        model.fit(x, y, batch_size=W8_BATCH, epochs=W8_STEPS // 2, verbose=0)
+    elif system == "ktl.Loop":
+        trainer = ktl.Trainer(model, loss, keras.optimizers.Adam(1e-3))
+        ds = ktl.ArrayDataset(x, y, batch_size=W8_BATCH, loop_forever=True)
+        ktl.Loop(trainer).run_steps(ds, W8_STEPS)
+    else:  # hand-written
+        opt = keras.optimizers.Adam(1e-3)
+        opt.build(model.trainable_variables)
+
+        def step(state, xb, yb):
+            tv, ov = state
+
+            def f(tv):
+                return loss(yb, model.stateless_call(tv, [], xb)[0])
+
+            grads = jax.grad(f)(tv)
+            new_tv, new_ov = opt.stateless_apply(ov, grads, tv)
+            return new_tv, new_ov
+
+        state = ([v.value for v in model.trainable_variables], [v.value for v in opt.variables])
+        for v in model.trainable_variables + opt.variables:
+            v._value = None  # The state lives in `state` only, as a hand-written loop keeps it.
+        fn = jax.jit(step, donate_argnums=0)
+        for i in range(W8_STEPS):
+            s = (i % 2) * W8_BATCH
+            state = fn(state, x[s:s + W8_BATCH], y[s:s + W8_BATCH])
+        jax.block_until_ready(state)
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    print(json.dumps({"system": system, "peak_mb": peak / 1024}))
+
+
+def w8_section(log: Callable[[str], None]) -> str:
+    """Peak RSS of each system in a fresh process (the median of 2 processes each)."""
+    results: dict[str, list[float]] = {}
+    for _ in range(2):
+        for system in ("hand-written", "keras.fit", "ktl.Loop"):
+            cmd = [sys.executable, os.path.abspath(__file__), "--w8-child", system]
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+            if done.returncode != 0:
+                return f"## W8\n\n{system} failed: {done.stderr[-2000:]}\n"
+            peak = json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"]
+            results.setdefault(system, []).append(peak)
+            log(f"  W8 {system:12s} peak {peak:.0f} MB")
+    rows = ["| system | peak RSS MB (median of 2 processes) |", "|---|---:|"]
+    rows += [f"| {s} | {statistics.median(v):.0f} |" for s, v in results.items()]
+    loop, fit = statistics.median(results["ktl.Loop"]), statistics.median(results["keras.fit"])
+    return "\n".join([
+        f"## W8: peak memory, MLP {'-'.join(map(str, W8_DIMS))}, batch {W8_BATCH}, Adam",
+        "",
+        (f"Each system trains {W8_STEPS} steps in a fresh process; peak RSS (VmHWM) of the "
+         "whole process, imports included."),
+        "",
+        *rows,
+        "",
+        (f"Issue 13 goal (Loop peak <= keras.fit's): {'met' if loop <= fit else 'not met'} "
+         f"({loop:.0f} vs {fit:.0f} MB)."),
+        "",
+    ])
+
+
+if __name__ == "__main__" and "--w8-child" in sys.argv:
+    _w8_child(sys.argv[sys.argv.index("--w8-child") + 1])
