@@ -581,12 +581,16 @@ class Trainer:
         had_trainable = len(model.trainable_variables)
         optimizer_built = self.optimizer.built
         distribution = self._distribution
+        # A built Keras model of the user's has all its variables: no call needed (it would
+        # hold a full batch of activations in memory for nothing).
+        needs_call = isinstance(model, FnModel) or not model.built
         with distribution_lib.scope(distribution):
             try:
                 # Stateless: the call only creates variables; its updates (BatchNorm
                 # statistics, dropout seeds) are dropped, as a symbolic build would.
-                with StatelessScope():
-                    _call_model(model, spec, inputs, graph_type is GraphType.TRAIN)
+                if needs_call:
+                    with StatelessScope():
+                        _call_model(model, spec, inputs, graph_type is GraphType.TRAIN)
             finally:
                 store.losses = []
             if graph_type is GraphType.TRAIN and not model.trainable_variables:
