@@ -30,8 +30,8 @@ one core (`--pinned-profile off` skips that), where Python and XLA cannot overla
 rungs add up.
 
 Run:
-    python bench/run.py                       # W1-W4, W8 + W1 profiles -> bench/RESULTS.md
-    python bench/run.py --workloads W4,W8     # the convnet and the peak-memory workloads
+    python bench/run.py                       # W1-W5, W8 + W1 profiles -> bench/RESULTS.md
+    python bench/run.py --workloads W4,W5,W8  # convnet, tf.data and peak-memory workloads
     python bench/run.py --quick               # smoke test, prints only
     python bench/run.py --workloads W1 --reps 15 --steps 1792
     python bench/run.py --profile only        # only the W1 profiles (e.g. while tuning the Loop)
@@ -76,7 +76,7 @@ import optax
 import keras_trainloop as ktl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import convnet_memory
+import more_workloads
 
 perf_counter = time.perf_counter
 process_time = time.process_time
@@ -109,10 +109,11 @@ WORKLOADS = {
 
 
 EXTRA_WORKLOADS = {
-    "W4": convnet_memory.W4_TITLE,
+    "W4": more_workloads.W4_TITLE,
+    "W5": more_workloads.W5_TITLE,
     "W8": "peak RSS of W3's MLP in fresh processes: hand-written, keras.fit, ktl.Loop",
 }
-"""Workloads with their own systems (bench/convnet_memory.py)."""
+"""Workloads with their own systems (bench/more_workloads.py)."""
 
 FLOORS = {"W1": 0.9, "W2": 0.97, "W3": 0.97}
 """Issue 6's floor for L1's speed relative to A, per workload."""
@@ -977,8 +978,9 @@ def report(sections: list[str], started: str, command: str, source: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workloads", default="W1,W2,W3,W4,W8",
-                   help="comma-separated: W1,W2,W3 (MLPs), W4 (convnet), W8 (peak memory)")
+    p.add_argument("--workloads", default="W1,W2,W3,W4,W5,W8",
+                   help="comma-separated: W1,W2,W3 (MLPs), W4 (convnet), W5 (tf.data), "
+                        "W8 (peak memory)")
     p.add_argument("--reps", type=int, default=None, help="measured repetitions (per workload)")
     p.add_argument("--steps", type=int, default=None, help="steps per system per repetition")
     p.add_argument("--quick", action="store_true", help="few steps and reps (smoke test)")
@@ -1019,9 +1021,13 @@ def main(argv: list[str] | None = None) -> None:
             if name == "W4":
                 steps = args.steps or (16 if args.quick else 96)
                 reps = args.reps or (2 if args.quick else 5)
-                sections.append(convnet_memory.w4_section(steps, reps, log))
+                sections.append(more_workloads.w4_section(steps, reps, log))
+            elif name == "W5":
+                steps = args.steps or (224 if args.quick else 1792)
+                reps = args.reps or (2 if args.quick else 7)
+                sections.append(more_workloads.w5_section(steps, reps, log))
             else:
-                sections.append(convnet_memory.w8_section(log))
+                sections.append(more_workloads.w8_section(log))
             print(sections[-1], flush=True)
             continue
         w = WORKLOADS[name]

@@ -17,6 +17,7 @@ import numpy as np
 
 from keras_trainloop.data._common import check_batch_size, check_name, short_repr
 from keras_trainloop.data._stacking import BatchStacker
+from keras_trainloop.data._tf_chunks import ChunkReader, can_chunk, chunked, static_shapes
 
 # Datasets whose decoded examples are estimated to fit in this many bytes are
 # cached in memory by `from_tfds` (cache=None): MNIST, CIFAR-10/100 and the like.
@@ -180,7 +181,12 @@ class TFDataset:
         self.name = check_name("tf.data" if name is None else name)
         self._spec = input_keys if spec is None and input_keys is not None else spec
         self._iterator: Any = None
-        self._stacker = BatchStacker(self._read)
+        if can_chunk(input_leaves + label_leaves):  # Up to 8 batches per iterator call.
+            self._chunks, self._chunk_shapes = chunked(tf, tf_dataset)
+            self._stacker: BatchStacker | ChunkReader = ChunkReader(self._read_chunk, self._spec)
+        else:  # A tensor of unknown rank: one batch per call, stacked on the host.
+            self._chunks = None
+            self._stacker = BatchStacker(self._read)
 
     @staticmethod
     def _raise_not_a_dataset(value: Any) -> None:
@@ -233,27 +239,41 @@ class TFDataset:
         """Returns the next `n` batches stacked on a new leading axis, or None.
 
         The arrays have shape `(n, batch_size, ...)`: the batches `n` calls of
-        `yield_batch` would return, copied into one array each. When fewer
-        than `n` are left in the pass or their shapes differ (a short last
-        batch), it returns None; the batches it read stay buffered and
-        `yield_batch` returns them next. The Loop uses it to run `n` steps in
-        one compiled call.
+        `yield_batch` would return. The dataset is read 8 batches per
+        iterator call, stacked inside tf.data (`padded_batch`, with each
+        batch's true shapes kept), so within such a chunk this is a view, no
+        copy. When fewer than `n` are left in the pass or their shapes differ
+        (a short last batch), it returns None; the batches it read stay
+        buffered and `yield_batch` returns them next. The Loop uses it to run
+        `n` steps in one compiled call.
 
         Raises:
             ValueError: `n` is not a positive integer.
         """
         return self._stacker.stacked(n)
 
-    def _read(self) -> tuple[Any, list[Any], list[Any]]:
+    def _next_element(self, dataset: Any) -> Any:
         if self._iterator is None:
-            self._iterator = self._dataset.as_numpy_iterator()
+            self._iterator = dataset.as_numpy_iterator()
         try:
-            element = next(self._iterator)
+            return next(self._iterator)
         except StopIteration:
             raise EOFError(
                 f"End of dataset {self.name!r}; call reset() to start a new pass."
             ) from None
+
+    def _read(self) -> tuple[Any, list[Any], list[Any]]:
+        element = self._next_element(self._dataset)
         return self._spec, self._get_inputs(element), self._get_labels(element)
+
+    def _read_chunk(self) -> tuple[list, list, list, list]:
+        element = self._next_element(self._chunks)
+        if not self._chunk_shapes:  # Static shapes: every batch has the stack's.
+            inputs, labels = self._get_inputs(element), self._get_labels(element)
+            return inputs, labels, static_shapes(inputs), static_shapes(labels)
+        element, shapes = element
+        return (self._get_inputs(element), self._get_labels(element),
+                self._get_inputs(shapes), self._get_labels(shapes))
 
     def reset(self) -> None:
         """Starts a fresh pass; the pipeline is restarted on the next `yield_batch()`."""

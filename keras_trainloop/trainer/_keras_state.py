@@ -90,7 +90,7 @@ def _mapped(variable: Any) -> bool:
 def _sync_back(variable: Any) -> None:
     variable._ktl_sync()
     if isinstance(variable, _HeldElsewhere):
-        raise RuntimeError(
+        raise RuntimeError(  # noqa: TRY004 (a state error, not a bad argument)
             f"Variable {variable.path!r} is held by a Trainer that did not hand it back. "
             "Fix: read trainer.model before using its variables elsewhere."
         )

@@ -218,3 +218,92 @@ def test_progbar_logger_gets_the_steps_of_a_tf_data_epoch(capsys):
     loop.run_epochs(ktl.TFDataset(tf.data.Dataset.from_tensor_slices((X, y)).batch(4)), 1)
     assert callback.target == 3  # params["steps"] (ProgbarLogger keeps it as target)
     assert "3/3" in capsys.readouterr().out
+
+
+def _all_batches(ds):
+    out = []
+    while True:
+        try:
+            out.append(ds.yield_batch())
+        except EOFError:
+            return out
+
+
+def test_batches_are_read_eight_per_iterator_call_and_stack_without_copies(monkeypatch):
+    x = np.arange(160, dtype=np.float32).reshape(80, 2)
+    ds = ktl.TFDataset(tf.data.Dataset.from_tensor_slices((x, x[:, 0])).batch(4))
+    reads = []
+    original = ktl.TFDataset._next_element
+    monkeypatch.setattr(ktl.TFDataset, "_next_element",
+                        lambda self, d: reads.append(1) or original(self, d))
+    _, inputs, labels = ds.yield_batches(8)
+    assert inputs[0].shape == (8, 4, 2) and labels[0].shape == (8, 4)
+    assert inputs[0].base is not None  # a view into the chunk tf.data stacked
+    np.testing.assert_array_equal(inputs[0].reshape(-1, 2), x[:32])
+    _, inputs, _ = ds.yield_batches(4)
+    _, more, _ = ds.yield_batches(8)  # crosses into the third chunk: concatenated
+    np.testing.assert_array_equal(np.concatenate([inputs[0], more[0]]).reshape(-1, 2), x[32:80])
+    assert len(reads) == 3
+
+
+def test_short_last_batch_keeps_its_shape_and_order():
+    ds = ktl.TFDataset(tf.data.Dataset.from_tensor_slices((X, Y)).batch(4))  # 4, 4, 2
+    assert ds.yield_batches(4) is None  # the short batch does not stack with the others
+    _, stacked, labels = ds.yield_batches(2)
+    assert stacked[0].shape == (2, 4, 3)
+    _, last, last_labels = ds.yield_batch()
+    assert last[0].shape == (2, 3) and last_labels[0].tolist() == [8, 9]  # not padded
+    with pytest.raises(EOFError):
+        ds.yield_batch()
+    ds.reset()
+    assert [b[2][0].tolist() for b in _all_batches(ds)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_variable_length_batches_come_back_with_their_true_shapes():
+    def gen():
+        for n in (3, 3, 5, 2, 2, 2):
+            yield np.ones((2, n), np.float32) * n, np.zeros(2, np.int32)
+
+    tf_ds = tf.data.Dataset.from_generator(gen, output_signature=(
+        tf.TensorSpec((2, None), tf.float32), tf.TensorSpec((2,), tf.int32)))
+    ds = ktl.TFDataset(tf_ds)
+    _, first_two, _ = ds.yield_batches(2)
+    assert first_two[0].shape == (2, 2, 3)
+    assert ds.yield_batches(2) is None  # 5 then 2: different shapes
+    _, five, _ = ds.yield_batch()
+    assert five[0].shape == (2, 5) and float(five[0][0, 0]) == 5.0
+    _, twos, _ = ds.yield_batches(3)
+    assert twos[0].shape == (3, 2, 2) and np.all(twos[0] == 2.0)  # the padding cut back off
+
+
+def test_a_shuffled_pipeline_is_read_in_the_same_order_as_its_iterator():
+    def pipeline():
+        return tf.data.Dataset.from_tensor_slices((X, Y)).shuffle(10, seed=3).batch(3).repeat(2)
+
+    expected = [labels.tolist() for _, labels in pipeline().as_numpy_iterator()]
+    ds = ktl.TFDataset(pipeline())
+    got = []
+    while True:
+        batch = ds.yield_batches(2) if len(got) % 3 == 0 else None
+        if batch is not None:
+            got.extend(labels.tolist() for labels in batch[2][0])
+            continue
+        try:
+            got.append(ds.yield_batch()[2][0].tolist())
+        except EOFError:
+            break
+    assert got == expected
+
+
+def test_static_shapes_are_stacked_by_tf_batch_without_a_per_batch_function():
+    x = np.arange(96, dtype=np.float32).reshape(48, 2)
+    ds = ktl.TFDataset(tf.data.Dataset.from_tensor_slices((x, x[:, 0])).batch(4,
+                       drop_remainder=True))
+    assert ds._chunk_shapes is False  # every shape known: plain .batch(8) of the batches
+    _, inputs, _ = ds.yield_batches(4)
+    _, single, _ = ds.yield_batch()
+    _, rest, _ = ds.yield_batches(7)
+    got = np.concatenate([inputs[0].reshape(-1, 2), single[0], rest[0].reshape(-1, 2)])
+    np.testing.assert_array_equal(got, x)
+    with pytest.raises(EOFError):
+        ds.yield_batch()

@@ -1,5 +1,6 @@
-"""W4 (a small convnet) and W8 (peak memory of W3's MLP): the workloads where fusion and
-holding the state twice used to hurt. Run through `bench/run.py --workloads W4,W8`.
+"""W4 (a small convnet), W5 (tf.data input) and W8 (peak memory of W3's MLP): the workloads
+where fusion, the host feed and holding the state twice used to hurt. Run through
+`bench/run.py --workloads W4,W5,W8`.
 
 W4: Conv32-Conv64-Flatten-Dense128-Dense10 on scikit-learn digits 8x8x1, batch 128, Adam
 1e-3, same initial weights for every system; systems side by side, rotating order, ratios
@@ -13,6 +14,14 @@ paired per repetition:
                where the fusion gate measured them no slower (with convolutions the fused
                body is unrolled).
     L_fused1   the same with max_fused_steps=1 (one call per step).
+
+W5: W1's digits MLP (64-128-10, batch 64, Adam) fed by tf.data
+(`from_tensor_slices.shuffle.batch(64).repeat.prefetch`):
+    A_iter     a hand-written jax.jit step over `as_numpy_iterator()` (the plain path).
+    L_default  ktl.Loop over ktl.TFDataset(the same pipeline): 8 batches per iterator call,
+               stacked inside tf.data, fused calls.
+    L_fused1   the same with max_fused_steps=1.
+And the host feed alone: `yield_batches(8)` per call.
 
 W8: peak RSS of a fresh process that trains W3's MLP (1024-4096-4096-10, batch 1024, Adam)
 for a few steps: the hand-written loop, keras.fit and the Loop, each in its own process.
@@ -256,6 +265,120 @@ def w4_section(steps: int, reps: int, log: Callable[[str], None]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+# W5: tf.data input ---------------------------------------------------------------------------
+
+W5_TITLE = "W1's digits MLP 64-128-10, batch 64, fed by tf.data (shuffle.batch.repeat.prefetch)"
+
+
+def _w5_pipeline(tf, x, y):
+    return (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=0).batch(64)
+            .repeat().prefetch(tf.data.AUTOTUNE))
+
+
+def _mlp() -> keras.Model:
+    init = keras.initializers.GlorotUniform
+    return keras.Sequential([keras.Input((64,)),
+                             keras.layers.Dense(128, "relu", kernel_initializer=init(0)),
+                             keras.layers.Dense(10, kernel_initializer=init(1))])
+
+
+def w5_section(steps: int, reps: int, log: Callable[[str], None]) -> str:
+    """W5 side by side, and the cost of the host feed of one stacked call."""
+    import tensorflow as tf
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = (d.data / 16.0).astype(np.float32), d.target.astype(np.int32)
+    weights = _mlp().get_weights()
+    runs: dict[str, Callable[[int], float]] = {}
+
+    model = _mlp()
+    model.set_weights(weights)
+    opt = keras.optimizers.Adam(1e-3)
+    opt.build(model.trainable_variables)
+    loss_fn = _loss()
+
+    def step(state, xb, yb):
+        tv, ov = state
+        grads = jax.grad(lambda tv: loss_fn(yb, model.stateless_call(tv, [], xb)[0]))(tv)
+        return opt.stateless_apply(ov, grads, tv)
+
+    jstep = jax.jit(step, donate_argnums=0)
+    holder = {"state": jax.tree.map(jnp.copy, ([v.value for v in model.trainable_variables],
+                                              [v.value for v in opt.variables])),
+              "it": _w5_pipeline(tf, x, y).as_numpy_iterator()}
+
+    def a_iter(n):
+        t0 = perf_counter()
+        state, it = holder["state"], holder["it"]
+        for _ in range(n):
+            xb, yb = next(it)
+            state = jstep(state, xb, yb)
+        jax.block_until_ready(state)
+        holder["state"] = state
+        return perf_counter() - t0
+
+    runs["A_iter"] = a_iter
+    for cap in (8, 1):
+        m = _mlp()
+        m.set_weights(weights)
+        loop = ktl.Loop(ktl.Trainer(m, _loss(), keras.optimizers.Adam(1e-3)), max_fused_steps=cap)
+        ds = ktl.TFDataset(_w5_pipeline(tf, x, y))
+
+        def run(n, loop=loop, ds=ds):
+            t0 = perf_counter()
+            loop.run_steps(ds, n)
+            return perf_counter() - t0
+
+        runs["L_default" if cap == 8 else "L_fused1"] = run
+    load0 = os.getloadavg()
+    for name, run in runs.items():
+        run(steps)  # warm-up
+        log(f"  W5 {name} warmed up")
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    for r in range(reps):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            wall[name].append(runs[name](steps) / steps)
+        log(f"  W5 rep {r + 1}/{reps}, load {os.getloadavg()[0]:.2f}")
+    feed = ktl.TFDataset(_w5_pipeline(tf, x, y))
+
+    def feed_8() -> None:  # As the Loop feeds a call of 8: stacked, or one by one.
+        if feed.yield_batches(8) is None:
+            for _ in range(8):
+                feed.yield_batch()
+
+    for _ in range(20):
+        feed_8()
+    t0 = perf_counter()
+    for _ in range(200):
+        feed_8()
+    feed_us = (perf_counter() - t0) / 200 * 1e6
+    a = wall["A_iter"]
+    rows = ["| system | µs/step median | ratio to A_iter (paired) |", "|---|---:|---:|"]
+    ratios = {}
+    for name in names:
+        ratios[name] = statistics.median(ra / rs for ra, rs in zip(a, wall[name]))
+        rows.append(f"| {name} | {statistics.median(wall[name]) * 1e6:.1f} "
+                    f"| {ratios[name]:.2f} |")
+    return "\n".join([
+        f"## W5: {W5_TITLE}",
+        "",
+        (f"{steps} steps per system per repetition, {reps} rotating repetitions; load "
+         f"{load0[0]:.2f} -> {os.getloadavg()[0]:.2f}."),
+        "",
+        *rows,
+        "",
+        (f"Host feed of one stacked call of 8 batches (`TFDataset.yield_batches(8)`): "
+         f"{feed_us:.0f} µs (the previous stacking on the host: ~1.9 ms, issue 13). Issue 13 "
+         f"goals: Loop >= 2.5x A_iter: {'met' if ratios['L_default'] >= 2.5 else 'not met'} "
+         f"({ratios['L_default']:.2f}x); feed >= 4x cheaper than 1.9 ms: "
+         f"{'met' if feed_us <= 1900 / 4 else 'not met'}."),
+        "",
+    ])
 
 
 # W8: peak memory ------------------------------------------------------------------------------

@@ -1,0 +1,184 @@
+"""Batches read from tf.data `CHUNK` at a time: one iterator call, stacked inside the graph.
+
+tf.data's host iterator costs ~150-250 µs a call on this kind of machine, about
+the compute of a small model's step. So `TFDataset` reads its batches through
+`ds.padded_batch(CHUNK)`: one call returns up to `CHUNK` batches stacked
+(`(k, batch_size, ...)`), each with its true shapes. Batches whose shapes all
+agree with the stack's are used as they are: `yield_batches(n)` hands out
+slices of the stack (no copy) and `yield_batch` single rows; a batch that was
+padded (a short last batch, or another length of a variable dimension) is
+cut back to its true shape, so order, remainder and shapes are exactly those
+of the pipeline. A run of batches that cannot stack with the next (other
+shapes) makes `yield_batches` return None, as `BatchStacker` does.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from keras_trainloop.data._common import check_batch_size
+
+CHUNK = 8
+"""Batches per tf.data iterator call (the Loop's largest fused call by default)."""
+
+
+def chunked(tf: Any, dataset: Any) -> tuple[Any, bool]:
+    """`dataset` of `(inputs, labels)` in chunks of `CHUNK` stacked batches.
+
+    Returns the chunked dataset and whether its elements carry each batch's
+    shapes: `((inputs, labels), shapes)` from `padded_batch` when a
+    dimension is unknown (a short last batch, variable lengths); plain
+    `(inputs, labels)` stacks from `batch` when every shape is static (no
+    per-batch function: tf.data's per-element calls cost tens of µs).
+    """
+    static = all(spec.shape.is_fully_defined() for spec in tf.nest.flatten(dataset.element_spec))
+    if static:
+        return dataset.batch(CHUNK).prefetch(1), False
+
+    def with_shapes(inputs: Any, labels: Any) -> Any:
+        element = (inputs, labels)
+        return element, tf.nest.map_structure(tf.shape, element)
+
+    return dataset.map(with_shapes).padded_batch(CHUNK).prefetch(1), True
+
+
+def static_shapes(arrays: list) -> list:
+    """Per-batch shapes of stacks whose batches all have the array's shape."""
+    return [np.broadcast_to(np.asarray(a.shape[1:], np.int64), (len(a), a.ndim - 1))
+            for a in arrays]
+
+
+def can_chunk(leaves: list[tuple[str, Any]]) -> bool:
+    """Whether every tensor has a known rank (`padded_batch` needs it)."""
+    return all(leaf.shape.rank is not None for _, leaf in leaves)
+
+
+class _Run:
+    """Consecutive batches of one layout: arrays with a leading axis, a read offset."""
+
+    __slots__ = ("count", "inputs", "labels", "layout", "offset")
+
+    def __init__(self, inputs: list, labels: list):
+        self.inputs, self.labels = inputs, labels
+        self.count = len(inputs[0])
+        self.offset = 0
+        self.layout = tuple((a.shape[1:], a.dtype) for a in inputs) + (None,) + tuple(
+            (a.shape[1:], a.dtype) for a in labels)
+
+    @property
+    def left(self) -> int:
+        return self.count - self.offset
+
+    def take(self, n: int) -> tuple[list, list]:
+        """The next `n` batches, stacked (views)."""
+        i, self.offset = self.offset, self.offset + n
+        return [a[i:i + n] for a in self.inputs], [a[i:i + n] for a in self.labels]
+
+
+def _runs(inputs: list, labels: list, in_shapes: list, label_shapes: list) -> list[_Run]:
+    """Splits a chunk into runs of batches with the same true shapes, cut to them."""
+    arrays, shapes = inputs + labels, in_shapes + label_shapes
+    k = len(inputs[0])
+    true = [tuple(tuple(int(d) for d in s[i]) for s in shapes) for i in range(k)]
+    runs: list[_Run] = []
+    start = 0
+    for i in range(1, k + 1):
+        if i < k and true[i] == true[start]:
+            continue
+        cut = [a[start:i][(slice(None), *(slice(0, d) for d in dims))]
+               for a, dims in zip(arrays, true[start])]
+        runs.append(_Run(cut[:len(inputs)], cut[len(inputs):]))
+        start = i
+    return runs
+
+
+class ChunkReader:
+    """Serves batches from chunks read by `read_chunk` (see the module docstring).
+
+    Args:
+        read_chunk: returns the next chunk as `(inputs, labels, input_shapes,
+            label_shapes)` lists of numpy arrays with a leading chunk axis;
+            raises `EOFError` at the end of a pass (raised again by `next()`
+            once the batches read before it are used).
+        spec: the spec returned with every batch.
+    """
+
+    def __init__(self, read_chunk: Callable[[], tuple[list, list, list, list]], spec: Any):
+        self._read_chunk = read_chunk
+        self._spec = spec
+        self._runs: collections.deque[_Run] = collections.deque()
+        self._error: BaseException | None = None
+
+    def _fill(self) -> bool:
+        """Reads one more chunk; False at the end of the pass (or on an error, kept)."""
+        if self._error is not None:
+            return False
+        try:
+            chunk = self._read_chunk()
+        except Exception as error:  # noqa: BLE001 - raised in order by next()
+            self._error = error
+            return False
+        self._runs.extend(_runs(*chunk))
+        return True
+
+    def next(self) -> tuple[Any, list, list]:
+        """The next batch (numpy views into its chunk)."""
+        while not self._runs:
+            if not self._fill():
+                error, self._error = self._error, None
+                raise error
+        run = self._runs[0]
+        inputs, labels = run.take(1)
+        if not run.left:
+            self._runs.popleft()
+        return self._spec, [a[0] for a in inputs], [a[0] for a in labels]
+
+    def _stackable(self) -> tuple[int, bool]:
+        """Buffered batches that stack with the first, and whether another layout follows."""
+        first, count = self._runs[0].layout, 0
+        for run in self._runs:
+            if run.layout != first:
+                return count, True
+            count += run.left
+        return count, False
+
+    def stacked(self, n: int) -> tuple[Any, list, list] | None:
+        """The next `n` batches stacked, or None (then nothing is consumed)."""
+        check_batch_size(n, "n")
+        runs = self._runs
+        while True:
+            if runs:
+                available, blocked = self._stackable()
+                if available >= n:
+                    break
+                if blocked:
+                    return None
+            if not self._fill():
+                return None
+        run = runs[0]
+        if run.left >= n:  # Within one run: views, no copy.
+            inputs, labels = run.take(n)
+            if not run.left:
+                runs.popleft()
+            return self._spec, inputs, labels
+        parts = []
+        needed = n
+        while needed:
+            run = runs[0]
+            take = min(needed, run.left)
+            parts.append(run.take(take))
+            needed -= take
+            if not run.left:
+                runs.popleft()
+        inputs = [np.concatenate([p[0][i] for p in parts]) for i in range(len(parts[0][0]))]
+        labels = [np.concatenate([p[1][i] for p in parts]) for i in range(len(parts[0][1]))]
+        return self._spec, inputs, labels
+
+    def clear(self) -> None:
+        """Drops the buffered batches and any held exception (a new pass begins)."""
+        self._runs.clear()
+        self._error = None
