@@ -1,6 +1,7 @@
 import jax
 import numpy as np
 import pytest
+from data_helpers import drain
 
 import keras_trainloop as ktl
 from keras_trainloop.data import maybe_prefetch_to_device
@@ -33,21 +34,12 @@ class Counting:
         self.position = 0
 
 
-def _drain(ds):
-    batches = []
-    while True:
-        try:
-            batches.append(ds.yield_batch())
-        except EOFError:
-            return batches
-
-
 def test_same_batches_as_the_wrapped_dataset_on_the_device():
-    plain = _drain(ktl.ArrayDataset([X, X * 2], Y, batch_size=4, shuffle=True, seed=0))
+    plain = drain(ktl.ArrayDataset([X, X * 2], Y, batch_size=4, shuffle=True, seed=0))
     wrapped = DevicePrefetcher(ktl.ArrayDataset([X, X * 2], Y, batch_size=4, shuffle=True,
                                                 seed=0), size=2)
     assert isinstance(wrapped, ktl.Dataset) and wrapped.name == "array"
-    prefetched = _drain(wrapped)
+    prefetched = drain(wrapped)
     assert len(prefetched) == len(plain) == 3
     for (spec_a, inputs_a, labels_a), (spec_b, inputs_b, labels_b) in zip(plain, prefetched):
         assert spec_a == spec_b
@@ -71,7 +63,7 @@ def test_keeps_size_batches_in_flight(size):
 
 def test_eof_comes_after_the_last_batch_and_repeats():
     ds = DevicePrefetcher(Counting(batches=3), size=2)
-    assert [int(b[1][0][0]) for b in _drain(ds)] == [1, 2, 3]
+    assert [int(b[1][0][0]) for b in drain(ds)] == [1, 2, 3]
     with pytest.raises(EOFError):
         ds.yield_batch()
 
@@ -90,9 +82,9 @@ def test_reset_drops_batches_in_flight_and_restarts():
     ds.yield_batch()
     ds.reset()
     assert source.resets == 1
-    assert [int(b[1][0][0]) for b in _drain(ds)] == [1, 2, 3, 4]
+    assert [int(b[1][0][0]) for b in drain(ds)] == [1, 2, 3, 4]
     ds.reset()
-    assert [int(b[1][0][0]) for b in _drain(ds)] == [1, 2, 3, 4]
+    assert [int(b[1][0][0]) for b in drain(ds)] == [1, 2, 3, 4]
 
 
 def test_sharding_places_every_array():

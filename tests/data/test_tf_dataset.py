@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 import pytest
+from data_helpers import drain
 
 import keras_trainloop as ktl
 
@@ -220,15 +221,6 @@ def test_progbar_logger_gets_the_steps_of_a_tf_data_epoch(capsys):
     assert "3/3" in capsys.readouterr().out
 
 
-def _all_batches(ds):
-    out = []
-    while True:
-        try:
-            out.append(ds.yield_batch())
-        except EOFError:
-            return out
-
-
 def test_batches_are_read_eight_per_iterator_call_and_stack_without_copies(monkeypatch):
     x = np.arange(160, dtype=np.float32).reshape(80, 2)
     ds = ktl.TFDataset(tf.data.Dataset.from_tensor_slices((x, x[:, 0])).batch(4))
@@ -249,14 +241,14 @@ def test_batches_are_read_eight_per_iterator_call_and_stack_without_copies(monke
 def test_short_last_batch_keeps_its_shape_and_order():
     ds = ktl.TFDataset(tf.data.Dataset.from_tensor_slices((X, Y)).batch(4))  # 4, 4, 2
     assert ds.yield_batches(4) is None  # the short batch does not stack with the others
-    _, stacked, labels = ds.yield_batches(2)
+    _, stacked, _ = ds.yield_batches(2)
     assert stacked[0].shape == (2, 4, 3)
     _, last, last_labels = ds.yield_batch()
     assert last[0].shape == (2, 3) and last_labels[0].tolist() == [8, 9]  # not padded
     with pytest.raises(EOFError):
         ds.yield_batch()
     ds.reset()
-    assert [b[2][0].tolist() for b in _all_batches(ds)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [b[2][0].tolist() for b in drain(ds)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
 def test_variable_length_batches_come_back_with_their_true_shapes():
