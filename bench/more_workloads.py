@@ -23,6 +23,9 @@ W5: W1's digits MLP (64-128-10, batch 64, Adam) fed by tf.data
     L_fused1   the same with max_fused_steps=1.
 And the host feed alone: `yield_batches(8)` per call.
 
+W6: cold start: process start to 200 steps done, MLP 784-1024x3-10, batch 256, Adam, synthetic
+data, each system in a fresh process (wall time of the whole process, imports included).
+
 W8: peak RSS of a fresh process that trains W3's MLP (1024-4096-4096-10, batch 1024, Adam)
 for a few steps: the hand-written loop, keras.fit and the Loop, each in its own process.
 """
@@ -381,6 +384,60 @@ def w5_section(steps: int, reps: int, log: Callable[[str], None]) -> str:
     ])
 
 
+# W6: cold start --------------------------------------------------------------------------------
+
+W6_DIMS = (784, 1024, 1024, 1024, 10)
+W6_BATCH = 256
+W6_STEPS = 200
+
+
+def _w6_child(system: str) -> None:
+    """Trains W6's MLP for W6_STEPS steps from a cold process (the parent times it)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((W6_BATCH * 8, W6_DIMS[0]), dtype=np.float32)
+    y = rng.integers(0, W6_DIMS[-1], len(x)).astype(np.int32)
+    layers = [keras.Input((W6_DIMS[0],))]
+    layers += [keras.layers.Dense(w, "relu") for w in W6_DIMS[1:-1]]
+    model = keras.Sequential([*layers, keras.layers.Dense(W6_DIMS[-1])])
+    if system == "keras.fit":
+        model.compile(keras.optimizers.Adam(1e-3), _loss())
+        xs, ys = np.concatenate([x] * (W6_STEPS // 8)), np.concatenate([y] * (W6_STEPS // 8))
+        model.fit(xs, ys, batch_size=W6_BATCH, epochs=1, verbose=0)
+    else:
+        trainer = ktl.Trainer(model, _loss(), keras.optimizers.Adam(1e-3))
+        ds = ktl.ArrayDataset(x, y, batch_size=W6_BATCH, shuffle=True, seed=0,
+                              loop_forever=True)
+        ktl.Loop(trainer).run_steps(ds, W6_STEPS)
+        assert trainer.global_step == W6_STEPS
+
+
+def w6_section(log: Callable[[str], None]) -> str:
+    """Wall time of fresh processes training W6_STEPS steps (the median of 3 each, interleaved)."""
+    results: dict[str, list[float]] = {}
+    for _ in range(3):
+        for system in ("keras.fit", "ktl.Loop"):
+            cmd = [sys.executable, os.path.abspath(__file__), "--w6-child", system]
+            t0 = perf_counter()
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+            wall = perf_counter() - t0
+            if done.returncode != 0:
+                return f"## W6\n\n{system} failed: {done.stderr[-2000:]}\n"
+            results.setdefault(system, []).append(wall)
+            log(f"  W6 {system:10s} {wall:.1f} s")
+    loop, fit = statistics.median(results["ktl.Loop"]), statistics.median(results["keras.fit"])
+    rows = ["| system | process start to 200 steps done, s (median of 3) |", "|---|---:|"]
+    rows += [f"| {s} | {statistics.median(v):.1f} |" for s, v in results.items()]
+    return "\n".join([
+        f"## W6: cold start, MLP {'-'.join(map(str, W6_DIMS))}, batch {W6_BATCH}, Adam",
+        "",
+        *rows,
+        "",
+        (f"Loop speed relative to keras.fit (fit's time / the Loop's): {fit / loop:.2f}x. "
+         f"Issue 13 goal >= 1.1x: {'met' if fit / loop >= 1.1 else 'not met'}."),
+        "",
+    ])
+
+
 # W8: peak memory ------------------------------------------------------------------------------
 
 W8_DIMS = (1024, 4096, 4096, 10)
@@ -463,3 +520,5 @@ def w8_section(log: Callable[[str], None]) -> str:
 
 if __name__ == "__main__" and "--w8-child" in sys.argv:
     _w8_child(sys.argv[sys.argv.index("--w8-child") + 1])
+if __name__ == "__main__" and "--w6-child" in sys.argv:
+    _w6_child(sys.argv[sys.argv.index("--w6-child") + 1])

@@ -111,6 +111,7 @@ WORKLOADS = {
 EXTRA_WORKLOADS = {
     "W4": more_workloads.W4_TITLE,
     "W5": more_workloads.W5_TITLE,
+    "W6": "cold start: process start to 200 steps, MLP 784-1024x3-10, keras.fit vs ktl.Loop",
     "W8": "peak RSS of W3's MLP in fresh processes: hand-written, keras.fit, ktl.Loop",
 }
 """Workloads with their own systems (bench/more_workloads.py)."""
@@ -978,9 +979,9 @@ def report(sections: list[str], started: str, command: str, source: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workloads", default="W1,W2,W3,W4,W5,W8",
+    p.add_argument("--workloads", default="W1,W2,W3,W4,W5,W6,W8",
                    help="comma-separated: W1,W2,W3 (MLPs), W4 (convnet), W5 (tf.data), "
-                        "W8 (peak memory)")
+                        "W6 (cold start), W8 (peak memory)")
     p.add_argument("--reps", type=int, default=None, help="measured repetitions (per workload)")
     p.add_argument("--steps", type=int, default=None, help="steps per system per repetition")
     p.add_argument("--quick", action="store_true", help="few steps and reps (smoke test)")
@@ -1026,6 +1027,8 @@ def main(argv: list[str] | None = None) -> None:
                 steps = args.steps or (224 if args.quick else 1792)
                 reps = args.reps or (2 if args.quick else 7)
                 sections.append(more_workloads.w5_section(steps, reps, log))
+            elif name == "W6":
+                sections.append(more_workloads.w6_section(log))
             else:
                 sections.append(more_workloads.w8_section(log))
             print(sections[-1], flush=True)

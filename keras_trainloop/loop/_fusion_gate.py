@@ -3,18 +3,23 @@
 A fused call (`lax.scan` over stacked batches) removes per-step dispatch, but
 XLA may compile a scan's body worse than the single step (on XLA:CPU the
 convolutions of a scan body missed the fast convolution path: 20x slower).
-So for each dataset spec the loop measures, once, on its first calls:
+So for each dataset spec the loop measures, once, on its first calls (each
+waited on; a call of a size not compiled yet is not timed):
 
-1. `PROBE_SINGLE` single steps after the first (which compiles), each waited on;
-2. `PROBE_FUSED` fused calls of 2 steps after the first (which compiles), each
-   waited on (2 steps: a bad scan costs little while it is measured; a call
-   clearly slower than `EARLY_NO` single steps ends the probe at once);
+1. `HOST_CHECK_SINGLE` single steps after the first. Fusion removes the
+   host's work per step, no more: when dispatching a step takes under
+   `MIN_HOST_SHARE` of its whole time (a compute-bound model), the gate
+   decides against fusion here, before compiling any fused call.
+2. Then fused calls of `PROBE_CALL_STEPS` steps (a bad scan costs little
+   while measured) alternating with single steps, so that load drifting on
+   the machine hits both alike, until there are `PROBE_FUSED` fused and
+   `PROBE_SINGLE` single timings (two fused calls over `EARLY_NO` times a
+   single step end it at once).
 
-and keeps fusion for the spec only if a fused step costs no more than a
-single step (the medians; `TOLERANCE`). The decision holds for
-the loop's later runs. While probing, the loop waits on the device after each
-probed call (a few calls per spec). Durations are passed in (`record`), so
-tests inject them; the gate reads no clock.
+Fusion is kept for the spec if the fastest fused step costs no more than the
+fastest single step (noise only adds time; `TOLERANCE`). The decision holds
+for the loop's later runs. Durations are passed in (`record`), so tests
+inject them; the gate reads no clock.
 
 With several processes fusion is off anyway (`trainer.can_fuse_steps`), so
 the gate's decisions, which depend on local timings, never need to agree
@@ -23,20 +28,25 @@ across processes.
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
-PROBE_SINGLE = 3
+HOST_CHECK_SINGLE = 2
+"""Timed single steps before any fused call (the compute-bound check)."""
+
+PROBE_SINGLE = 5
 """Timed single steps per spec (after the first, which compiles)."""
 
-PROBE_FUSED = 3
+PROBE_FUSED = 5
 """Timed fused calls per spec (after the first of their size, which compiles)."""
 
 EARLY_NO = 1.5
-"""A timed fused step costing more than this times a single step drops fusion at once."""
+"""Two timed fused calls costing more than this times a single step drop fusion at once."""
 
 PROBE_CALL_STEPS = 2
 """The size of the fused calls while probing."""
+
+MIN_HOST_SHARE = 0.05
+"""Below this share of host dispatch time in a single step, fusion is not even tried."""
 
 TOLERANCE = 1.0
 """A fused step is kept if it costs at most this times a single step."""
@@ -50,13 +60,27 @@ def _key(spec: Any) -> Any:
     return spec
 
 
+def _next_size(singles: int, fused: int, compiled: set[int]) -> int:
+    """The probe's next call size from what it timed so far (one rule for run and plan)."""
+    if 1 not in compiled or singles < HOST_CHECK_SINGLE:
+        return 1
+    if PROBE_CALL_STEPS not in compiled:
+        return PROBE_CALL_STEPS
+    if fused >= PROBE_FUSED:
+        return 1
+    if singles >= PROBE_SINGLE:
+        return PROBE_CALL_STEPS
+    return 1 if singles - HOST_CHECK_SINGLE < fused else PROBE_CALL_STEPS
+
+
 class _Probe:
     """What was measured for one spec, and the decision once made."""
 
-    __slots__ = ("compiled", "decided", "fused", "keep", "single")
+    __slots__ = ("compiled", "decided", "fused", "host", "keep", "single")
 
     def __init__(self) -> None:
         self.single: list[float] = []  # seconds per single step
+        self.host: list[float] = []  # of which the host's dispatch
         self.fused: list[float] = []  # seconds per step of fused calls
         self.compiled: set[int] = set()  # call sizes whose first (compiling) call ran
         self.decided = False
@@ -85,18 +109,17 @@ class FusionGate:
     def cap(self, spec: Any, cap: int) -> int:
         """The most steps a call for `spec` may fuse now (1: single steps).
 
-        A spec not seen yet, or still measuring single steps: 1; measuring
-        fused calls: `PROBE_CALL_STEPS`; decided: `cap`, or 1 if fusion did
-        not pay.
+        A spec not seen yet, or measuring: the probe's next call size (1 or
+        `PROBE_CALL_STEPS`); decided: `cap`, or 1 if fusion did not pay.
         """
         if not self.enabled:
             return cap
         probe = self._probes.get(_key(spec))
-        if probe is None or (not probe.decided and len(probe.single) < PROBE_SINGLE):
+        if probe is None:
             return 1
         if probe.decided:
             return cap if probe.keep else 1
-        return min(cap, PROBE_CALL_STEPS)
+        return min(cap, _next_size(len(probe.single), len(probe.fused), probe.compiled))
 
     def probing(self, spec: Any) -> bool:
         """Whether calls for `spec` are being timed (the loop then waits on each)."""
@@ -104,8 +127,13 @@ class FusionGate:
             return False
         return not self._probe(spec).decided
 
-    def record(self, spec: Any, num_steps: int, seconds: float) -> None:
-        """A call of `num_steps` steps for `spec` took `seconds`, waited on (while probing)."""
+    def record(self, spec: Any, num_steps: int, seconds: float,
+               host_seconds: float | None = None) -> None:
+        """A call of `num_steps` steps for `spec` took `seconds`, waited on (while probing).
+
+        `host_seconds`: for a single step, how long its dispatch kept the host
+        (the call returning, before the device finished); None: not measured.
+        """
         if not self.enabled:
             return
         probe = self._probe(spec)
@@ -115,15 +143,23 @@ class FusionGate:
             probe.compiled.add(num_steps)  # Its first call compiled: not timed.
             return
         if num_steps == 1:
-            if len(probe.single) < PROBE_SINGLE:
-                probe.single.append(seconds)
+            probe.single.append(seconds)
+            if host_seconds is not None:
+                probe.host.append(host_seconds)
+            if len(probe.single) == HOST_CHECK_SINGLE and len(probe.host) == HOST_CHECK_SINGLE:
+                share = min(probe.host) / max(min(probe.single), 1e-12)
+                if share < MIN_HOST_SHARE:  # Compute-bound: nothing for fusion to remove.
+                    probe.keep, probe.decided = False, True
+                    return
+        else:
+            probe.fused.append(seconds / num_steps)
+        if not probe.fused:
             return
-        probe.fused.append(seconds / num_steps)
-        single = statistics.median(probe.single)
-        if probe.fused[-1] > single * EARLY_NO:
+        single, fused = min(probe.single), min(probe.fused)
+        if len(probe.fused) >= 2 and fused > single * EARLY_NO:
             probe.keep, probe.decided = False, True
-        elif len(probe.fused) >= PROBE_FUSED:
-            probe.keep = statistics.median(probe.fused) <= single * TOLERANCE
+        elif len(probe.fused) >= PROBE_FUSED and len(probe.single) >= PROBE_SINGLE:
+            probe.keep = fused <= single * TOLERANCE
             probe.decided = True
 
     def decisions(self) -> dict[Any, bool | None]:
@@ -134,21 +170,25 @@ class FusionGate:
         """The caps of a run's first calls while it probes (for `loop.plan`); then the loop's.
 
         For a loop that saw no spec: the whole probe; for one spec still
-        probing: what is left of it; else (decided, or several specs) none.
+        probing: what is left of it (assuming no early decision); else none.
         """
-        if not self.enabled:
+        if not self.enabled or len(self._probes) > 1:
             return []
-        fused_calls = [PROBE_CALL_STEPS] * (PROBE_FUSED + 1)  # The first compiles.
-        if not self._probes:
-            return [1] * (PROBE_SINGLE + 1) + fused_calls
-        if len(self._probes) > 1:
-            return []
-        probe = next(iter(self._probes.values()))
+        probe = next(iter(self._probes.values()), None) or _Probe()
         if probe.decided:
             return []
-        singles = max(0, PROBE_SINGLE - len(probe.single))
-        timed = len(probe.fused) + (PROBE_CALL_STEPS in probe.compiled)
-        return [1] * singles + fused_calls[min(timed, len(fused_calls)):]
+        singles, fused, compiled = len(probe.single), len(probe.fused), set(probe.compiled)
+        caps = []
+        while singles < PROBE_SINGLE or fused < PROBE_FUSED:
+            size = _next_size(singles, fused, compiled)
+            caps.append(size)
+            if size not in compiled:
+                compiled.add(size)
+            elif size == 1:
+                singles += 1
+            else:
+                fused += 1
+        return caps
 
     def dropped_fusion(self) -> bool:
         """Whether every spec seen was decided against fusion (the plan then uses cap 1)."""

@@ -143,10 +143,13 @@ class Loop:
         max_fused_steps: the most steps run in one compiled call, a power of
             two from 1 (off) to `MAX_FUSED_STEPS` (8, the default).
         measure_fusion: True (the default): for each dataset spec, the first
-            calls are timed (3 single steps, then 3 fused calls, each waited
-            on) and fused calls are kept only if a fused step costs no more
-            than a single one (see `fusion_decisions`); the decision holds for
-            this loop's later runs. False: fuse without measuring.
+            calls are timed (5 single steps, then 5 fused calls of 2 steps,
+            each waited on) and fused calls are kept only if a fused step
+            costs no more than a single one; a step whose host dispatch is
+            under 5% of its time (compute-bound) is decided against fusion
+            after the single steps, with no fused compile (see
+            `loop/_fusion_gate.py`, `fusion_decisions`). The decision holds
+            for this loop's later runs. False: fuse without measuring.
 
     Example:
         loop = ktl.Loop(trainer)
@@ -875,7 +878,9 @@ class Loop:
                 if on_batch_begin.hooks:
                     self._event_logs = None
                     on_batch_begin.fire(self, step)
+                dispatch = perf_counter()
                 metrics = train_step(spec, inputs, labels)
+                dispatch = perf_counter() - dispatch  # The host's share (async dispatch).
                 if losses.call is not None:
                     losses.check_call(step)
                 losses.add_step(metrics[0], batch_size_of(inputs, stacked=False))
@@ -898,7 +903,7 @@ class Loop:
             if probe and spec is not settled:
                 if gate.probing(spec):  # Timed: the call's whole cost, waited on.
                     jax.block_until_ready(metrics)
-                    gate.record(spec, n, perf_counter() - start)
+                    gate.record(spec, n, perf_counter() - start, dispatch if n == 1 else None)
                 else:
                     settled, settled_cap = spec, gate.cap(spec, cap)
             self._last_spec = spec

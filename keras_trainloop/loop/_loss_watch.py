@@ -18,6 +18,9 @@ import numpy as np
 
 from keras_trainloop.loop._errors import NonFiniteLossError
 
+READ_GROUP = 16
+"""Single steps' losses are read in groups of this many (padded): one compiled read."""
+
 
 @jax.jit
 def _first_nonfinite_and_sum(losses: list, sizes: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -148,14 +151,19 @@ class LossWatch:
         if not steps:
             return
         first_step = detected_at + 1 - len(steps)
-        sizes = np.asarray(self._sizes, np.float32)
-        index, total = jax.device_get(_first_nonfinite_and_sum(steps, sizes))
+        for start in range(0, len(steps), READ_GROUP):
+            group = steps[start:start + READ_GROUP]
+            sizes = np.zeros(READ_GROUP, np.float32)
+            sizes[:len(group)] = self._sizes[start:start + READ_GROUP]
+            # Padded to one length (weight 0): one compiled check, whatever the count.
+            padded = group + [group[0]] * (READ_GROUP - len(group))
+            index, total = jax.device_get(_first_nonfinite_and_sum(padded, sizes))
+            if index >= 0:
+                self._found(first_step + start + int(index), detected_at)
+            self._total += float(total)
+            self._weight += float(sizes.sum())
         steps.clear()
         self._sizes.clear()
-        if index >= 0:
-            self._found(first_step + int(index), detected_at)
-        self._total += float(total)
-        self._weight += float(sizes.sum())
 
     def mean(self) -> float:
         """The size-weighted mean of the losses read since `reset_mean` (NaN when none)."""

@@ -108,3 +108,13 @@ def test_training_continues_after_a_nonfinite_loss_once_weights_are_restored(mak
     metrics = loop.run_steps(Batches(loop_forever=True), 4)
     assert np.isfinite(float(metrics[0]))
     assert loop.loop_step == trainer.global_step == 15
+
+
+def test_the_loss_check_compiles_once_whatever_the_number_of_pending_steps(trainer):
+    from keras_trainloop.loop import _loss_watch
+
+    before = _loss_watch._first_nonfinite_and_sum._cache_size()
+    loop = ktl.Loop(trainer, max_fused_steps=1)
+    for steps in (1, 2, 3, 5, 17):
+        loop.run_steps(Batches(loop_forever=True), steps)
+    assert _loss_watch._first_nonfinite_and_sum._cache_size() - before <= 1

@@ -13,24 +13,37 @@ from keras_trainloop.loop import _fusion_gate, _loop
 from keras_trainloop.loop._fusion_gate import FusionGate
 
 
-def _probe(gate, single_seconds, fused_seconds_per_step, spec="s", calls=3, n=2):
-    gate.record(spec, 1, 99.0)  # the first single step compiles: not timed
-    for _ in range(_fusion_gate.PROBE_SINGLE):
-        gate.record(spec, 1, single_seconds)
-    gate.record(spec, n, 99.0)  # the first fused call of its size compiles
-    for _ in range(calls):
-        gate.record(spec, n, fused_seconds_per_step * n)
+def _probe(gate, single_seconds, fused_seconds_per_step, spec="s", calls=_fusion_gate.PROBE_FUSED):
+    """Feeds the gate the calls it asks for (their first of each size compiling: 99 s)."""
+    compiled = set()
+    fused_calls = 0
+    while gate.probing(spec) and fused_calls < calls:
+        n = gate.cap(spec, 8)
+        if n not in compiled:
+            compiled.add(n)
+            gate.record(spec, n, 99.0)
+            continue
+        fused_calls += n > 1
+        gate.record(spec, n, single_seconds if n == 1 else fused_seconds_per_step * n)
 
 
-def test_gate_measures_single_steps_then_short_fused_calls():
+def test_gate_measures_single_steps_then_short_fused_calls_alternating_with_singles():
     gate = FusionGate()
     assert gate.cap("s", 8) == 1  # a spec not seen yet: single steps first
-    gate.record("s", 1, 5.0)
-    for _ in range(_fusion_gate.PROBE_SINGLE):
+    gate.record("s", 1, 5.0)  # compiles: not timed
+    for _ in range(_fusion_gate.HOST_CHECK_SINGLE):
         assert gate.cap("s", 8) == 1
         gate.record("s", 1, 1.0)
-    assert gate.cap("s", 8) == _fusion_gate.PROBE_CALL_STEPS
-    assert gate.decisions() == {"s": None}
+    assert gate.cap("s", 8) == _fusion_gate.PROBE_CALL_STEPS  # compiles the fused size
+    gate.record("s", 2, 9.0)
+    sizes = []
+    while gate.probing("s"):
+        sizes.append(gate.cap("s", 8))
+        gate.record("s", sizes[-1], 0.5 * sizes[-1])
+    assert sizes[:4] == [2, 1, 2, 1]  # alternating: load drift hits both alike
+    assert sizes.count(2) == _fusion_gate.PROBE_FUSED
+    assert sizes.count(1) + _fusion_gate.HOST_CHECK_SINGLE >= _fusion_gate.PROBE_SINGLE
+    assert gate.decisions() == {"s": True}
 
 
 def test_gate_drops_fusion_when_fused_steps_are_slower():
@@ -48,18 +61,34 @@ def test_gate_keeps_fusion_when_fused_steps_are_cheaper():
     assert gate.cap("s", 8) == 8
 
 
-def test_a_much_slower_fused_call_ends_the_probe_at_once():
+def test_much_slower_fused_calls_end_the_probe_at_once():
     gate = FusionGate()
+    _probe(gate, single_seconds=1.0, fused_seconds_per_step=20.0, calls=1)
+    assert gate.decisions() == {"s": None}  # one slow call may be noise
     _probe(gate, single_seconds=1.0, fused_seconds_per_step=20.0, calls=1)
     assert gate.decisions() == {"s": False}
 
 
+def test_a_compute_bound_step_is_decided_without_compiling_a_fused_call():
+    gate = FusionGate()
+    gate.record("s", 1, 9.0, host_seconds=0.01)  # the compiling step
+    for _ in range(_fusion_gate.HOST_CHECK_SINGLE):
+        gate.record("s", 1, 1.0, host_seconds=0.01)  # 1% of the step is the host's
+    assert gate.decisions() == {"s": False} and gate.cap("s", 8) == 1
+
+
+def test_a_host_bound_step_goes_on_to_measure_fused_calls():
+    gate = FusionGate()
+    gate.record("s", 1, 9.0, host_seconds=0.5)
+    for _ in range(_fusion_gate.HOST_CHECK_SINGLE):
+        gate.record("s", 1, 1.0, host_seconds=0.5)
+    assert gate.decisions() == {"s": None} and gate.cap("s", 8) == 2
+
+
 def test_compiling_calls_are_not_timed():
     gate = FusionGate()
-    _probe(gate, single_seconds=1.0, fused_seconds_per_step=0.5, calls=2)
-    assert gate.decisions() == {"s": None}  # 99 s compile calls were not counted
-    gate.record("s", 2, 1.0)
-    assert gate.decisions() == {"s": True}
+    _probe(gate, single_seconds=1.0, fused_seconds_per_step=0.5)
+    assert gate.decisions() == {"s": True}  # the 99 s compile calls were not counted
 
 
 def test_each_spec_is_decided_on_its_own_and_unhashable_specs_by_repr():
@@ -127,11 +156,9 @@ def _run(monkeypatch, single, fused_per_step, steps=64):
 def test_loop_falls_back_to_single_steps_when_fused_calls_are_slower(monkeypatch):
     loop, trainer, _ = _run(monkeypatch, single=1.0, fused_per_step=1.3)
     assert loop.fusion_decisions() == {None: False}
-    probe = 1 + _fusion_gate.PROBE_SINGLE
-    assert trainer.calls[:probe] == [1] * probe
-    fused = 1 + _fusion_gate.PROBE_FUSED  # the compile call, then the timed ones
-    assert trainer.calls[probe:probe + fused] == [2] * fused
-    assert set(trainer.calls[probe + fused:]) == {1}
+    probe = FusionGate().planned_caps()
+    assert trainer.calls[:len(probe)] == probe  # the whole probe ran
+    assert set(trainer.calls[len(probe):]) == {1}
     assert sum(trainer.calls) == 64 == trainer.steps
     # The next run of this loop runs single steps from the start, and its plan says so.
     assert loop.plan(10).calls == [(64 + i, 1) for i in range(10)]
@@ -140,18 +167,18 @@ def test_loop_falls_back_to_single_steps_when_fused_calls_are_slower(monkeypatch
 def test_loop_keeps_fused_calls_when_they_pay(monkeypatch):
     loop, trainer, plan = _run(monkeypatch, single=1.0, fused_per_step=0.5)
     assert loop.fusion_decisions() == {None: True}
-    probe = 1 + _fusion_gate.PROBE_SINGLE
-    assert trainer.calls[:probe] == [1] * probe
-    assert trainer.calls[probe:probe + 4] == [2, 2, 2, 2]
-    assert 8 in trainer.calls[probe + 4:]
+    probe = FusionGate().planned_caps()
+    assert probe[:4] == [1, 1, 1, 2] and trainer.calls[:len(probe)] == probe
+    assert 8 in trainer.calls[len(probe):]
     # The plan made before the run predicted its calls, probe included.
     assert [n for _, n in plan.calls] == trainer.calls
 
 
-def test_loop_stops_probing_at_a_much_slower_fused_call(monkeypatch):
+def test_loop_stops_probing_at_much_slower_fused_calls(monkeypatch):
     loop, trainer, _ = _run(monkeypatch, single=1.0, fused_per_step=30.0)
-    probe = 1 + _fusion_gate.PROBE_SINGLE
-    assert trainer.calls[probe:probe + 3] == [2, 2, 1]  # compile call, one timed: dropped
+    # Compile, two timed singles, the fused compile, fused, single, fused: dropped.
+    assert trainer.calls[:7] == [1, 1, 1, 2, 2, 1, 2]
+    assert set(trainer.calls[7:]) == {1}
     assert loop.fusion_decisions() == {None: False}
 
 
