@@ -39,6 +39,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -384,6 +385,15 @@ def w5_section(steps: int, reps: int, log: Callable[[str], None]) -> str:
     ])
 
 
+def _synthetic_mlp(dims: tuple[int, ...], examples: int) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Random examples for a relu MLP of `dims` (input, hidden..., classes), and the model."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((examples, dims[0]), dtype=np.float32)
+    y = rng.integers(0, dims[-1], examples).astype(np.int32)
+    layers = [keras.Input((dims[0],))] + [keras.layers.Dense(w, "relu") for w in dims[1:-1]]
+    return x, y, keras.Sequential([*layers, keras.layers.Dense(dims[-1])])
+
+
 # W6: cold start --------------------------------------------------------------------------------
 
 W6_DIMS = (784, 1024, 1024, 1024, 10)
@@ -393,12 +403,7 @@ W6_STEPS = 200
 
 def _w6_child(system: str) -> None:
     """Trains W6's MLP for W6_STEPS steps from a cold process (the parent times it)."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((W6_BATCH * 8, W6_DIMS[0]), dtype=np.float32)
-    y = rng.integers(0, W6_DIMS[-1], len(x)).astype(np.int32)
-    layers = [keras.Input((W6_DIMS[0],))]
-    layers += [keras.layers.Dense(w, "relu") for w in W6_DIMS[1:-1]]
-    model = keras.Sequential([*layers, keras.layers.Dense(W6_DIMS[-1])])
+    x, y, model = _synthetic_mlp(W6_DIMS, W6_BATCH * 8)
     if system == "keras.fit":
         model.compile(keras.optimizers.Adam(1e-3), _loss())
         xs, ys = np.concatenate([x] * (W6_STEPS // 8)), np.concatenate([y] * (W6_STEPS // 8))
@@ -447,13 +452,7 @@ W8_STEPS = 4
 
 def _w8_child(system: str) -> None:
     """Trains W3's MLP for a few steps in this process; prints its peak RSS (MB) as JSON."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((W8_BATCH * 2, W8_DIMS[0]), dtype=np.float32)
-    y = rng.integers(0, W8_DIMS[-1], len(x)).astype(np.int32)
-    layers = [keras.Input((W8_DIMS[0],))]
-    layers += [keras.layers.Dense(w, "relu") for w in W8_DIMS[1:-1]]
-    layers += [keras.layers.Dense(W8_DIMS[-1])]
-    model = keras.Sequential(layers)
+    x, y, model = _synthetic_mlp(W8_DIMS, W8_BATCH * 2)
     loss = _loss()
     if system == "keras.fit":
         model.compile(keras.optimizers.Adam(1e-3), loss)
