@@ -858,6 +858,8 @@ class Loop:
             n = 1
             batch = None
             start = last
+            timing = probe and self._last_spec is not settled  # The gate may time this call.
+            dispatch = None
             if fuse and not on_batch_begin.hooks:
                 call_cap = cap
                 if probe:
@@ -878,9 +880,12 @@ class Loop:
                 if on_batch_begin.hooks:
                     self._event_logs = None
                     on_batch_begin.fire(self, step)
-                dispatch = perf_counter()
-                metrics = train_step(spec, inputs, labels)
-                dispatch = perf_counter() - dispatch  # The host's share (async dispatch).
+                if timing:
+                    dispatch = perf_counter()
+                    metrics = train_step(spec, inputs, labels)
+                    dispatch = perf_counter() - dispatch  # The host's share (async dispatch).
+                else:
+                    metrics = train_step(spec, inputs, labels)
                 if losses.call is not None:
                     losses.check_call(step)
                 losses.add_step(metrics[0], batch_size_of(inputs, stacked=False))
@@ -903,7 +908,7 @@ class Loop:
             if probe and spec is not settled:
                 if gate.probing(spec):  # Timed: the call's whole cost, waited on.
                     jax.block_until_ready(metrics)
-                    gate.record(spec, n, perf_counter() - start, dispatch if n == 1 else None)
+                    gate.record(spec, n, perf_counter() - start, dispatch)
                 else:
                     settled, settled_cap = spec, gate.cap(spec, cap)
             self._last_spec = spec

@@ -2,7 +2,7 @@
 
 The loop does not wait on the device after each step. It hands every batch
 loss to a `LossWatch`, which reads them later in groups: the losses of single
-steps in one dispatch (`check_steps`, at least every `SYNC_EVERY` steps), a
+steps in one dispatch (at least every `SYNC_EVERY` steps, padded to one length), a
 fused call's `n` losses on the host once the next call has been dispatched
 (`check_call`). Each read checks that the losses are finite (else
 `NonFiniteLossError`, naming the first bad step) and adds them, weighted by
@@ -99,15 +99,6 @@ class LossWatch:
                 step dispatched so far.
         """
         self._read_call(detected_at, call)
-        self.raise_if_bad()
-
-    def check_steps(self, detected_at: int) -> None:
-        """Reads the single steps' losses (one dispatch); `detected_at` is the last step run.
-
-        Raises:
-            NonFiniteLossError: one was NaN or Inf.
-        """
-        self._read_steps(detected_at)
         self.raise_if_bad()
 
     def check_all(self, detected_at: int) -> None:
