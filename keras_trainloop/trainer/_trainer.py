@@ -244,6 +244,7 @@ class Trainer:
         self._eval_metrics = [eval_total] + ([eval_loss] if has_loss else []) + user_eval
         self._num_train_loss_metrics = 3 if has_loss else 2
         self._num_eval_loss_metrics = 2 if has_loss else 1
+        self._train_log_names, self._eval_log_names = self._log_names()
 
         self._context = context if context is not None else Context()
         self._model_fn = model_fn
@@ -942,17 +943,14 @@ class Trainer:
         """`eval`'s values by name, as `model.evaluate(return_dict=True)` names them."""
         return _named(self._eval_log_names, values)
 
-    @property
-    def _train_log_names(self) -> list[tuple[str, ...]]:
-        n_loss = self._num_train_loss_metrics
-        names = [(m.short_name,) for m in self._train_metrics[:n_loss]]
-        return names + [_keras_names(m) for m in self._train_metrics[n_loss:]]
-
-    @property
-    def _eval_log_names(self) -> list[tuple[str, ...]]:
-        n_loss = self._num_eval_loss_metrics
-        names = [("loss",)] + [()] * (n_loss - 1)
-        return names + [_keras_names(m)[:1] for m in self._eval_metrics[n_loss:]]
+    def _log_names(self) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
+        """The log names of each train and each eval value (fixed with the metrics)."""
+        n_train, n_eval = self._num_train_loss_metrics, self._num_eval_loss_metrics
+        train = [(m.short_name,) for m in self._train_metrics[:n_train]]
+        train += [_keras_names(m) for m in self._train_metrics[n_train:]]
+        evals = [("loss",)] + [()] * (n_eval - 1)
+        evals += [_keras_names(m)[:1] for m in self._eval_metrics[n_eval:]]
+        return train, evals
 
     # Keras' run protocol ------------------------------------------------------
     @property
