@@ -27,48 +27,52 @@ def _to_numpy_list(side: str, value: Any) -> tuple[list[np.ndarray], tuple[str, 
                 "Fix: pass an array or a list of arrays, e.g. ArrayDataset(x, y, batch_size=64)."
             )
         return [], None
-    keys = None
-    if isinstance(value, dict):
-        keys = tuple(value)
-        items = [(f"{side}[{key!r}]", v) for key, v in value.items()]
-    elif isinstance(value, (list, tuple)):
-        items = [(f"{side}[{i}]", v) for i, v in enumerate(value)]
-    elif is_array_like(value):
-        items = [(side, value)]
-    else:
-        raise TypeError(
-            f"ArrayDataset takes an array or a list of arrays for {side}. "
-            f"Received: {side}={short_repr(value)}. "
-            f"Fix: convert it with np.asarray(...) or pass a list of arrays."
-        )
+    items, keys = _named_items(side, value)
     if side == "inputs" and not items:
         raise ValueError(
             f"ArrayDataset needs at least one input array. Received: inputs={value!r}. "
             "Fix: pass an array or a non-empty list of arrays."
         )
-    arrays = []
-    for name, item in items:
-        if not is_array_like(item):
-            raise TypeError(
-                f"ArrayDataset takes arrays (numpy, JAX, or anything np.asarray accepts "
-                f"through __array__). Received: {name}={short_repr(item)}. "
-                f"Fix: convert it with np.asarray(...)."
-            )
-        array = np.asarray(item)
-        if array.dtype == object:
-            raise TypeError(
-                f"ArrayDataset takes numeric arrays. Received: {name} with dtype=object "
-                f"and shape={array.shape}. Fix: pad ragged data to a common shape and "
-                f"convert it to a numeric dtype."
-            )
-        if array.ndim == 0:
-            raise ValueError(
-                f"Each array needs a leading dimension indexing the examples. "
-                f"Received: {name}={short_repr(item)} with shape=(). "
-                f"Fix: pass arrays of shape (num_examples, ...)."
-            )
-        arrays.append(array)
-    return arrays, keys
+    return [_to_numpy(name, item) for name, item in items], keys
+
+
+def _named_items(side: str, value: Any) -> tuple[list[tuple[str, Any]], tuple[str, ...] | None]:
+    """The `(name, item)` pairs of one side, and its dict keys if it is a dict."""
+    if isinstance(value, dict):
+        return [(f"{side}[{key!r}]", v) for key, v in value.items()], tuple(value)
+    if isinstance(value, (list, tuple)):
+        return [(f"{side}[{i}]", v) for i, v in enumerate(value)], None
+    if is_array_like(value):
+        return [(side, value)], None
+    raise TypeError(
+        f"ArrayDataset takes an array or a list of arrays for {side}. "
+        f"Received: {side}={short_repr(value)}. "
+        f"Fix: convert it with np.asarray(...) or pass a list of arrays."
+    )
+
+
+def _to_numpy(name: str, item: Any) -> np.ndarray:
+    """`item` as a numeric numpy array with a leading dimension, or raises naming it."""
+    if not is_array_like(item):
+        raise TypeError(
+            f"ArrayDataset takes arrays (numpy, JAX, or anything np.asarray accepts "
+            f"through __array__). Received: {name}={short_repr(item)}. "
+            f"Fix: convert it with np.asarray(...)."
+        )
+    array = np.asarray(item)
+    if array.dtype == object:
+        raise TypeError(
+            f"ArrayDataset takes numeric arrays. Received: {name} with dtype=object "
+            f"and shape={array.shape}. Fix: pad ragged data to a common shape and "
+            f"convert it to a numeric dtype."
+        )
+    if array.ndim == 0:
+        raise ValueError(
+            f"Each array needs a leading dimension indexing the examples. "
+            f"Received: {name}={short_repr(item)} with shape=(). "
+            f"Fix: pass arrays of shape (num_examples, ...)."
+        )
+    return array
 
 
 class ArrayDataset:
@@ -239,31 +243,49 @@ class ArrayDataset:
         start = self._pos
         stop = start + self._batch_size
         if stop <= self._num_examples:  # The common case: a full batch inside the pass.
-            if self._untouched and self._copy_passes:
-                self._copy_pass()
-            self._pos = stop
-            self._untouched = False
-            order = self._order
-            if order is None:
-                return self._split([a[start:stop] for a in self._arrays])
-            if self._pass_arrays is not None:
-                return self._split([a[start:stop] for a in self._pass_arrays])
-            indices = order[start:stop]
-            return self._split([a[indices] for a in self._arrays])
+            return self._split(self._full_batch(start, stop))
         if self._loop_forever:
-            indices = self._wrapped_indices(start)
-            if self._copy_passes:  # The new pass goes on one batch at a time.
-                self._copy_pass()
-            return self._split([a[indices] for a in self._arrays])
+            return self._split(self._wrapped_batch(start))
+        return self._split(self._last_batch(start))
+
+    def _full_batch(self, start: int, stop: int) -> list[np.ndarray]:
+        """Examples `start:stop` of the pass, a batch read on its own."""
+        if self._untouched and self._copy_passes:
+            self._copy_pass()
+        self._advance(stop)
+        return self._pass_slice(start, stop)
+
+    def _wrapped_batch(self, start: int) -> list[np.ndarray]:
+        """The batch from `start` completed from the next pass (`loop_forever=True`)."""
+        indices = self._wrapped_indices(start)
+        if self._copy_passes:  # The new pass goes on one batch at a time.
+            self._copy_pass()
+        return [a[indices] for a in self._arrays]
+
+    def _last_batch(self, start: int) -> list[np.ndarray]:
+        """The short last batch of the pass from `start`, or raises `EOFError` if none."""
         if start >= self._num_examples or self._drop_remainder:
             self._pos = self._num_examples
             raise EOFError(f"End of dataset {self.name!r}; call reset() to start a new pass.")
-        self._pos = self._num_examples
+        self._advance(self._num_examples)
+        return self._gather(start, None)
+
+    def _advance(self, stop: int) -> None:
+        self._pos = stop
         self._untouched = False
+
+    def _pass_slice(self, start: int, stop: int) -> list[np.ndarray]:
+        """Examples `start:stop` of the pass: slices of its copy when there is one."""
+        if self._order is not None and self._pass_arrays is not None:
+            return [a[start:stop] for a in self._pass_arrays]
+        return self._gather(start, stop)
+
+    def _gather(self, start: int, stop: int | None) -> list[np.ndarray]:
+        """Examples `start:stop` of the pass from the arrays: slices, or gathered in its order."""
         if self._order is None:
-            return self._split([a[start:] for a in self._arrays])
-        indices = self._order[start:]
-        return self._split([a[indices] for a in self._arrays])
+            return [a[start:stop] for a in self._arrays]
+        indices = self._order[start:stop]
+        return [a[indices] for a in self._arrays]
 
     def yield_batches(self, n: int) -> tuple[Any, list[np.ndarray], list[np.ndarray]] | None:
         """Returns the next `n` batches stacked on a new leading axis, or None.
@@ -283,15 +305,8 @@ class ArrayDataset:
         start = self._pos
         stop = start + n * size
         if stop <= self._num_examples:
-            self._pos = stop
-            self._untouched = False
-            order = self._order
-            if order is None or self._pass_arrays is not None:
-                source = self._arrays if order is None else self._pass_arrays
-                batch = [a[start:stop] for a in source]
-            else:
-                indices = order[start:stop]
-                batch = [a[indices] for a in self._arrays]
+            self._advance(stop)
+            batch = self._pass_slice(start, stop)
         elif self._loop_forever:
             indices = self._wrapped_indices(start, n * size)
             batch = [a[indices] for a in self._arrays]

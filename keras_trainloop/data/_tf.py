@@ -327,6 +327,80 @@ def _not_prepared(
     )
 
 
+def _check_load_kwargs(load_kwargs: dict[str, Any]) -> None:
+    """Raises if `load_kwargs` holds a `tfds.load` argument that `from_tfds` sets."""
+    for key in _RESERVED_LOAD_KWARGS:
+        if key in load_kwargs:
+            raise TypeError(
+                f"from_tfds sets tfds.load's {key!r} itself. Received: {key}="
+                f"{load_kwargs[key]!r}. Fix: drop it; for other pipelines use "
+                "ktl.TFDataset(tfds.load(...)...)."
+            )
+
+
+def _default_data_dir(tfds: Any) -> str:
+    """TFDS' default data directory, for messages."""
+    return getattr(getattr(tfds.core, "constants", None), "DATA_DIR", "~/tensorflow_datasets")
+
+
+def _prepared_builder(
+    tfds: Any, name: str, split: str, data_dir: str | None, default_dir: str,
+    builder_kwargs: dict[str, Any] | None,
+) -> Any:
+    """The TFDS builder of `name`, or raises if the dataset is not prepared in `data_dir`."""
+    try:
+        builder = tfds.builder(name, data_dir=data_dir, try_gcs=False, **dict(builder_kwargs or {}))
+    except tfds.core.registered.DatasetNotFoundError:
+        raise _not_prepared(name, split, data_dir, default_dir,
+                            "No dataset of this name is registered or on disk.") from None
+    if not builder.is_prepared():
+        raise _not_prepared(name, split, data_dir, default_dir,
+                            f"It is not prepared there (looked in {builder.data_dir!r}).")
+    return builder
+
+
+def _num_examples(
+    builder: Any, name: str, split: str, data_dir: str | None, default_dir: str,
+) -> int:
+    """Examples in `split`, or raises if it is not prepared or has no supervised keys."""
+    try:
+        num_examples = builder.info.splits[split].num_examples
+    except (ValueError, KeyError) as err:
+        raise _not_prepared(
+            name, split, data_dir, default_dir,
+            f"The split is not there ({err}).",
+            f"pass one of the prepared splits {sorted(builder.info.splits)} (slices such as "
+            "'train[:90%]' and unions such as 'train+test' work too).",
+        ) from None
+    if builder.info.supervised_keys is None:
+        raise ValueError(
+            "from_tfds reads (input, label) pairs, but this dataset has no supervised keys. "
+            f"Received: name={name!r}. Fix: build the pipeline yourself, e.g. "
+            f"ktl.TFDataset(tfds.load({name!r}, split=..., data_dir=...).map(lambda ex: "
+            "(ex['image'], ex['label'])).batch(64))."
+        )
+    return num_examples
+
+
+def _shuffle_files(tfds: Any, load_kwargs: dict[str, Any], seed: int | None) -> None:
+    """Makes `tfds.load` shuffle the files, seeded, unless `load_kwargs` says otherwise."""
+    load_kwargs.setdefault("shuffle_files", True)
+    if seed is not None and "read_config" not in load_kwargs:
+        load_kwargs["read_config"] = tfds.ReadConfig(shuffle_seed=seed)
+
+
+def _cached_and_shuffled(
+    ds: Any, num_examples: int, *, cache: bool, shuffle: bool, seed: int | None,
+) -> Any:
+    """`ds` cached in memory and shuffled (whole-dataset when cached), as asked."""
+    if cache:
+        ds = ds.cache()
+    if shuffle:
+        buffer = num_examples if cache else min(num_examples, SHUFFLE_BUFFER_SIZE)
+        ds = ds.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=True)
+    return ds
+
+
 def from_tfds(
     name: str,
     *,
@@ -381,47 +455,17 @@ def from_tfds(
                               shuffle=True, seed=0, loop_forever=True)
     """
     batch_size = check_batch_size(batch_size)
-    for key in _RESERVED_LOAD_KWARGS:
-        if key in load_kwargs:
-            raise TypeError(
-                f"from_tfds sets tfds.load's {key!r} itself. Received: {key}="
-                f"{load_kwargs[key]!r}. Fix: drop it; for other pipelines use "
-                "ktl.TFDataset(tfds.load(...)...)."
-            )
+    _check_load_kwargs(load_kwargs)
     tf = _import_tf()
     tfds = _import_tfds()
     if data_dir is not None:
         data_dir = os.path.expanduser(os.fspath(data_dir))
-    default_dir = getattr(getattr(tfds.core, "constants", None), "DATA_DIR", "~/tensorflow_datasets")
-    builder_kwargs = dict(load_kwargs.get("builder_kwargs") or {})
-    try:
-        builder = tfds.builder(name, data_dir=data_dir, try_gcs=False, **builder_kwargs)
-    except tfds.core.registered.DatasetNotFoundError:
-        raise _not_prepared(name, split, data_dir, default_dir,
-                            "No dataset of this name is registered or on disk.") from None
-    if not builder.is_prepared():
-        raise _not_prepared(name, split, data_dir, default_dir,
-                            f"It is not prepared there (looked in {builder.data_dir!r}).")
-    try:
-        num_examples = builder.info.splits[split].num_examples
-    except (ValueError, KeyError) as err:
-        raise _not_prepared(
-            name, split, data_dir, default_dir,
-            f"The split is not there ({err}).",
-            f"pass one of the prepared splits {sorted(builder.info.splits)} (slices such as "
-            "'train[:90%]' and unions such as 'train+test' work too).",
-        ) from None
-    if builder.info.supervised_keys is None:
-        raise ValueError(
-            "from_tfds reads (input, label) pairs, but this dataset has no supervised keys. "
-            f"Received: name={name!r}. Fix: build the pipeline yourself, e.g. "
-            f"ktl.TFDataset(tfds.load({name!r}, split=..., data_dir=...).map(lambda ex: "
-            "(ex['image'], ex['label'])).batch(64))."
-        )
+    default_dir = _default_data_dir(tfds)
+    builder = _prepared_builder(tfds, name, split, data_dir, default_dir,
+                                load_kwargs.get("builder_kwargs"))
+    num_examples = _num_examples(builder, name, split, data_dir, default_dir)
     if shuffle:
-        load_kwargs.setdefault("shuffle_files", True)
-        if seed is not None and "read_config" not in load_kwargs:
-            load_kwargs["read_config"] = tfds.ReadConfig(shuffle_seed=seed)
+        _shuffle_files(tfds, load_kwargs, seed)
     ds = tfds.load(
         name, split=split, data_dir=data_dir, as_supervised=True, download=False,
         try_gcs=False, **load_kwargs,
@@ -429,11 +473,7 @@ def from_tfds(
     if cache is None:
         size = _decoded_bytes(builder, num_examples)
         cache = size is not None and size <= AUTO_CACHE_MAX_BYTES
-    if cache:
-        ds = ds.cache()
-    if shuffle:
-        buffer = num_examples if cache else min(num_examples, SHUFFLE_BUFFER_SIZE)
-        ds = ds.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=True)
+    ds = _cached_and_shuffled(ds, num_examples, cache=cache, shuffle=shuffle, seed=seed)
     if loop_forever:
         ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

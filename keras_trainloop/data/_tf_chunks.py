@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from keras_trainloop.data._common import check_batch_size
+from keras_trainloop.data._stacking import ReadAhead, join, layout
 
 CHUNK = 8
 """Batches per tf.data iterator call (the Loop's largest fused call by default)."""
@@ -66,8 +67,7 @@ class _Run:
         self.inputs, self.labels = inputs, labels
         self.count = len(inputs[0])
         self.offset = 0
-        self.layout = tuple((a.shape[1:], a.dtype) for a in inputs) + (None,) + tuple(
-            (a.shape[1:], a.dtype) for a in labels)
+        self.layout = layout(inputs, labels, skip=1)
 
     @property
     def left(self) -> int:
@@ -108,77 +108,64 @@ class ChunkReader:
     """
 
     def __init__(self, read_chunk: Callable[[], tuple[list, list, list, list]], spec: Any):
-        self._read_chunk = read_chunk
+        self._ahead = ReadAhead(read_chunk)
         self._spec = spec
         self._runs: collections.deque[_Run] = collections.deque()
-        self._error: BaseException | None = None
 
     def _fill(self) -> bool:
         """Reads one more chunk; False at the end of the pass (or on an error, kept)."""
-        if self._error is not None:
-            return False
-        try:
-            chunk = self._read_chunk()
-        except Exception as error:  # noqa: BLE001 - raised in order by next()
-            self._error = error
-            return False
-        self._runs.extend(_runs(*chunk))
-        return True
+        return self._ahead.fill(lambda chunk: self._runs.extend(_runs(*chunk)))
 
     def next(self) -> tuple[Any, list, list]:
         """The next batch (numpy views into its chunk)."""
         while not self._runs:
             if not self._fill():
-                error, self._error = self._error, None
-                raise error
-        run = self._runs[0]
-        inputs, labels = run.take(1)
-        if not run.left:
-            self._runs.popleft()
+                self._ahead.raise_held()
+        inputs, labels = self._take(1)
         return self._spec, [a[0] for a in inputs], [a[0] for a in labels]
 
     def _stackable(self) -> tuple[int, bool]:
         """Buffered batches that stack with the first, and whether another layout follows."""
-        first, count = self._runs[0].layout, 0
+        count = 0
         for run in self._runs:
-            if run.layout != first:
+            if run.layout != self._runs[0].layout:
                 return count, True
             count += run.left
         return count, False
 
+    def _read_until_stackable(self, n: int) -> bool:
+        """Reads chunks until `n` batches that stack are buffered; False if they never will be."""
+        while True:
+            available, blocked = self._stackable()
+            if available >= n:
+                return True
+            if blocked or not self._fill():
+                return False
+
+    def _take(self, n: int) -> tuple[list, list]:
+        """Consumes the next `n` batches (of one layout), stacked.
+
+        Within one run they are views, no copy; across runs, a concatenation.
+        """
+        parts = []
+        while n:
+            run = self._runs[0]
+            take = min(n, run.left)
+            parts.append(run.take(take))
+            n -= take
+            if not run.left:
+                self._runs.popleft()
+        return parts[0] if len(parts) == 1 else join(parts, np.concatenate)
+
     def stacked(self, n: int) -> tuple[Any, list, list] | None:
         """The next `n` batches stacked, or None (then nothing is consumed)."""
         check_batch_size(n, "n")
-        runs = self._runs
-        while True:
-            if runs:
-                available, blocked = self._stackable()
-                if available >= n:
-                    break
-                if blocked:
-                    return None
-            if not self._fill():
-                return None
-        run = runs[0]
-        if run.left >= n:  # Within one run: views, no copy.
-            inputs, labels = run.take(n)
-            if not run.left:
-                runs.popleft()
-            return self._spec, inputs, labels
-        parts = []
-        needed = n
-        while needed:
-            run = runs[0]
-            take = min(needed, run.left)
-            parts.append(run.take(take))
-            needed -= take
-            if not run.left:
-                runs.popleft()
-        inputs = [np.concatenate([p[0][i] for p in parts]) for i in range(len(parts[0][0]))]
-        labels = [np.concatenate([p[1][i] for p in parts]) for i in range(len(parts[0][1]))]
+        if not self._read_until_stackable(n):
+            return None
+        inputs, labels = self._take(n)
         return self._spec, inputs, labels
 
     def clear(self) -> None:
         """Drops the buffered batches and any held exception (a new pass begins)."""
         self._runs.clear()
-        self._error = None
+        self._ahead.clear()

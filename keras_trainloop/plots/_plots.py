@@ -75,32 +75,51 @@ def plot_points(
     types = _sorted_types(points)
     fig = Figure(figsize=(9, 3.2 * len(types)), layout="constrained")
     axes = fig.subplots(len(types), 1, squeeze=False)[:, 0]
-    steps = [p.step for p in points]
     if log_x is None:
-        log_x = min(steps) > 0 and max(steps) >= 20 * min(steps)
+        log_x = _log_scale_fits([p.step for p in points])
     for ax, metric_type in zip(axes, types):
-        curves: dict[str, dict[int, float]] = {}
-        for p in points:
-            if p.metric_type == metric_type:
-                curves.setdefault(p.label, {})[p.step] = p.value
-        for label, values in curves.items():
-            xs = sorted(values)
-            ax.plot(xs, [values[x] for x in xs], marker="o", markersize=3, label=label)
-        if log_x:
-            ax.set_xscale("log")
-        ax.set_title(metric_type)
-        ax.set_xlabel("step")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
+        _draw_type(ax, metric_type, _curves(points, metric_type), log_x=log_x)
     if title:
         fig.suptitle(title)
     if path is not None:
-        path = os.fspath(path)
-        directory = os.path.dirname(path)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        fig.savefig(path, format="png", dpi=100)
+        _save_png(fig, os.fspath(path))
     return fig
+
+
+def _log_scale_fits(steps: list[int]) -> bool:
+    """Whether all steps are positive and span at least a factor 20 (for a log scale)."""
+    return min(steps) > 0 and max(steps) >= 20 * min(steps)
+
+
+def _curves(points: list[Point], metric_type: str) -> dict[str, dict[int, float]]:
+    """The points of `metric_type` as `{label: {step: value}}`, a repeated step's last value."""
+    curves: dict[str, dict[int, float]] = {}
+    for p in points:
+        if p.metric_type == metric_type:
+            curves.setdefault(p.label, {})[p.step] = p.value
+    return curves
+
+
+def _draw_type(ax: Any, metric_type: str, curves: dict[str, dict[int, float]], *,
+               log_x: bool) -> None:
+    """Draws one subplot: a curve per label, steps in order."""
+    for label, values in curves.items():
+        xs = sorted(values)
+        ax.plot(xs, [values[x] for x in xs], marker="o", markersize=3, label=label)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_title(metric_type)
+    ax.set_xlabel("step")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+
+
+def _save_png(fig: Any, path: str) -> None:
+    """Writes `fig` as a PNG to `path`, creating its directory."""
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    fig.savefig(path, format="png", dpi=100)
 
 
 def _png_bytes(fig: Any) -> bytes:
