@@ -33,6 +33,7 @@ import importlib
 from typing import Any
 
 from keras_trainloop._backend import ensure_jax_backend
+from keras_trainloop._forwarding import forward_attribute
 
 ensure_jax_backend()
 
@@ -48,7 +49,6 @@ _EXPORTS = {
     "Context": "keras_trainloop.context",
     "Trainer": "keras_trainloop.trainer",
     "GraphType": "keras_trainloop.trainer",
-    "DEFAULT_MAX_EXECUTORS": "keras_trainloop.trainer",
     "add_loss": "keras_trainloop.trainer",
     "get_losses": "keras_trainloop.trainer",
     "add_per_step_update_fn": "keras_trainloop.trainer",
@@ -92,6 +92,10 @@ __all__ = [
     "periodic_callback",
     "plots",
 ]
+
+
+# One value under both names: a write to either is what the next Trainer reads.
+forward_attribute(__name__, "DEFAULT_MAX_EXECUTORS", "keras_trainloop.trainer._cache")
 
 
 def __getattr__(name: str) -> Any:

@@ -8,11 +8,18 @@ Layers and variables are owned by a Keras layer inside the store
 (`ctx.keras_layer`), which the Trainer's model tracks: whatever a `model_fn`
 creates through the context shows up in `trainer.model.summary()`,
 `save_weights()` and `load_weights()`.
+
+While a step is traced, one `TraceState` is installed on the store
+(`ctx.tracing(state)`, for the duration of the trace): it is what
+`ctx.training`, `ctx.global_step` and `ktl.add_loss` read and write. Outside
+a trace an idle state stands in (not training; the global step from the
+reader its Trainer binds).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
@@ -35,16 +42,43 @@ class _ContextLayer(keras.layers.Layer):
         raise TypeError("The context layer only owns variables; it is not callable.")
 
 
+class TraceState:
+    """What a `model_fn` sees while one step is traced.
+
+    Attributes:
+        training: whether the train step is traced.
+        global_step: the step counter (a traced scalar inside a compiled
+            step); None reads the Context's bound step reader.
+        spec: the dataset spec of the batch.
+        losses: the terms `ktl.add_loss` adds during this trace.
+    """
+
+    def __init__(self, *, training: bool = False, global_step: Any = None, spec: Any = None):
+        self.training = bool(training)
+        self.global_step = global_step
+        self.spec = spec
+        self.losses: list[Any] = []
+
+    def with_training(self, training: bool) -> TraceState:
+        """A copy with another `training` flag that adds to the same loss terms."""
+        state = TraceState(training=training, global_step=self.global_step, spec=self.spec)
+        state.losses = self.losses
+        return state
+
+
+def _no_step() -> int:
+    return 0
+
+
 class _Store:
     """State shared by all scopes of one Context."""
 
     def __init__(self):
         self.params: dict[str, dict[str, Any]] = {}
         self.layer = _ContextLayer()
-        self.training = False
-        self.global_step: Any = 0
-        # Filled while a step is traced; read by the Trainer.
-        self.losses: list[Any] = []
+        self.idle = TraceState()
+        self.trace: TraceState | None = None
+        self.step_reader: Callable[[], int] = _no_step
         self.per_step_update_fns: dict[str, tuple[Context, Callable[[Context], None]]] = {}
 
 
@@ -83,6 +117,10 @@ class Context:
         """Returns a view of the same store nested into scope `name`."""
         _check_name("scope", name)
         return Context(_store=self._store, _scope=_join(self._scope, name))
+
+    def root(self) -> Context:
+        """The root scope of the same store (this context itself if it is the root)."""
+        return self if self._scope == ROOT_SCOPE else Context(_store=self._store)
 
     def _key(self, name: str) -> str:
         return _join(self._scope, name)
@@ -156,6 +194,25 @@ class Context:
         variables[key] = created
         return created
 
+    def named_variables(self) -> dict[str, keras.Variable]:
+        """Every variable created through this context's store, by scoped name.
+
+        A layer's variables are named after the layer's key and the
+        variable's path inside the layer (`"/mlp/dense/kernel"`); a variable
+        of `ctx.variable` by its key (`"/w"`). The names do not depend on the
+        unique names Keras gives layers per process.
+        """
+        named: dict[str, keras.Variable] = {}
+        owner = self._store.layer
+        for key, layer in owner.scoped_layers.items():
+            prefix = f"{layer.name}/"
+            for variable in layer.variables:
+                path = str(variable.path)
+                relative = path.rsplit(prefix, 1)[-1] if prefix in path else variable.name
+                named[f"{key}/{relative}"] = variable
+        named.update(owner.scoped_variables)
+        return named
+
     # Hyperparameters ------------------------------------------------------
     def set_param(self, key: str, value: Any) -> Context:
         """Sets hyperparameter `key` in the current scope; returns self."""
@@ -180,15 +237,44 @@ class Context:
 
     # Training state -------------------------------------------------------
     @property
+    def trace(self) -> TraceState:
+        """The state of the step being traced; outside a trace, the idle state."""
+        trace = self._store.trace
+        return trace if trace is not None else self._store.idle
+
+    @contextlib.contextmanager
+    def tracing(self, state: TraceState) -> Iterator[TraceState]:
+        """Installs `state` as the trace state of this store while the block runs."""
+        previous = self._store.trace
+        self._store.trace = state
+        try:
+            yield state
+        finally:
+            self._store.trace = previous
+
+    def bind_global_step(self, reader: Callable[[], int]) -> None:
+        """Sets what `global_step` reads outside a trace (the Trainer binds its own)."""
+        self._store.step_reader = reader
+
+    @property
     def training(self) -> bool:
         """True while the train step is traced."""
-        return self._store.training
+        return self.trace.training
 
     @property
     def global_step(self) -> Any:
         """The step counter: a traced scalar inside the compiled step, an int outside."""
-        step = self._store.global_step
-        return step() if callable(step) else step
+        step = self.trace.global_step
+        return self._store.step_reader() if step is None else step
+
+    @property
+    def per_step_update_fns(self) -> list[tuple[Context, Callable[[Context], None]]]:
+        """The functions registered with `ktl.add_per_step_update_fn`: (context, fn) pairs."""
+        return list(self._store.per_step_update_fns.values())
+
+    def set_per_step_update_fn(self, fn: Callable[[Context], None]) -> None:
+        """Registers `fn` as this scope's per-step update (replacing an earlier one)."""
+        self._store.per_step_update_fns[self._scope] = (self, fn)
 
     def __repr__(self) -> str:
         return f"Context(scope={self._scope!r})"

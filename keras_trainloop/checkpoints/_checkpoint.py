@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from keras_trainloop.context import ROOT_SCOPE, SCOPE_SEPARATOR, Context
+from keras_trainloop.context import SCOPE_SEPARATOR
 
 if TYPE_CHECKING:  # pragma: no cover
     from typing_extensions import Self
@@ -22,10 +22,6 @@ _METADATA_ITEM = "metadata"
 _GROUPS = ("model", "optimizer")
 
 
-def _root(ctx: Context) -> Context:
-    return ctx if ctx.scope == ROOT_SCOPE else Context(_store=ctx._store)
-
-
 def _context_names(trainer: Any) -> dict[int, str]:
     """Readable, run-independent names ("/hidden/kernel") for variables made through the context.
 
@@ -33,17 +29,7 @@ def _context_names(trainer: Any) -> dict[int, str]:
     paths differ between two trainers of one model; the context's scoped keys
     do not. Used in messages only: variables are matched by position.
     """
-    names: dict[int, str] = {}
-    owner = trainer.context.keras_layer
-    for key, layer in getattr(owner, "scoped_layers", {}).items():
-        prefix = f"{layer.name}/"
-        for variable in layer.variables:
-            path = str(variable.path)
-            relative = path.rsplit(prefix, 1)[-1] if prefix in path else variable.name
-            names[id(variable)] = f"{key}/{relative}"
-    for key, variable in getattr(owner, "scoped_variables", {}).items():
-        names[id(variable)] = key
-    return names
+    return {id(variable): name for name, variable in trainer.context.named_variables().items()}
 
 
 def _encode_param(scope: str, key: str, value: Any) -> dict | None:
@@ -213,7 +199,7 @@ class Checkpoint:
 
     def _params(self) -> list[dict]:
         records = []
-        for scope, values in _root(self.trainer.context).params().items():
+        for scope, values in self.trainer.context.root().params().items():
             for key, value in values.items():
                 record = _encode_param(scope, key, value)
                 if record is None:
@@ -337,7 +323,7 @@ class Checkpoint:
             )
         metadata = self._read_metadata(step)
         if self.include_params:
-            root = _root(self.trainer.context)
+            root = self.trainer.context.root()
             for record in metadata.get("params", []):
                 target = root
                 for part in str(record["scope"]).split(SCOPE_SEPARATOR):

@@ -11,13 +11,6 @@ from keras_trainloop.context import ROOT_SCOPE, SCOPE_SEPARATOR, Context
 SETTINGS_SEPARATOR = ";"
 
 
-def _root(ctx: Context) -> Context:
-    """The root scope of `ctx`'s store."""
-    if ctx.scope == ROOT_SCOPE:
-        return ctx
-    return Context(_store=ctx._store)
-
-
 def _parse_bool(text: str) -> bool:
     lowered = text.lower()
     if lowered == "true":
@@ -118,6 +111,20 @@ def parse_context_settings(ctx: Context, settings: str) -> list[str]:
         parse_context_settings(ctx, "learning_rate=0.01;decoder/hidden=64")
         ctx.in_scope("decoder").get_param("hidden")  # 64
     """
+    _check_arguments(ctx, settings)
+    defaults = ctx.root().params().get(ROOT_SCOPE, {})
+    parsed = [
+        _parse_setting(ctx, defaults, setting, settings)
+        for setting in settings.split(SETTINGS_SEPARATOR)
+        if setting.strip()
+    ]
+    for target, key, value in parsed:
+        target.set_param(key, value)
+    return [_scoped_path(target, key) for target, key, _ in parsed]
+
+
+def _check_arguments(ctx: Any, settings: Any) -> None:
+    """Raises if `ctx` is not a Context or `settings` not a string."""
     if not isinstance(ctx, Context):
         raise TypeError(
             f"parse_context_settings() expects a ktl.Context. Received: ctx={ctx!r}."
@@ -127,56 +134,67 @@ def parse_context_settings(ctx: Context, settings: str) -> list[str]:
             "parse_context_settings() expects the settings as a string like "
             f"\"key=value;scope/key=value\". Received: settings={settings!r}."
         )
-    defaults = _root(ctx).params().get(ROOT_SCOPE, {})
-    parsed: list[tuple[Context, str, Any]] = []
-    for setting in settings.split(SETTINGS_SEPARATOR):
-        if not setting.strip():
-            continue
-        path, sep, text = setting.partition("=")
-        path, text = path.strip(), text.strip()
-        parts = [part for part in path.split(SCOPE_SEPARATOR) if part]
-        if not sep or not parts or path.endswith(SCOPE_SEPARATOR):
-            raise ValueError(
-                'Each setting must have the format "<param>=<value>" or '
-                f'"<scope>/<param>=<value>", settings separated by ";". Received: '
-                f"setting={setting!r} in settings={settings!r}. Fix: write e.g. "
-                '"learning_rate=0.01;layer_1/dropout=0.1".'
-            )
-        *scopes, key = parts
-        if key not in defaults:
-            known = ", ".join(sorted(defaults)) or "none"
-            raise ValueError(
-                f"Setting {setting!r}: parameter {key!r} has no default value in the root "
-                f"scope of the context, so it cannot be set. Received: key={key!r} "
-                f"(known parameters: {known}). Fix: check the spelling, or set a default "
-                f"first with ctx.set_param({key!r}, default) before parsing the settings."
-            )
-        default = defaults[key]
-        parse, kind = _value_parser(default)
-        if parse is None:
-            raise ValueError(
-                f"Setting {setting!r}: the default of parameter {key!r} is a {kind} "
-                f"({default!r}), a type that settings cannot parse. Fix: use an int, "
-                "float, bool, str or a list of those as the default."
-            )
-        try:
-            value = parse(text)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"Setting {setting!r}: the value of parameter {key!r} must parse as a {kind} "
-                f"like its default {default!r}. Received: value={text!r}. Fix: write a {kind} "
-                f"value, e.g. {key}={_example(default)}."
-            ) from None
-        target = ctx
-        for scope in scopes:
-            target = target.in_scope(scope)
-        parsed.append((target, key, value))
-    for target, key, value in parsed:
-        target.set_param(key, value)
-    return [
-        (t.scope if t.scope.endswith(SCOPE_SEPARATOR) else t.scope + SCOPE_SEPARATOR) + key
-        for t, key, _ in parsed
-    ]
+
+
+def _parse_setting(
+    ctx: Context, defaults: dict[str, Any], setting: str, settings: str,
+) -> tuple[Context, str, Any]:
+    """`(scope to set in, key, parsed value)` of one non-empty setting, or raises naming it."""
+    scopes, key, text = _split_setting(setting, settings)
+    if key not in defaults:
+        known = ", ".join(sorted(defaults)) or "none"
+        raise ValueError(
+            f"Setting {setting!r}: parameter {key!r} has no default value in the root "
+            f"scope of the context, so it cannot be set. Received: key={key!r} "
+            f"(known parameters: {known}). Fix: check the spelling, or set a default "
+            f"first with ctx.set_param({key!r}, default) before parsing the settings."
+        )
+    value = _parse_value(setting, key, defaults[key], text)
+    target = ctx
+    for scope in scopes:
+        target = target.in_scope(scope)
+    return target, key, value
+
+
+def _split_setting(setting: str, settings: str) -> tuple[list[str], str, str]:
+    """The scopes, key and value text of `scope/path/key=value`, or raises."""
+    path, sep, text = setting.partition("=")
+    path, text = path.strip(), text.strip()
+    parts = [part for part in path.split(SCOPE_SEPARATOR) if part]
+    if not sep or not parts or path.endswith(SCOPE_SEPARATOR):
+        raise ValueError(
+            'Each setting must have the format "<param>=<value>" or '
+            f'"<scope>/<param>=<value>", settings separated by ";". Received: '
+            f"setting={setting!r} in settings={settings!r}. Fix: write e.g. "
+            '"learning_rate=0.01;layer_1/dropout=0.1".'
+        )
+    *scopes, key = parts
+    return scopes, key, text
+
+
+def _parse_value(setting: str, key: str, default: Any, text: str) -> Any:
+    """`text` parsed to the type of `default`, or raises naming the setting."""
+    parse, kind = _value_parser(default)
+    if parse is None:
+        raise ValueError(
+            f"Setting {setting!r}: the default of parameter {key!r} is a {kind} "
+            f"({default!r}), a type that settings cannot parse. Fix: use an int, "
+            "float, bool, str or a list of those as the default."
+        )
+    try:
+        return parse(text)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"Setting {setting!r}: the value of parameter {key!r} must parse as a {kind} "
+            f"like its default {default!r}. Received: value={text!r}. Fix: write a {kind} "
+            f"value, e.g. {key}={_example(default)}."
+        ) from None
+
+
+def _scoped_path(target: Context, key: str) -> str:
+    """The path of `key` in `target`'s scope, e.g. "/a/z"."""
+    scope = target.scope
+    return (scope if scope.endswith(SCOPE_SEPARATOR) else scope + SCOPE_SEPARATOR) + key
 
 
 def _example(default: Any) -> str:
@@ -231,7 +249,7 @@ def create_context_settings_flag(
         raise TypeError(
             f"create_context_settings_flag() expects a flag name like 'set'. Received: name={name!r}."
         )
-    defaults = _root(ctx).params().get(ROOT_SCOPE, {})
+    defaults = ctx.root().params().get(ROOT_SCOPE, {})
     listed = "; ".join(f"{key}={_describe(value)}" for key, value in defaults.items())
     help_text = (
         'Set context parameters defining the model: a list of "param=value" separated by ";". '

@@ -101,3 +101,21 @@ class ExecutorCache:
         self._executors[(executor.graph_type, spec_key(executor.spec))] = executor
         for handler in self._handlers:
             handler(executor, executor.graph_type)
+
+
+DEFAULT_MAX_EXECUTORS = 20
+"""Default `trainer.max_executors`, read when a Trainer is constructed (as in GoMLX).
+
+Set it as `ktl.DEFAULT_MAX_EXECUTORS` or `ktl.trainer.DEFAULT_MAX_EXECUTORS`:
+both names write this one value.
+"""
+
+
+def check_max_executors(value: Any) -> int:
+    """`value` if it is a positive int, else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(
+            f"max_executors must be a positive int. Received: max_executors={value!r}. "
+            "Fix: pass a count such as max_executors=20."
+        )
+    return value

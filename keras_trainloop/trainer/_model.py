@@ -53,7 +53,6 @@ class FnModel(keras.Model):
         else:
             self._model_fn = model_fn
         self._context = context
-        self._spec = None
 
     def _call_wrapped(self, ctx: Context, spec: Any, inputs: list) -> Any:
         del spec
@@ -61,17 +60,14 @@ class FnModel(keras.Model):
         return self.wrapped(x, training=ctx.training)
 
     def call(self, inputs, training=False):
-        store = self._context._store
-        previous = store.training
-        store.training = bool(training)
-        try:
-            predictions = self._model_fn(self._context, self._spec, _as_list(inputs))
-        finally:
-            store.training = previous
+        ctx = self._context
+        trace = ctx.trace.with_training(bool(training))
+        with ctx.tracing(trace):
+            predictions = self._model_fn(ctx, trace.spec, _as_list(inputs))
         if isinstance(predictions, (list, tuple)) and not predictions:
             raise ValueError(
                 "model_fn must return at least one prediction. Received: an empty list "
-                f"for spec={self._spec!r}."
+                f"for spec={trace.spec!r}."
             )
         return predictions
 

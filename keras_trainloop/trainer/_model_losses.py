@@ -1,7 +1,9 @@
 """Loss terms and per-step update functions registered through a Context.
 
-GoMLX keeps these in the context's graph parameters; here they live in the
-context's store and are read by the Trainer while it traces a step.
+GoMLX keeps these in the context's graph parameters; here loss terms go into
+the context's trace state (`ctx.trace`, one per traced step) and per-step
+update functions are registered on the context, read by the Trainer while it
+traces a step.
 """
 
 from __future__ import annotations
@@ -43,13 +45,13 @@ def add_loss(ctx: Context, loss: Any) -> None:
     loss = jnp.asarray(loss)
     if loss.ndim > 0:
         loss = jnp.mean(loss)
-    ctx._store.losses.append(loss)
+    ctx.trace.losses.append(loss)
 
 
 def get_losses(ctx: Context) -> Any:
     """Returns the sum of the loss terms added with `add_loss`, or None if none was."""
     _check_context(ctx, "get_losses")
-    losses = ctx._store.losses
+    losses = ctx.trace.losses
     if not losses:
         return None
     total = losses[0]
@@ -79,4 +81,4 @@ def add_per_step_update_fn(ctx: Context, fn: Callable[[Context], None]) -> None:
         raise TypeError(
             f"add_per_step_update_fn() expects a callable fn(ctx). Received: fn={fn!r}."
         )
-    ctx._store.per_step_update_fns[ctx.scope] = (ctx, fn)
+    ctx.set_per_step_update_fn(fn)

@@ -130,8 +130,8 @@ def train_with_loop(trainer: ktl.Trainer, steps: int = STEPS,
 def state_vs_layouts(trainer: ktl.Trainer) -> dict:
     """Compares the trainer's state arrays (before any sync) with the variables' layouts."""
     distribution = trainer.distribution
-    refs = trainer._var_refs
-    values = trainer._vars
+    refs = trainer._state.refs
+    values = trainer._state.values
     mismatches = []
     for group_refs, group_values in zip(refs, values):
         for ref, value in zip(group_refs, group_values):
@@ -367,7 +367,7 @@ def in_device_refused() -> dict:
     trainer = new_trainer(ShardingLog()).in_device(3)
     trainer.train_step(None, [x[:BATCH]], [y[:BATCH]])
     result["single_device_ids"] = sorted(
-        {d.id for g in trainer._vars for v in g for d in v.devices()})
+        {d.id for g in trainer._state.values for v in g for d in v.devices()})
     return result
 
 

@@ -1,0 +1,107 @@
+"""Executors: a spec's compiled steps, created on first use and then looked up.
+
+Creating one checks the batch, fixes the placement at the first spec,
+creates the variables the spec needs (`_build`), and jits the step from the
+pure step maths (`_steps`) with the placement's shardings; the cache
+(`_cache`) keeps it under its spec and enforces the limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from keras_trainloop.context import Context
+from keras_trainloop.trainer import _inputs
+from keras_trainloop.trainer._build import create_variables
+from keras_trainloop.trainer._cache import Executor, ExecutorCache, GraphType
+from keras_trainloop.trainer._placement import Placement
+from keras_trainloop.trainer._state import TrainState
+from keras_trainloop.trainer._steps import StepMaths, fuse
+
+
+class StepCompiler:
+    """Finds or creates the executor of a spec; jits single and fused steps.
+
+    Args:
+        cache: the executor cache (spec -> executor, with the limit).
+        placement: the trainer's placement policy.
+        state: the trainer's state (synced before variables are created).
+        maths: the step functions to jit.
+        context: where `model_fn` creates its variables.
+        model_fn: the user's `model_fn`, named in errors.
+    """
+
+    def __init__(
+        self,
+        cache: ExecutorCache,
+        placement: Placement,
+        state: TrainState,
+        maths: StepMaths,
+        context: Context,
+        model_fn: Any,
+    ):
+        self.cache = cache
+        self._placement = placement
+        self._state = state
+        self._maths = maths
+        self._context = context
+        self._model_fn = model_fn
+
+    def executor(self, graph_type: GraphType, spec: Any, inputs: list, labels: list) -> Executor:
+        """The executor of `spec`, created on first use; the batch checked against it."""
+        executor = self.cache.get(graph_type, spec)
+        if executor is None:
+            return self._create(graph_type, spec, inputs, labels)
+        _inputs.check_batch(executor, spec, inputs, labels)
+        return executor
+
+    def _create(self, graph_type: GraphType, spec: Any, inputs: list, labels: list) -> Executor:
+        _inputs.check_new_batch(spec, inputs, labels)
+        self.cache.check_room(graph_type, spec)
+        placement = self._placement
+        if not placement.fixed:
+            placement.fix(self._state.variables())
+            self._state.place_metric_states(placement.replicated)
+        distribution = placement.distribution
+        if distribution is not None:
+            # Checks the batch size and builds on a sharded batch, before anything runs.
+            inputs, labels = placement.put_batch(spec, inputs, labels)
+        self._state.sync()
+        create_variables(self._state.model, self._state.optimizer, self._context, spec, inputs,
+                         graph_type is GraphType.TRAIN, distribution, self._model_fn)
+        if distribution is not None and placement.update_state_shardings(self._state.variables()):
+            for existing in self.cache.executors():  # Compiled for other variables.
+                self._jit(existing)
+        executor = Executor(spec, graph_type, len(inputs), len(labels))
+        self._jit(executor)
+        self.cache.add(executor)
+        return executor
+
+    def _jit(self, executor: Executor) -> None:
+        """Sets `executor.fn`: the step jitted with the state's shardings, if distributed."""
+        train = executor.graph_type is GraphType.TRAIN
+        maths = self._maths
+        step_fn = maths.train_fn(executor.spec) if train else maths.eval_fn(executor.spec)
+
+        def fn(*args):
+            executor.trace_count += 1
+            return step_fn(*args)
+
+        executor.fused_fns.clear()
+        executor.fn = self._placement.jit(fn, (0, 1) if train else (1,),
+                                          "train" if train else "eval")
+
+    def fused_fn(self, executor: Executor, num_steps: int) -> Callable:
+        """The jitted function running `num_steps` train steps in one `lax.scan`."""
+        fn = executor.fused_fns.get(num_steps)
+        if fn is None:
+            executor.fused_trace_counts.setdefault(num_steps, 0)
+
+            def on_trace(unrolled: bool) -> None:
+                executor.fused_trace_counts[num_steps] += 1
+                executor.fused_unrolled[num_steps] = unrolled
+
+            fused = fuse(self._maths.train_fn(executor.spec), on_trace)
+            fn = executor.fused_fns[num_steps] = self._placement.jit(fused, (0, 1), "fused")
+        return fn

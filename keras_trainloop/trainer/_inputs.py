@@ -1,0 +1,104 @@
+"""The checks on what a Trainer is given: its arguments, and each batch's inputs and labels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from keras_trainloop.context import Context
+from keras_trainloop.trainer._cache import Executor, check_max_executors
+
+
+def check_arguments(model_fn: Any, context: Any, max_executors: Any) -> None:
+    """Raises on a `model_fn`, `context` or `max_executors` a Trainer cannot use."""
+    if not (callable(model_fn) or isinstance(model_fn, keras.layers.Layer)):
+        raise TypeError(
+            "model_fn must be a function model_fn(ctx, spec, inputs) or a keras Layer/Model. "
+            f"Received: model_fn={model_fn!r}."
+        )
+    if context is not None and not isinstance(context, Context):
+        raise TypeError(f"context must be a ktl.Context. Received: context={context!r}.")
+    if max_executors is not None:
+        check_max_executors(max_executors)
+
+
+def check_new_context(ctx: Any, num_executors: int) -> None:
+    """Raises unless `ctx` is a Context and no executor was compiled yet."""
+    if not isinstance(ctx, Context):
+        raise TypeError(f"set_context() expects a ktl.Context. Received: ctx={ctx!r}.")
+    if num_executors:
+        raise ValueError(
+            "set_context() must be called before the first train or eval step: this "
+            f"trainer already compiled {num_executors} executor(s). "
+            "Fix: create a new Trainer with context=ctx."
+        )
+
+
+def fits(executor: Executor | None, inputs: list, labels: list) -> bool:
+    """Whether a batch can go to `executor` without the full checks (the fast path)."""
+    return (
+        executor is not None
+        and len(inputs) == executor.num_inputs and len(labels) == executor.num_labels
+        and not any(x is None for x in inputs)
+    )
+
+
+def as_array_list(kind: str, values: Any, spec: Any) -> list:
+    """A batch's inputs or labels as a list (one array is wrapped, None is empty)."""
+    if values is None:
+        return []
+    if isinstance(values, (list, tuple)):
+        return list(values)
+    if isinstance(values, dict):
+        raise TypeError(
+            f"{kind} must be a list of arrays. Received: a dict for spec={spec!r}. "
+            "Fix: pass list(d.values()) and use the spec to name them."
+        )
+    return [values]
+
+
+def _none_input_error(spec: Any, inputs: list, labels: list) -> ValueError:
+    return ValueError(
+        f"Inputs may not be None. Received: inputs with a None entry for spec={spec!r} "
+        f"({len(inputs)} input(s), {len(labels)} label(s))."
+    )
+
+
+def check_new_batch(spec: Any, inputs: list, labels: list) -> None:
+    """The checks before a spec's first executor is created."""
+    if not inputs:
+        raise ValueError(
+            f"At least one input is required. Received: 0 inputs and {len(labels)} "
+            f"label(s) for spec={spec!r}."
+        )
+    if any(x is None for x in inputs):
+        raise _none_input_error(spec, inputs, labels)
+
+
+def check_batch(executor: Executor, spec: Any, inputs: list, labels: list) -> None:
+    """The checks of a batch against the executor compiled for its spec."""
+    if len(inputs) != executor.num_inputs or len(labels) != executor.num_labels:
+        raise ValueError(
+            f"The number of inputs and labels must stay the same for one spec. "
+            f"spec={spec!r} was compiled with {executor.num_inputs} input(s) and "
+            f"{executor.num_labels} label(s). Received: {len(inputs)} input(s) and "
+            f"{len(labels)} label(s). Fix: yield a different spec for differently "
+            "structured batches."
+        )
+    if any(x is None for x in inputs):
+        raise _none_input_error(spec, inputs, labels)
+
+
+def stacked_count(spec: Any, inputs: list, labels: list) -> int:
+    """The number of stacked batches: the leading axis shared by every array."""
+    shapes = [None if x is None else tuple(getattr(x, "shape", ())) for x in inputs + labels]
+    leading = {shape[0] if shape else None for shape in shapes}
+    if len(leading) != 1 or None in leading or min(leading) < 1:
+        raise ValueError(
+            "train_steps() expects every input and label stacked on a leading axis of "
+            f"the same size n >= 1 (shape (n, batch_size, ...)). Received: spec={spec!r} "
+            f"with shapes {shapes}. Fix: stack n batches with np.stack, or call "
+            "train_step() for a single batch."
+        )
+    return int(leading.pop())
