@@ -56,3 +56,33 @@ def test_bad_names_are_rejected(name):
 def test_layer_factory_must_return_a_layer():
     with pytest.raises(TypeError, match="must return a keras.layers.Layer"):
         ktl.Context().layer("x", lambda: 3)
+
+
+def test_root_is_the_same_store_at_the_root_scope():
+    ctx = ktl.Context().set_param("lr", 0.1)
+    nested = ctx.in_scope("a").in_scope("b")
+    assert nested.root().scope == "/"
+    assert nested.root().get_param("lr") == 0.1
+    assert ctx.root() is ctx
+
+
+def test_named_variables_use_scoped_names_not_keras_unique_names():
+    ctx = ktl.Context()
+    dense = ctx.in_scope("mlp").layer("dense", lambda: keras.layers.Dense(2))
+    dense.build((None, 3))
+    w = ctx.variable("w", (2,))
+    named = ctx.named_variables()
+    assert set(named) == {"/mlp/dense/kernel", "/mlp/dense/bias", "/w"}
+    assert named["/w"] is w and named["/mlp/dense/kernel"] is dense.kernel
+
+
+def test_trace_state_is_installed_only_while_tracing():
+    ctx = ktl.Context()
+    ctx.bind_global_step(lambda: 41)
+    assert (ctx.training, ctx.global_step) == (False, 41)
+    state = ktl.context.TraceState(training=True, global_step=7, spec="s")
+    with ctx.in_scope("a").tracing(state):
+        assert (ctx.training, ctx.global_step, ctx.trace.spec) == (True, 7, "s")
+        ktl.add_loss(ctx, 2.0)
+    assert [float(x) for x in state.losses] == [2.0]
+    assert (ctx.training, ctx.global_step, ktl.get_losses(ctx)) == (False, 41, None)

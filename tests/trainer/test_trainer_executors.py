@@ -113,3 +113,21 @@ def test_set_context_before_first_step_only():
     trainer.train_step(None, [np.ones((2, 4), np.float32)], [np.zeros(2, np.int32)])
     with pytest.raises(ValueError, match="before the first train or eval step"):
         trainer.set_context(ktl.Context())
+
+
+@pytest.mark.parametrize("written", ["ktl", "ktl.trainer"])
+def test_default_max_executors_is_one_value_under_both_names(monkeypatch, written):
+    import keras_trainloop.trainer as trainer_pkg
+
+    assert ktl.DEFAULT_MAX_EXECUTORS == trainer_pkg.DEFAULT_MAX_EXECUTORS == 20  # Both read.
+    monkeypatch.setattr(ktl if written == "ktl" else trainer_pkg, "DEFAULT_MAX_EXECUTORS", 5)
+    assert ktl.DEFAULT_MAX_EXECUTORS == trainer_pkg.DEFAULT_MAX_EXECUTORS == 5
+    assert new_trainer().max_executors == 5
+
+
+def test_max_executors_argument_wins_over_the_default_and_is_checked(monkeypatch):
+    monkeypatch.setattr(ktl, "DEFAULT_MAX_EXECUTORS", 5)
+    loss = ktl.losses.sparse_categorical_cross_entropy_logits
+    assert ktl.Trainer(spec_model_fn, loss, "adam", max_executors=2).max_executors == 2
+    with pytest.raises(ValueError, match=r"max_executors=0.*Fix"):
+        ktl.Trainer(spec_model_fn, loss, "adam", max_executors=0)
