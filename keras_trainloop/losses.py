@@ -17,6 +17,8 @@ then broadcast over the remaining axes; trailing axes of size 1 are ignored.
 The result is the mean of `loss * weights` over the unmasked terms (0 when
 every term is masked). GoMLX v0.9.1 divided by all terms, masked ones
 included; its later versions, and this module, divide by the unmasked count.
+How labels, weights and mask are read lives in `keras_trainloop._labels`,
+shared with `ktl.metrics`.
 
 Example:
     trainer = ktl.Trainer(model_fn, ktl.losses.sparse_categorical_cross_entropy_logits, "adam")
@@ -26,12 +28,20 @@ Example:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import keras
+
+from keras_trainloop._labels import (
+    as_list,
+    same_shape,
+    same_size,
+    sparse_class_ids,
+    weights_and_mask,
+)
 
 __all__ = [
     "EPSILON",
@@ -54,16 +64,10 @@ EPSILON = 1e-7
 LossFn = Callable[[list, list], Any]
 
 
-# Helpers shared with keras_trainloop.metrics -------------------------------------------------
-def _as_list(values: Any) -> list:
-    """A list/tuple as a list; a single array as a one-element list."""
-    if isinstance(values, (list, tuple)):
-        return list(values)
-    return [values]
-
-
+# Inputs and reduction ------------------------------------------------------------------------
 def _first(labels: Any, predictions: Any, fn_name: str) -> tuple[list, list]:
-    labels, predictions = _as_list(labels), _as_list(predictions)
+    """Labels and predictions as lists, checked to hold at least one array each."""
+    labels, predictions = as_list(labels), as_list(predictions)
     if not labels or not predictions:
         raise ValueError(
             f"{fn_name} needs at least one label and one prediction array. "
@@ -78,73 +82,6 @@ def _float_dtype(x: jax.Array) -> Any:
     if jnp.issubdtype(x.dtype, jnp.floating):
         return jnp.promote_types(x.dtype, jnp.float32)
     return jnp.float32
-
-
-def _strip_trailing_ones(shape: Sequence[int]) -> tuple[int, ...]:
-    shape = tuple(shape)
-    while shape and shape[-1] == 1:
-        shape = shape[:-1]
-    return shape
-
-
-def _fit_extra(extra: jax.Array, shape: tuple[int, ...]) -> jax.Array | None:
-    """Reshapes `extra` to broadcast against `shape`, or None if it does not fit."""
-    stripped = _strip_trailing_ones(extra.shape)
-    target = _strip_trailing_ones(shape)
-    if target[: len(stripped)] != stripped:
-        return None
-    return jnp.reshape(extra, stripped + (1,) * (len(shape) - len(stripped)))
-
-
-def weights_and_mask(
-    shape: Sequence[int], extras: Sequence[Any], fn_name: str,
-) -> tuple[jax.Array | None, jax.Array | None]:
-    """Finds the optional weights and mask among the extra labels, as GoMLX does.
-
-    Args:
-        shape: shape of the loss (or metric) terms the weights and mask apply to.
-        extras: the labels after `labels[0]`.
-        fn_name: name of the caller, for error messages.
-
-    Returns:
-        `(weights, mask)`, each reshaped to broadcast against `shape`, or None
-        where absent.
-
-    Raises:
-        ValueError: an extra label fits neither role, or a role is given twice.
-
-    Example:
-        def my_loss(labels, predictions):
-            terms = jnp.abs(labels[0] - predictions[0]) ** 3
-            weights, mask = weights_and_mask(terms.shape, labels[1:], "my_loss")
-            return weighted_masked_mean(terms, weights, mask)
-    """
-    shape = tuple(int(d) for d in shape)
-    weights = mask = None
-    for index, extra in enumerate(extras, start=1):
-        extra = jnp.asarray(extra)
-        is_mask = extra.dtype == jnp.bool_
-        fitted = _fit_extra(extra, shape)
-        problem = None
-        if not (is_mask or jnp.issubdtype(extra.dtype, jnp.number)):
-            problem = "it is neither numeric (weights) nor boolean (mask)"
-        elif fitted is None:
-            problem = f"its shape does not fit the loss terms' shape {shape}"
-        elif (mask if is_mask else weights) is not None:
-            problem = "a " + ("mask" if is_mask else "weights array") + " was already given"
-        if problem is not None:
-            raise ValueError(
-                f"{fn_name} reads extra labels as weights (numeric) or a mask (bool), shaped "
-                f"like the loss terms {shape} or a prefix of that shape. "
-                f"Received: labels[{index}] with shape={tuple(extra.shape)}, "
-                f"dtype={extra.dtype}: {problem}. "
-                "Fix: yield at most one weights array and one boolean mask after the labels."
-            )
-        if is_mask:
-            mask = fitted
-        else:
-            weights = fitted
-    return weights, mask
 
 
 def weighted_masked_mean(
@@ -174,64 +111,13 @@ def weighted_masked_mean(
     return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.zeros_like(total))
 
 
-def _same_shape(label: jax.Array, prediction: jax.Array, fn_name: str) -> None:
-    if label.shape != prediction.shape:
-        raise ValueError(
-            f"{fn_name} needs labels[0] and predictions[0] of the same shape. "
-            f"Received: labels[0].shape={tuple(label.shape)}, "
-            f"predictions[0].shape={tuple(prediction.shape)}. "
-            "Fix: reshape the labels in the dataset or the predictions in the model_fn."
-        )
-
-
-def _same_size(label: jax.Array, prediction: jax.Array, fn_name: str) -> jax.Array:
-    """Labels reshaped to the predictions' shape when only their layout differs."""
-    if label.shape == prediction.shape:
-        return label
-    if label.size != prediction.size:
-        raise ValueError(
-            f"{fn_name} needs labels[0] with the same number of elements as predictions[0] "
-            f"(e.g. [batch] and [batch, 1]). Received: labels[0].shape={tuple(label.shape)}, "
-            f"predictions[0].shape={tuple(prediction.shape)}. "
-            "Fix: one label per prediction value."
-        )
-    return jnp.reshape(label, prediction.shape)
-
-
-def _sparse_class_ids(label: jax.Array, logits: jax.Array, fn_name: str) -> jax.Array:
-    """Class ids shaped like `logits.shape[:-1]` from labels [..., 1] or [...]."""
-    if logits.ndim < 1:
-        raise ValueError(
-            f"{fn_name} needs predictions[0] with a class axis last. "
-            f"Received: predictions[0].shape={tuple(logits.shape)}. "
-            "Fix: return logits shaped [batch, num_classes]."
-        )
-    batch_shape = tuple(logits.shape[:-1])
-    if tuple(label.shape) == batch_shape + (1,):
-        label = jnp.reshape(label, batch_shape)
-    elif tuple(label.shape) != batch_shape:
-        raise ValueError(
-            f"{fn_name} needs labels[0] of class ids shaped {batch_shape + (1,)} or "
-            f"{batch_shape} for predictions[0] shaped {tuple(logits.shape)}. "
-            f"Received: labels[0].shape={tuple(label.shape)}. "
-            "Fix: yield one integer class id per example, not one-hot vectors "
-            "(for one-hot labels use the categorical losses)."
-        )
-    if not (jnp.issubdtype(label.dtype, jnp.number) or label.dtype == jnp.bool_):
-        raise ValueError(
-            f"{fn_name} needs numeric class ids. Received: labels[0].dtype={label.dtype}. "
-            "Fix: yield integer class ids."
-        )
-    return label.astype(jnp.int32)
-
-
 # Losses --------------------------------------------------------------------------------------
 def _elementwise_loss(labels: list, predictions: list, term_fn, fn_name: str) -> jax.Array:
     """Weighted, masked mean of `term_fn(labels[0] - predictions[0])`."""
     labels, predictions = _first(labels, predictions, fn_name)
     prediction = jnp.asarray(predictions[0])
     label = jnp.asarray(labels[0])
-    _same_shape(label, prediction, fn_name)
+    same_shape(label, prediction, fn_name)
     dtype = _float_dtype(prediction)
     terms = term_fn(label.astype(dtype) - prediction.astype(dtype))
     weights, mask = weights_and_mask(label.shape, labels[1:], fn_name)
@@ -301,7 +187,7 @@ def binary_cross_entropy(labels: list, predictions: list) -> jax.Array:
     labels, predictions = _first(labels, predictions, "binary_cross_entropy")
     prediction = jnp.asarray(predictions[0])
     label = jnp.asarray(labels[0])
-    _same_shape(label, prediction, "binary_cross_entropy")
+    same_shape(label, prediction, "binary_cross_entropy")
     dtype = _float_dtype(prediction)
     p = jnp.clip(prediction.astype(dtype), EPSILON, 1.0 - EPSILON)
     y = label.astype(dtype)
@@ -333,7 +219,7 @@ def binary_cross_entropy_logits(labels: list, predictions: list) -> jax.Array:
     """
     labels, predictions = _first(labels, predictions, "binary_cross_entropy_logits")
     logits = jnp.asarray(predictions[0])
-    label = _same_size(jnp.asarray(labels[0]), logits, "binary_cross_entropy_logits")
+    label = same_size(jnp.asarray(labels[0]), logits, "binary_cross_entropy_logits")
     dtype = _float_dtype(logits)
     x = logits.astype(dtype)
     y = label.astype(dtype)
@@ -348,7 +234,7 @@ def _categorical(
     labels, predictions = _first(labels, predictions, fn_name)
     prediction = jnp.asarray(predictions[0])
     label = jnp.asarray(labels[0])
-    _same_shape(label, prediction, fn_name)
+    same_shape(label, prediction, fn_name)
     if prediction.ndim < 1:
         raise ValueError(
             f"{fn_name} needs predictions[0] with a class axis last. "
@@ -435,7 +321,7 @@ def sparse_categorical_cross_entropy_logits(labels: list, predictions: list) -> 
     name = "sparse_categorical_cross_entropy_logits"
     labels, predictions = _first(labels, predictions, name)
     logits = jnp.asarray(predictions[0])
-    class_ids = _sparse_class_ids(jnp.asarray(labels[0]), logits, name)
+    class_ids = sparse_class_ids(jnp.asarray(labels[0]), logits, name)
     dtype = _float_dtype(logits)
     log_probs = jax.nn.log_softmax(logits.astype(dtype), axis=-1)
     num_classes = logits.shape[-1]
