@@ -13,6 +13,7 @@ from typing import Any
 
 from keras_trainloop.context import Context
 from keras_trainloop.trainer import _inputs
+from keras_trainloop.trainer import _interrupts as interrupts
 from keras_trainloop.trainer._build import create_variables
 from keras_trainloop.trainer._cache import Executor, ExecutorCache, GraphType
 from keras_trainloop.trainer._placement import Placement
@@ -68,8 +69,10 @@ class StepCompiler:
             # Checks the batch size and builds on a sharded batch, before anything runs.
             inputs, labels = placement.put_batch(spec, inputs, labels)
         self._state.sync()
-        create_variables(self._state.model, self._state.optimizer, self._context, spec, inputs,
-                         graph_type is GraphType.TRAIN, distribution, self._model_fn)
+        interrupts.install()
+        with interrupts.guard():  # Half-built layers or optimizers are never rebuilt by Keras.
+            create_variables(self._state.model, self._state.optimizer, self._context, spec,
+                             inputs, graph_type is GraphType.TRAIN, distribution, self._model_fn)
         if distribution is not None and placement.update_state_shardings(self._state.variables()):
             for existing in self.cache.executors():  # Compiled for other variables.
                 self._jit(existing)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import keras
 
+from keras_trainloop.trainer import _interrupts as interrupts
 from keras_trainloop.trainer import _keras_state
 
 Groups = tuple[list, list, list]
@@ -79,13 +80,14 @@ class TrainState:
         """Writes the values into the Keras variables; they own them afterwards."""
         if self.values is None:
             return
-        values, self.values = self.values, None
-        for refs in self.refs:
-            _keras_state.release(refs)
-        for refs, group in zip(self.refs, values):
-            for ref, value in zip(refs, group):
-                ref.assign(value)
-        _keras_state.disarm(self.model)
+        with interrupts.guard():  # Half synced, the values would be in neither place.
+            values, self.values = self.values, None
+            for refs in self.refs:
+                _keras_state.release(refs)
+            for refs, group in zip(self.refs, values):
+                for ref, value in zip(refs, group):
+                    ref.assign(value)
+            _keras_state.disarm(self.model)
 
     def pull(self, place: Callable[[Groups], Groups] | None) -> None:
         """Takes the values from the Keras variables, which hold nothing meanwhile.
@@ -95,20 +97,46 @@ class TrainState:
         `place` puts the values where the steps expect them (None: as they are).
         """
         refs = self.variables()
-        values = tuple(_keras_state.own(group, self.sync) for group in refs)
-        _copy_shared_arrays(values)  # A buffer may be donated once only.
-        self.values = place(values) if place is not None else values
-        self.refs = refs
-        self.iterations_index = next(
-            i for i, v in enumerate(refs[2]) if v is self.optimizer.iterations
-        )
-        _keras_state.arm(self.model, self._live)
+        with interrupts.guard():  # Half pulled, some variables would hold nothing.
+            values = tuple(_keras_state.own(group, self.sync) for group in refs)
+            _copy_shared_arrays(values)  # A buffer may be donated once only.
+            self.values = place(values) if place is not None else values
+            self.refs = refs
+            self.iterations_index = next(
+                i for i, v in enumerate(refs[2]) if v is self.optimizer.iterations
+            )
+            _keras_state.arm(self.model, self._live)
 
     def ensure_pulled(self, place: Callable[[Groups], Groups] | None) -> Groups:
         """The values, pulled from the Keras variables first if they hold them."""
         if self.values is None:
             self.pull(place)
         return self.values
+
+    # The steps: each donates the state it is given, so its results replace it before a
+    # deferred Ctrl-C may surface (see `_interrupts`).
+    def train(self, fn: Callable, inputs: list, labels: list) -> list:
+        """Runs a jitted train step on the state; returns its metric values."""
+        interrupts.enter()
+        try:
+            (self.values, self.train_mstates), values = fn(
+                self.values, self.train_mstates, inputs, labels)
+        finally:
+            interrupts.leave()
+        return values
+
+    def train_fused(self, fn: Callable, inputs: list, labels: list) -> tuple[list, Any]:
+        """Runs a jitted fused train step; returns the last values and the batch losses."""
+        with interrupts.guard():
+            (self.values, self.train_mstates), values, batch_losses = fn(
+                self.values, self.train_mstates, inputs, labels)
+        return values, batch_losses
+
+    def eval(self, fn: Callable, inputs: list, labels: list) -> list:
+        """Runs a jitted eval step on the state; returns the metric values so far."""
+        with interrupts.guard():
+            self.eval_mstates, values = fn(self.values, self.eval_mstates, inputs, labels)
+        return values
 
     def place_metric_states(self, sharding: Any) -> None:
         """Lays the metric states out with `sharding` (None: as they are)."""

@@ -19,6 +19,7 @@ import keras
 from keras_trainloop import losses as losses_lib
 from keras_trainloop import optimizers as optimizers_lib
 from keras_trainloop.context import Context
+from keras_trainloop.data import Dataset
 from keras_trainloop.trainer import _cache as cache_lib
 from keras_trainloop.trainer import _distribution as distribution_lib
 from keras_trainloop.trainer import _inputs
@@ -223,14 +224,12 @@ class Trainer:
             executor = self._compiler.executor(GraphType.TRAIN, spec, inputs, labels)
             self._last_train = (spec, executor)
         state = self._state
-        variables = state.values or state.ensure_pulled(self._placement.place_state)
+        if state.values is None:
+            state.pull(self._placement.place_state)
         put_batch = self._placement.put_batch
         if put_batch is not None:
             inputs, labels = put_batch(spec, inputs, labels)
-        (state.values, state.train_mstates), values = executor.fn(
-            variables, state.train_mstates, inputs, labels
-        )
-        return values
+        return state.train(executor.fn, inputs, labels)
 
     @property
     def can_fuse_steps(self) -> bool:
@@ -264,13 +263,9 @@ class Trainer:
             GraphType.TRAIN, spec, [x[0] for x in inputs], [y[0] for y in labels]
         )
         fn = self._compiler.fused_fn(executor, num_steps)
-        variables = self._state.ensure_pulled(self._placement.place_state)
+        self._state.ensure_pulled(self._placement.place_state)
         inputs, labels = self._placement.put_stacked(spec, inputs, labels)
-        state = self._state
-        (state.values, state.train_mstates), values, batch_losses = fn(
-            variables, state.train_mstates, inputs, labels
-        )
-        return values, batch_losses
+        return self._state.train_fused(fn, inputs, labels)
 
     def eval_step(self, spec: Any, inputs: Sequence[Any], labels: Sequence[Any]) -> list:
         """Runs one eval step; returns the eval metrics accumulated so far.
@@ -281,14 +276,12 @@ class Trainer:
         inputs = _inputs.as_array_list("inputs", inputs, spec)
         labels = _inputs.as_array_list("labels", labels, spec)
         executor = self._compiler.executor(GraphType.EVAL, spec, inputs, labels)
-        variables = self._state.ensure_pulled(self._placement.place_state)
+        self._state.ensure_pulled(self._placement.place_state)
         if self._placement.put_batch is not None:
             inputs, labels = self._placement.put_batch(spec, inputs, labels)
-        state = self._state
-        state.eval_mstates, values = executor.fn(variables, state.eval_mstates, inputs, labels)
-        return values
+        return self._state.eval(executor.fn, inputs, labels)
 
-    def eval(self, ds: Any, *, return_dict: bool = False) -> list | dict[str, Any]:
+    def eval(self, ds: Dataset, *, return_dict: bool = False) -> list | dict[str, Any]:
         """Evaluates the model on a finite dataset (reset first, with the eval metrics).
 
         Args:
