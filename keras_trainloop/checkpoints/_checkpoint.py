@@ -14,6 +14,9 @@ from keras_trainloop.context import SCOPE_SEPARATOR
 if TYPE_CHECKING:  # pragma: no cover
     from typing_extensions import Self
 
+    from keras_trainloop.loop import Loop
+    from keras_trainloop.trainer import Trainer
+
 FORMAT = "keras_trainloop.checkpoint/1"
 """Format tag written into each checkpoint's metadata."""
 
@@ -55,6 +58,23 @@ def _decode_param(record: dict) -> Any:
     if record.get("type") == "float" and isinstance(value, int):
         return float(value)
     return value
+
+
+class _Damaged(Exception):
+    """A checkpoint step whose files cannot be read (the message says which and why)."""
+
+
+def _targets(variables: dict[str, list]) -> dict[str, list]:
+    """Restore targets with the variables' shapes, dtypes and shardings."""
+    import jax
+
+    return {
+        group: [
+            jax.ShapeDtypeStruct(v.value.shape, v.value.dtype, sharding=v.value.sharding)
+            for v in variables[group]
+        ]
+        for group in _GROUPS
+    }
 
 
 class Checkpoint:
@@ -112,7 +132,7 @@ class Checkpoint:
 
     def __init__(
         self,
-        trainer: Any,
+        trainer: Trainer,
         directory: str | os.PathLike,
         *,
         keep: int | None = 1,
@@ -153,7 +173,7 @@ class Checkpoint:
             item_names=(_STATE_ITEM, _METADATA_ITEM),
         )
         self._last_saved: int | None = None
-        self._pending_restore: tuple[int, dict] | None = None
+        self._pending_restore: tuple[int, dict, dict[str, list]] | None = None
         trainer.on_exec_creation(self._on_exec_creation)
         if restore and self.latest_step() is not None:
             self.restore()
@@ -279,9 +299,12 @@ class Checkpoint:
     # Restoring ----------------------------------------------------------------
     def _read_metadata(self, step: int) -> dict:
         ocp = self._ocp
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(**{_METADATA_ITEM: ocp.args.JsonRestore()})
-        )
+        try:
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(**{_METADATA_ITEM: ocp.args.JsonRestore()})
+            )
+        except (KeyError, ValueError, OSError) as e:  # Missing item, torn JSON, unreadable.
+            raise _Damaged(f"its metadata cannot be read ({type(e).__name__}: {e})") from e
         metadata = restored[_METADATA_ITEM]
         if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
             raise ValueError(
@@ -291,12 +314,73 @@ class Checkpoint:
             )
         return metadata
 
-    def restore(self, step: int | None = None) -> int:
-        """Restores the checkpoint at `step` (the latest when None).
+    def _read_arrays(self, step: int, target: dict) -> dict[str, list]:
+        """The saved arrays, read into `target`'s shapes (and shardings, when it has them)."""
+        ocp = self._ocp
+        try:
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(**{_STATE_ITEM: ocp.args.StandardRestore(target)})
+            )[_STATE_ITEM]
+        except (KeyError, ValueError, OSError) as e:  # Missing item, truncated array files.
+            raise _Damaged(f"its arrays cannot be read ({type(e).__name__}: {str(e)[:300]})") from e
+        return {group: list(restored[group]) for group in _GROUPS}
 
-        Hyperparameters and the global step are restored at once; the
-        variables at once when the trainer already created them, else when
-        its first step creates them (before that step runs).
+    def _read(self, step: int) -> tuple[dict, dict[str, list]]:
+        """Metadata and arrays of `step`, every file read (raises `_Damaged` if one cannot be)."""
+        metadata = self._read_metadata(step)
+        if self.trainer.optimizer.built:
+            variables = self._variables()
+            self._check_match(step, metadata, variables)
+            target = _targets(variables)
+        else:  # Shapes from the metadata; checked against the variables once they exist.
+            target = {
+                group: [np.empty(v["shape"], v["dtype"]) for v in metadata["variables"][group]]
+                for group in _GROUPS
+            }
+        return metadata, self._read_arrays(step, target)
+
+    def _read_newest_complete(self, step: int | None) -> tuple[int, dict, dict[str, list]]:
+        """Reads `step`, or the newest complete checkpoint, skipping damaged ones with a warning."""
+        available = self.steps()
+        if step is not None and step not in available:
+            raise ValueError(
+                f"There is no checkpoint at step {step} in {self.directory!r}. Received: "
+                f"step={step!r}; available steps: {available}."
+            )
+        if not available:
+            raise ValueError(
+                f"There is no checkpoint to restore in {self.directory!r}. Received: "
+                "step=None. Fix: save one first, or check the directory."
+            )
+        problems = []
+        for candidate in [step] if step is not None else available[::-1]:
+            try:
+                return (candidate, *self._read(candidate))
+            except _Damaged as damage:
+                problems.append(f"step {candidate}: {damage}")
+                if step is None:
+                    warnings.warn(
+                        f"Checkpoint step {candidate} in {self.directory!r} is damaged: "
+                        f"{damage}. It is skipped; an older complete checkpoint is restored "
+                        "if there is one.",
+                        stacklevel=4,
+                    )
+        raise ValueError(
+            f"No complete checkpoint to restore in {self.directory!r}: "
+            + "; ".join(problems)
+            + ". Fix: restore another step, delete the damaged step folders, or pass "
+            "restore=False to start afresh."
+        )
+
+    def restore(self, step: int | None = None) -> int:
+        """Restores the checkpoint at `step` (the latest complete one when None).
+
+        Every file of the checkpoint is read now. With `step=None` a damaged
+        checkpoint (unreadable metadata, missing or truncated array files) is
+        skipped with a warning that names it, and the newest complete one is
+        restored. Hyperparameters and the global step are restored at once;
+        the variables at once when the trainer already created them, else
+        when its first step creates them (before that step runs).
 
         Args:
             step: a step listed by `steps()`, or None for the latest.
@@ -305,23 +389,11 @@ class Checkpoint:
             The restored step.
 
         Raises:
-            ValueError: no such checkpoint; or (now or at the first step) its
+            ValueError: no such checkpoint, none complete (naming the directory
+                and each step's problem), or (now or at the first step) its
                 variables do not match the model's, naming the first that differs.
         """
-        available = self.steps()
-        if step is None:
-            if not available:
-                raise ValueError(
-                    f"There is no checkpoint to restore in {self.directory!r}. Received: "
-                    "step=None. Fix: save one first, or check the directory."
-                )
-            step = available[-1]
-        if step not in available:
-            raise ValueError(
-                f"There is no checkpoint at step {step} in {self.directory!r}. Received: "
-                f"step={step!r}; available steps: {available}."
-            )
-        metadata = self._read_metadata(step)
+        step, metadata, arrays = self._read_newest_complete(step)
         if self.include_params:
             root = self.trainer.context.root()
             for record in metadata.get("params", []):
@@ -334,20 +406,28 @@ class Checkpoint:
         self._last_saved = self.restored_step
         if self.trainer.optimizer.built:
             self._pending_restore = None
-            self._restore_variables(step, metadata)
+            self._assign(self._variables(), arrays)
         else:
             # Variables do not exist before the first step: set the step now and
             # the rest in _on_exec_creation.
             self.trainer.optimizer.iterations.assign(self.restored_step)
-            self._pending_restore = (step, metadata)
+            self._pending_restore = (step, metadata, arrays)
         return self.restored_step
 
     def _on_exec_creation(self, executor: Any, graph_type: Any) -> None:
         if self._pending_restore is None:
             return
-        step, metadata = self._pending_restore
+        step, metadata, arrays = self._pending_restore
         self._pending_restore = None
-        self._restore_variables(step, metadata)
+        variables = self._variables()
+        self._check_match(step, metadata, variables)
+        self._assign(variables, arrays)
+
+    @staticmethod
+    def _assign(variables: dict[str, list], arrays: dict[str, list]) -> None:
+        for group in _GROUPS:
+            for variable, value in zip(variables[group], arrays[group]):
+                variable.assign(value)
 
     def _check_match(self, step: int, metadata: dict, variables: dict[str, list]) -> None:
         saved_all = metadata["variables"]
@@ -376,28 +456,8 @@ class Checkpoint:
                     f"variables, the {group} has {len(current)} ({extra}). {fix}"
                 )
 
-    def _restore_variables(self, step: int, metadata: dict) -> None:
-        import jax
-
-        ocp = self._ocp
-        variables = self._variables()
-        self._check_match(step, metadata, variables)
-        target = {
-            group: [
-                jax.ShapeDtypeStruct(v.value.shape, v.value.dtype, sharding=v.value.sharding)
-                for v in variables[group]
-            ]
-            for group in _GROUPS
-        }
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(**{_STATE_ITEM: ocp.args.StandardRestore(target)})
-        )[_STATE_ITEM]
-        for group in _GROUPS:
-            for variable, value in zip(variables[group], restored[group]):
-                variable.assign(value)
-
     # Loop hooks -------------------------------------------------------------
-    def on_step(self, loop: Any, metrics: list) -> None:
+    def on_step(self, loop: Loop, metrics: list) -> None:
         """A hook `fn(loop, metrics)` that saves: pass it to any schedule.
 
         Example:
