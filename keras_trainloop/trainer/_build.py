@@ -40,8 +40,10 @@ def create_variables(
     training: bool,
     distribution: Any,
     model_fn: Any,
-) -> None:
+) -> list | None:
     """Creates the variables `spec`'s batch needs; builds the optimizer at the first spec.
+
+    Returns the predictions of the build call (None when the model was not called).
 
     Raises:
         ValueError: a train step would have no trainable variable, or a spec
@@ -49,11 +51,12 @@ def create_variables(
     """
     had_trainable = len(model.trainable_variables)
     optimizer_built = optimizer.built
+    predictions = None
     with distribution_lib.scope(distribution):
         if isinstance(model, FnModel) or not model.built:
             trace = TraceState(training=training, spec=spec)
             with context.tracing(trace), keras.StatelessScope():
-                call_model(model, inputs, training)
+                predictions = call_model(model, inputs, training)
         if training and not model.trainable_variables:
             raise _no_trainable_error(model_fn, spec)
         if optimizer_built and len(model.trainable_variables) != had_trainable:
@@ -64,3 +67,4 @@ def create_variables(
             )
         if not optimizer_built:
             optimizer.build(model.trainable_variables)
+    return predictions

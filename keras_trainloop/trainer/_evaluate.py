@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 
+if TYPE_CHECKING:
+    from keras_trainloop.data import Dataset
 
-def evaluate(eval_step: Callable[[Any, Any, Any], list], ds: Any, sync_every: int) -> list:
+
+def evaluate(eval_step: Callable[[Any, Any, Any], list], ds: Dataset, sync_every: int) -> list:
     """Runs `eval_step` on each batch of `ds` until EOF; returns the last values.
 
     Waits on the device every `sync_every` batches, which bounds the steps in

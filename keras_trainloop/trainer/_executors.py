@@ -21,6 +21,12 @@ from keras_trainloop.trainer._state import TrainState
 from keras_trainloop.trainer._steps import StepMaths, fuse
 
 
+def _output_shapes(model: Any) -> list | None:
+    """A built Keras model's output shapes (stand-ins with `.shape`), when it declares them."""
+    outputs = getattr(model, "outputs", None)
+    return list(outputs) if outputs else None
+
+
 class StepCompiler:
     """Finds or creates the executor of a spec; jits single and fused steps.
 
@@ -43,6 +49,7 @@ class StepCompiler:
         model_fn: Any,
     ):
         self.cache = cache
+        self.takes_class_ids = False  # Whether the loss reads the labels as class ids.
         self._placement = placement
         self._state = state
         self._maths = maths
@@ -71,8 +78,11 @@ class StepCompiler:
         self._state.sync()
         interrupts.install()
         with interrupts.guard():  # Half-built layers or optimizers are never rebuilt by Keras.
-            create_variables(self._state.model, self._state.optimizer, self._context, spec,
-                             inputs, graph_type is GraphType.TRAIN, distribution, self._model_fn)
+            predictions = create_variables(
+                self._state.model, self._state.optimizer, self._context, spec, inputs,
+                graph_type is GraphType.TRAIN, distribution, self._model_fn)
+        if self.takes_class_ids:
+            _inputs.check_class_ids(spec, labels, predictions or _output_shapes(self._state.model))
         if distribution is not None and placement.update_state_shardings(self._state.variables()):
             for existing in self.cache.executors():  # Compiled for other variables.
                 self._jit(existing)

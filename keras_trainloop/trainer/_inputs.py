@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import keras
+import numpy as np
 
 from keras_trainloop.context import Context
 from keras_trainloop.trainer._cache import Executor, check_max_executors
@@ -17,10 +19,42 @@ def check_arguments(model_fn: Any, context: Any, max_executors: Any) -> None:
             "model_fn must be a function model_fn(ctx, spec, inputs) or a keras Layer/Model. "
             f"Received: model_fn={model_fn!r}."
         )
+    if not isinstance(model_fn, keras.layers.Layer):
+        _check_model_fn_signature(model_fn)
     if context is not None and not isinstance(context, Context):
         raise TypeError(f"context must be a ktl.Context. Received: context={context!r}.")
     if max_executors is not None:
         check_max_executors(max_executors)
+
+
+def _check_model_fn_signature(model_fn: Any) -> None:
+    """A `model_fn` must take `(ctx, spec, inputs)`: checked now, not at the first step."""
+    try:
+        signature = inspect.signature(model_fn)
+    except (TypeError, ValueError):  # Builtins and some C callables have none: trust them.
+        return
+    try:
+        signature.bind(None, None, None)
+    except TypeError:
+        name = getattr(model_fn, "__name__", type(model_fn).__name__)
+        raise TypeError(
+            "model_fn is called as model_fn(ctx, spec, inputs) and must accept those three "
+            f"arguments. Received: model_fn={name}{signature}. Fix: def {name}(ctx, spec, "
+            "inputs): ... (inputs is a list of arrays), or pass a keras.Model/Layer."
+        ) from None
+
+
+def _check_numeric(kind: str, values: list, spec: Any) -> None:
+    for i, value in enumerate(values):
+        dtype = getattr(value, "dtype", None)
+        if dtype is not None and getattr(dtype, "kind", "") in "USO":
+            raise TypeError(
+                f"{kind}[{i}] holds {dtype} values, not numbers: the compiled step takes "
+                f"numeric arrays only. Received: {kind}[{i}] of dtype {dtype} and shape "
+                f"{getattr(value, 'shape', None)} for spec={spec!r}. Fix: turn them into "
+                "numbers in the data pipeline (e.g. keras.layers.StringLookup, or "
+                "np.asarray(x, dtype=np.float32))."
+            )
 
 
 def check_new_context(ctx: Any, num_executors: int) -> None:
@@ -74,6 +108,8 @@ def check_new_batch(spec: Any, inputs: list, labels: list) -> None:
         )
     if any(x is None for x in inputs):
         raise _none_input_error(spec, inputs, labels)
+    _check_numeric("inputs", inputs, spec)
+    _check_numeric("labels", labels, spec)
 
 
 def check_batch(executor: Executor, spec: Any, inputs: list, labels: list) -> None:
@@ -102,3 +138,34 @@ def stacked_count(spec: Any, inputs: list, labels: list) -> int:
             "train_step() for a single batch."
         )
     return int(leading.pop())
+
+
+def takes_class_ids(loss_fn: Any) -> bool:
+    """Whether `loss_fn` (as the user gave it) reads labels as sparse class ids."""
+    if isinstance(loss_fn, str):
+        return "sparse_categorical" in loss_fn
+    if isinstance(loss_fn, keras.losses.Loss):
+        return isinstance(loss_fn, keras.losses.SparseCategoricalCrossentropy)
+    return "sparse_categorical" in getattr(loss_fn, "__name__", "")
+
+
+def check_class_ids(spec: Any, labels: list, predictions: list | None) -> None:
+    """Refuses class ids outside `[0, classes)` in a spec's first batch (cheap: host arrays).
+
+    An id out of range makes the loss NaN inside the compiled step, where it
+    cannot be named; checking the first batch of each spec catches the usual
+    cause (labels 1..n, or a model with too few outputs) before anything runs.
+    """
+    if not labels or not predictions or not hasattr(predictions[0], "shape"):
+        return
+    ids, shape = labels[0], tuple(predictions[0].shape)
+    if not isinstance(ids, np.ndarray) or ids.dtype.kind not in "iu" or len(shape) < 2:
+        return
+    if ids.size and (ids.min() < 0 or ids.max() >= shape[-1]):
+        raise ValueError(
+            f"The labels are class ids, but they range over [{ids.min()}, {ids.max()}] while the "
+            f"model predicts {shape[-1]} classes (ids 0..{shape[-1] - 1}). Received: labels[0] "
+            f"of shape {ids.shape} for spec={spec!r}, predictions of shape {shape}. Fix: "
+            "number the classes from 0 (e.g. y - 1 for labels 1..n), or give the model's "
+            "last layer one unit per class."
+        )

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+# Keras exports only the class (keras.StatelessScope); these two readers have no public name.
 from keras.src.backend.common.stateless_scope import get_stateless_scope, in_stateless_scope
 
 

@@ -16,6 +16,29 @@ def _as_list(predictions: Any) -> list:
     return [predictions]
 
 
+def _is_array(value: Any) -> bool:
+    return hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, str)
+
+
+def _check_predictions(predictions: Any, spec: Any) -> None:
+    """Raises unless `model_fn` returned one array or a non-empty list of arrays."""
+    if isinstance(predictions, (list, tuple)) and not predictions:
+        raise ValueError(
+            "model_fn must return at least one prediction. Received: an empty list "
+            f"for spec={spec!r}. Fix: return [predictions], e.g. return [logits]."
+        )
+    items = predictions if isinstance(predictions, (list, tuple)) else [predictions]
+    for i, item in enumerate(items):
+        if not _is_array(item):
+            where = "" if items is not predictions else f" (prediction #{i})"
+            fix = "list(d.values())" if isinstance(item, dict) else "[logits]"
+            raise TypeError(
+                "model_fn must return its predictions: an array or a list of arrays. "
+                f"Received: {type(item).__name__} {str(item)[:60]!r}{where} for spec={spec!r}. "
+                f"Fix: return the model's outputs, e.g. return {fix}."
+            )
+
+
 def _not_savable(what: str) -> ValueError:
     return ValueError(
         "This model is built from a Python model_fn, so it cannot be saved as a whole model "
@@ -64,11 +87,7 @@ class FnModel(keras.Model):
         trace = ctx.trace.with_training(bool(training))
         with ctx.tracing(trace):
             predictions = self._model_fn(ctx, trace.spec, _as_list(inputs))
-        if isinstance(predictions, (list, tuple)) and not predictions:
-            raise ValueError(
-                "model_fn must return at least one prediction. Received: an empty list "
-                f"for spec={trace.spec!r}."
-            )
+        _check_predictions(predictions, trace.spec)
         return predictions
 
     def save(self, filepath: Any, *args: Any, **kwargs: Any) -> None:

@@ -89,6 +89,19 @@ def fuse(step_fn: Callable, on_trace: Callable[[bool], None]) -> Callable:
     return fused_fn
 
 
+def _checked_loss(loss_fn: Callable, labels: list, predictions: list, spec: Any) -> Any:
+    """`loss_fn`'s value, refused with the fix unless it is an array or a number."""
+    value = loss_fn(labels, predictions)
+    if value is None or isinstance(value, (str, bytes, dict, list, tuple)):
+        name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
+        raise TypeError(
+            "loss_fn must return the loss: an array (mean-reduced if not scalar). Received: "
+            f"{type(value).__name__} {str(value)[:60]!r} from loss_fn={name} for spec={spec!r}. "
+            "Fix: return the loss value, e.g. return jnp.mean(per_example_loss)."
+        )
+    return value
+
+
 class StepMaths:
     """The train and eval step functions of one model, loss and optimizer.
 
@@ -140,7 +153,7 @@ class StepMaths:
         """`(total, loss)`: loss + regularization, and `loss_fn`'s loss alone (or None)."""
         loss = None
         if self.loss_fn is not None:
-            loss = jnp.mean(jnp.asarray(self.loss_fn(labels, predictions)))
+            loss = jnp.mean(jnp.asarray(_checked_loss(self.loss_fn, labels, predictions, spec)))
         if loss is None and extra is None:
             raise ValueError(
                 f"Nothing to optimize for spec={spec!r}: loss_fn is None and model_fn added "

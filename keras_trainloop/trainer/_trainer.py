@@ -92,6 +92,7 @@ class Trainer:
         _inputs.check_arguments(model_fn, context, max_executors)
         self._placement = Placement(distribution)
         self._loss_fn = losses_lib.as_loss_fn(loss_fn)
+        self._takes_class_ids = _inputs.takes_class_ids(loss_fn)
         with distribution_lib.scope(distribution):
             self.optimizer = optimizers_lib.get(optimizer)
             self._train, self._eval = metric_sets(train_metrics, eval_metrics, self._loss_fn)
@@ -113,6 +114,7 @@ class Trainer:
                           self._eval, self._state.refs_and_step_index)
         self._compiler = StepCompiler(self._cache, self._placement, self._state, maths,
                                       context, self._model_fn)
+        self._compiler.takes_class_ids = self._takes_class_ids
         context.bind_global_step(lambda: self.global_step)
         self.reset_train_metrics()
         self._reset_eval_metrics()
