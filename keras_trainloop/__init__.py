@@ -30,12 +30,43 @@ matplotlib only inside the adapters and plugins that need them.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keras_trainloop._backend import ensure_jax_backend
 from keras_trainloop._forwarding import forward_attribute
 
 ensure_jax_backend()
+
+if TYPE_CHECKING:  # What `__getattr__` loads on first use, spelled out for pyright and mypy.
+    from keras_trainloop import (
+        checkpoints,
+        commandline,
+        data,
+        losses,
+        metrics,
+        optimizers,
+        plots,
+    )
+    from keras_trainloop.context import Context
+    from keras_trainloop.data import ArrayDataset, Dataset, IterableDataset, TFDataset, from_tfds
+    from keras_trainloop.loop import (
+        HookError,
+        Loop,
+        NonFiniteLossError,
+        every_n_steps,
+        exponential_callback,
+        n_times_during_loop,
+        periodic_callback,
+    )
+    from keras_trainloop.trainer import (
+        GraphType,
+        Trainer,
+        add_loss,
+        add_per_step_update_fn,
+        get_losses,
+    )
+
+    DEFAULT_MAX_EXECUTORS: int  # Forwarded to keras_trainloop.trainer._cache (see below).
 
 __version__ = "0.1.0"
 

@@ -1,6 +1,8 @@
+import ast
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +24,32 @@ def test_public_names_are_pinned_and_resolve():
     assert set(dir(ktl)) >= PUBLIC
 
 
+def _type_checking_names():
+    """{name: module it is imported from (None: declared)} under the root's `if TYPE_CHECKING:`."""
+    tree = ast.parse(Path(ktl.__file__).read_text())
+    block = next(
+        node for node in tree.body
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name)
+        and node.test.id == "TYPE_CHECKING"
+    )
+    names = {}
+    for node in block.body:
+        if isinstance(node, ast.ImportFrom):
+            names.update({alias.asname or alias.name: node.module for alias in node.names})
+        elif isinstance(node, ast.AnnAssign):
+            names[node.target.id] = None
+    return names
+
+
+def test_type_checkers_see_every_lazy_public_name_where_it_is_loaded_from():
+    names = _type_checking_names()
+    assert set(names) == PUBLIC
+    assert {name: names[name] for name in ktl._EXPORTS} == ktl._EXPORTS
+    assert {name: names[name] for name in ktl._SUBMODULES} == dict.fromkeys(
+        ktl._SUBMODULES, "keras_trainloop"
+    )
+
+
 def run_python(code, **env):
     clean = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     clean.update(env)
@@ -41,6 +69,18 @@ def test_import_selects_jax_backend_and_loads_no_tensorflow():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["jax", "False"]
+
+
+def test_import_loads_only_the_backend_selection():
+    out = run_python(
+        "import sys, keras_trainloop\n"
+        "print(sorted(m for m in sys.modules if m.startswith('keras_trainloop')),"
+        " 'keras' in sys.modules, 'jax' in sys.modules)\n"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == (
+        "['keras_trainloop', 'keras_trainloop._backend', 'keras_trainloop._forwarding'] False False"
+    )
 
 
 def test_import_after_keras_on_another_backend_says_how_to_fix():

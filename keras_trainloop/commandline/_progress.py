@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from keras_trainloop.commandline._detect import has_ipywidgets, resolve_output
-from keras_trainloop.loop import LOG_NAMES_KEY, VAL_LOGS_KEY, Schedule
+from keras_trainloop.data import Dataset
+from keras_trainloop.loop import LOG_NAMES_KEY, VAL_LOGS_KEY, Loop, Schedule
 
 PROGRESS_BAR_KEY = "keras_trainloop.commandline.progress_bar"
 """Key of the attached `ProgressBar` in `loop.shared_data`."""
@@ -230,7 +231,7 @@ class ProgressBar:
         self.schedule = _RedrawSchedule(self)
 
     # Hooks -------------------------------------------------------------------
-    def on_start(self, loop: Any, ds: Any) -> None:
+    def on_start(self, loop: Loop, ds: Dataset | None) -> None:
         """Creates the display for a new run."""
         file = self._file if self._file is not None else sys.stdout
         self.output = resolve_output(self._requested_output, self._file)
@@ -256,14 +257,14 @@ class ProgressBar:
         self._t_first = None
         self._next = -math.inf  # The first step is drawn: it shows the metrics early.
 
-    def on_step(self, loop: Any, metrics: list) -> None:
+    def on_step(self, loop: Loop, metrics: list) -> None:
         """Redraws when `interval` seconds passed since the last redraw; else only reads the clock."""
         now = self._clock()
         if now < self._next:
             return
         self._redraw(loop, metrics, now, loop.loop_step + 1)
 
-    def on_end(self, loop: Any, metrics: list) -> None:
+    def on_end(self, loop: Loop, metrics: list) -> None:
         """Draws the final state, closes the display and prints the final line."""
         now = self._clock()
         step = loop.loop_step
@@ -342,7 +343,7 @@ class ProgressBar:
 
 
 def attach_progress_bar(
-    loop: Any,
+    loop: Loop,
     *,
     output: str = "auto",
     file: TextIO | None = None,

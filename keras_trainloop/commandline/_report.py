@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from keras_trainloop.data import Dataset
+    from keras_trainloop.trainer import Trainer
 
 
 def _host(value: Any) -> float | np.ndarray:
@@ -13,7 +17,7 @@ def _host(value: Any) -> float | np.ndarray:
     return float(array.reshape(())) if array.size == 1 else array
 
 
-def report_eval(trainer: Any, *datasets: Any, file: TextIO | None = None) -> list[list]:
+def report_eval(trainer: Trainer, *datasets: Dataset, file: TextIO | None = None) -> list[list]:
     """Evaluates `trainer` on each dataset and prints its eval metrics.
 
     For each dataset it prints `Results on <name>:`, then one line per eval
