@@ -24,6 +24,8 @@ from typing import Any
 
 import keras
 
+from keras_trainloop._describe import short_repr
+
 SCOPE_SEPARATOR = "/"
 ROOT_SCOPE = "/"
 
@@ -90,7 +92,7 @@ def _check_name(kind: str, name: str) -> None:
     if not isinstance(name, str) or not name or SCOPE_SEPARATOR in name:
         raise ValueError(
             f"A {kind} name must be a non-empty string without {SCOPE_SEPARATOR!r}. "
-            f"Received: name={name!r}. Use ctx.in_scope(...) to nest names."
+            f"Received: name={name!r}. Fix: use ctx.in_scope(...) to nest names."
         )
 
 
@@ -152,13 +154,15 @@ class Context:
             if not callable(factory):
                 raise TypeError(
                     f"ctx.layer() expects a factory: a callable returning a keras Layer. "
-                    f"Received: factory={factory!r} for layer {key!r}."
+                    f"Received: factory={factory!r} for layer {key!r}. Fix: pass a function, "
+                    "e.g. ctx.layer(name, lambda: keras.layers.Dense(10))."
                 )
             created = factory()
             if not isinstance(created, keras.layers.Layer):
                 raise TypeError(
                     f"The factory for layer {key!r} must return a keras.layers.Layer. "
-                    f"Received: {created!r}."
+                    f"Received: {short_repr(created)}. Fix: return a layer instance, e.g. "
+                    "lambda: keras.layers.Dense(10)."
                 )
             layers[key] = created
         return layers[key]
@@ -185,7 +189,7 @@ class Context:
             if tuple(existing.shape) != shape:
                 raise ValueError(
                     f"Variable {key!r} already exists with shape {tuple(existing.shape)}. "
-                    f"Received: shape={shape}. Use another name or scope for a new variable."
+                    f"Received: shape={shape}. Fix: use another name or scope for a new variable."
                 )
             return existing
         created = self._store.layer.add_weight(

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from keras_trainloop._describe import short_repr
 from keras_trainloop.context import SCOPE_SEPARATOR
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -141,13 +142,16 @@ class Checkpoint:
         restore: bool = True,
     ):
         if not callable(getattr(trainer, "on_exec_creation", None)):
-            raise TypeError(f"Checkpoint expects a ktl.Trainer. Received: trainer={trainer!r}.")
+            raise TypeError(
+                f"Checkpoint expects a ktl.Trainer. Received: trainer={short_repr(trainer)}. "
+                "Fix: pass the Trainer whose state to save, e.g. Checkpoint(trainer, directory)."
+            )
         if keep == -1:
             keep = None
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
             raise ValueError(
                 "keep must be a positive number of checkpoints, or None (or -1) to keep all. "
-                f"Received: keep={keep!r}."
+                f"Received: keep={keep!r}. Fix: pass e.g. keep=3, or keep=None."
             )
         directory = os.path.abspath(os.path.expanduser(os.fspath(directory)))
         if os.path.exists(directory) and not os.path.isdir(directory):
@@ -345,7 +349,8 @@ class Checkpoint:
         if step is not None and step not in available:
             raise ValueError(
                 f"There is no checkpoint at step {step} in {self.directory!r}. Received: "
-                f"step={step!r}; available steps: {available}."
+                f"step={step!r}; available steps: {available}. Fix: pass one of those, or "
+                "None for the newest."
             )
         if not available:
             raise ValueError(

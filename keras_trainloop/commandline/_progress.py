@@ -208,10 +208,14 @@ class ProgressBar:
         ):
             raise ValueError(
                 "interval must be a non-negative number of seconds, or None for the default "
-                f"of the output kind. Received: interval={interval!r}."
+                f"of the output kind. Received: interval={interval!r}. Fix: pass seconds, "
+                "e.g. interval=0.5."
             )
         if not callable(clock):
-            raise TypeError(f"clock must be a function returning seconds. Received: clock={clock!r}.")
+            raise TypeError(
+                f"clock must be a function returning seconds. Received: clock={clock!r}. "
+                "Fix: pass time.monotonic, or a fake clock in tests."
+            )
         self.output = output
         self.interval = interval
         self.draws = 0

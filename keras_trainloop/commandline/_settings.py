@@ -6,6 +6,7 @@ import argparse
 import numbers
 from typing import Any
 
+from keras_trainloop._describe import short_repr
 from keras_trainloop.context import ROOT_SCOPE, SCOPE_SEPARATOR, Context
 
 SETTINGS_SEPARATOR = ";"
@@ -127,12 +128,14 @@ def _check_arguments(ctx: Any, settings: Any) -> None:
     """Raises if `ctx` is not a Context or `settings` not a string."""
     if not isinstance(ctx, Context):
         raise TypeError(
-            f"parse_context_settings() expects a ktl.Context. Received: ctx={ctx!r}."
+            f"parse_context_settings() expects a ktl.Context. Received: ctx={short_repr(ctx)}. "
+            "Fix: pass the trainer's context (trainer.context) or a ktl.Context()."
         )
     if not isinstance(settings, str):
         raise TypeError(
             "parse_context_settings() expects the settings as a string like "
-            f"\"key=value;scope/key=value\". Received: settings={settings!r}."
+            f"\"key=value;scope/key=value\". Received: settings={short_repr(settings)}. "
+            "Fix: join the settings with ';' into one string."
         )
 
 
@@ -243,11 +246,12 @@ def create_context_settings_flag(
     if not isinstance(parser, argparse.ArgumentParser):
         raise TypeError(
             "create_context_settings_flag() expects an argparse.ArgumentParser. "
-            f"Received: parser={parser!r}."
+            f"Received: parser={short_repr(parser)}. Fix: pass argparse.ArgumentParser()."
         )
     if not isinstance(name, str) or not name.strip("-"):
         raise TypeError(
-            f"create_context_settings_flag() expects a flag name like 'set'. Received: name={name!r}."
+            f"create_context_settings_flag() expects a flag name like 'set'. Received: "
+            f"name={name!r}. Fix: pass a non-empty string, e.g. name='set'."
         )
     defaults = ctx.root().params().get(ROOT_SCOPE, {})
     listed = "; ".join(f"{key}={_describe(value)}" for key, value in defaults.items())

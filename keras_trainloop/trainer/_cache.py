@@ -6,6 +6,8 @@ import enum
 from collections.abc import Callable
 from typing import Any
 
+from keras_trainloop._describe import short_repr
+
 
 class GraphType(enum.Enum):
     """Which step an executor runs: GoMLX's TrainType / EvalType."""
@@ -81,7 +83,8 @@ class ExecutorCache:
     def on_creation(self, handler: Callable[[Executor, GraphType], None]) -> None:
         if not callable(handler):
             raise TypeError(
-                f"on_exec_creation() expects handler(executor, graph_type). Received: {handler!r}."
+                "on_exec_creation() expects handler(executor, graph_type). Received: "
+                f"{short_repr(handler)}. Fix: pass a function of two arguments."
             )
         self._handlers.append(handler)
 

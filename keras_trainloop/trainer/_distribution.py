@@ -19,6 +19,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 # The base class of keras.distribution.DataParallel and ModelParallel (not exported by Keras).
 from keras.src.distribution.distribution_lib import Distribution
 
+from keras_trainloop._describe import short_repr
+
 
 def check_distribution(distribution: Any) -> Distribution | None:
     """Returns `distribution` if it is None or a Keras distribution (else raises TypeError)."""
@@ -26,7 +28,8 @@ def check_distribution(distribution: Any) -> Distribution | None:
         raise TypeError(
             "distribution must be a Keras distribution (keras.distribution.DataParallel or "
             "ModelParallel) or None for the global one. "
-            f"Received: distribution={distribution!r}."
+            f"Received: distribution={short_repr(distribution)}. Fix: pass e.g. "
+            "keras.distribution.DataParallel(), or None."
         )
     return distribution
 

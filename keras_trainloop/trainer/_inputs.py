@@ -8,6 +8,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_trainloop._describe import short_repr
 from keras_trainloop.context import Context
 from keras_trainloop.trainer._cache import Executor, check_max_executors
 
@@ -17,12 +18,16 @@ def check_arguments(model_fn: Any, context: Any, max_executors: Any) -> None:
     if not (callable(model_fn) or isinstance(model_fn, keras.layers.Layer)):
         raise TypeError(
             "model_fn must be a function model_fn(ctx, spec, inputs) or a keras Layer/Model. "
-            f"Received: model_fn={model_fn!r}."
+            f"Received: model_fn={short_repr(model_fn)}. Fix: def model_fn(ctx, spec, inputs): "
+            "return [predictions], or pass a keras.Model."
         )
     if not isinstance(model_fn, keras.layers.Layer):
         _check_model_fn_signature(model_fn)
     if context is not None and not isinstance(context, Context):
-        raise TypeError(f"context must be a ktl.Context. Received: context={context!r}.")
+        raise TypeError(
+            f"context must be a ktl.Context. Received: context={short_repr(context)}. "
+            "Fix: pass ktl.Context(), or None for a new one."
+        )
     if max_executors is not None:
         check_max_executors(max_executors)
 
@@ -60,7 +65,10 @@ def _check_numeric(kind: str, values: list, spec: Any) -> None:
 def check_new_context(ctx: Any, num_executors: int) -> None:
     """Raises unless `ctx` is a Context and no executor was compiled yet."""
     if not isinstance(ctx, Context):
-        raise TypeError(f"set_context() expects a ktl.Context. Received: ctx={ctx!r}.")
+        raise TypeError(
+            f"set_context() expects a ktl.Context. Received: ctx={short_repr(ctx)}. "
+            "Fix: pass a ktl.Context()."
+        )
     if num_executors:
         raise ValueError(
             "set_context() must be called before the first train or eval step: this "
@@ -104,7 +112,8 @@ def check_new_batch(spec: Any, inputs: list, labels: list) -> None:
     if not inputs:
         raise ValueError(
             f"At least one input is required. Received: 0 inputs and {len(labels)} "
-            f"label(s) for spec={spec!r}."
+            f"label(s) for spec={spec!r}. Fix: yield batches as (spec, [inputs...], "
+            "[labels...])."
         )
     if any(x is None for x in inputs):
         raise _none_input_error(spec, inputs, labels)

@@ -13,6 +13,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from keras_trainloop._describe import short_repr
 from keras_trainloop.context import Context
 
 
@@ -79,6 +80,7 @@ def add_per_step_update_fn(ctx: Context, fn: Callable[[Context], None]) -> None:
     _check_context(ctx, "add_per_step_update_fn")
     if not callable(fn):
         raise TypeError(
-            f"add_per_step_update_fn() expects a callable fn(ctx). Received: fn={fn!r}."
+            f"add_per_step_update_fn() expects a callable fn(ctx). Received: fn={short_repr(fn)}. "
+            "Fix: pass a function of the context, e.g. lambda ctx: w.assign(...)."
         )
     ctx.set_per_step_update_fn(fn)

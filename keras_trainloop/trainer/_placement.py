@@ -105,7 +105,8 @@ class Placement:
         if not isinstance(device_num, int) or not 0 <= device_num < len(devices):
             raise ValueError(
                 f"device_num must be in [0, {len(devices)}) for this machine's devices "
-                f"{[str(d) for d in devices]}. Received: device_num={device_num!r}."
+                f"{[str(d) for d in devices]}. Received: device_num={device_num!r}. Fix: "
+                "pass an index of jax.devices()."
             )
         self.device = devices[device_num]
         self.put_batch = self._put_on_device
