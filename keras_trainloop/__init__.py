@@ -41,11 +41,14 @@ if TYPE_CHECKING:  # What `__getattr__` loads on first use, spelled out for pyri
     from keras_trainloop import (
         checkpoints,
         commandline,
+        context,
         data,
+        loop,
         losses,
         metrics,
         optimizers,
         plots,
+        trainer,
     )
     from keras_trainloop.context import Context
     from keras_trainloop.data import ArrayDataset, Dataset, IterableDataset, TFDataset, from_tfds
@@ -91,8 +94,10 @@ _EXPORTS = {
     "periodic_callback": "keras_trainloop.loop",
     "exponential_callback": "keras_trainloop.loop",
 }
+# Submodules, loaded on first use: `ktl.loop.EveryNSteps` works in a fresh process.
 _SUBMODULES = (
     "data", "losses", "metrics", "optimizers", "commandline", "checkpoints", "plots",
+    "context", "trainer", "loop",
 )
 
 __all__ = [

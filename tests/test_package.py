@@ -43,7 +43,7 @@ def _type_checking_names():
 
 def test_type_checkers_see_every_lazy_public_name_where_it_is_loaded_from():
     names = _type_checking_names()
-    assert set(names) == PUBLIC
+    assert set(names) == PUBLIC | set(ktl._SUBMODULES)
     assert {name: names[name] for name in ktl._EXPORTS} == ktl._EXPORTS
     assert {name: names[name] for name in ktl._SUBMODULES} == dict.fromkeys(
         ktl._SUBMODULES, "keras_trainloop"
@@ -69,6 +69,16 @@ def test_import_selects_jax_backend_and_loads_no_tensorflow():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["jax", "False"]
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["ktl.loop.EveryNSteps(10)", "ktl.trainer.Trainer", "ktl.context.Context()",
+     "ktl.commandline.attach_progress_bar", "ktl.checkpoints.Checkpoint", "ktl.plots.Plots"],
+)
+def test_documented_submodules_resolve_in_a_fresh_process(expression):
+    out = run_python(f"import keras_trainloop as ktl\nprint({expression})\n")
+    assert out.returncode == 0, out.stderr
 
 
 def test_import_loads_only_the_backend_selection():
