@@ -9,6 +9,7 @@ the answers, so a step only pays for one `jax.device_put` of the batch.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -59,6 +60,28 @@ def _backend_sharding(layout: Any) -> Any:
 def replicated(distribution: Distribution) -> NamedSharding:
     """A copy of the value on every device of the distribution's mesh."""
     return NamedSharding(distribution.device_mesh.backend_mesh, PartitionSpec())
+
+
+def unmatched_layout_patterns(distribution: Distribution, variables: Sequence[Any]) -> list[str]:
+    """The `LayoutMap` keys of a `ModelParallel` that match no variable path (Keras' rule).
+
+    Keras matches a variable's path against each key with `re.fullmatch`; a
+    key that matches nothing leaves the variables it was meant for replicated,
+    silently. (Keras has no public accessor for a distribution's layout map.)
+    """
+    layout_map = getattr(distribution, "_layout_map", None)
+    if layout_map is None:
+        return []
+    paths = [str(v.path) for v in variables]
+    unmatched = []
+    for pattern in layout_map:
+        try:
+            matches = any(path == pattern or re.fullmatch(pattern, path) for path in paths)
+        except re.error:
+            matches = any(path == pattern for path in paths)
+        if not matches:
+            unmatched.append(pattern)
+    return unmatched
 
 
 def variable_shardings(distribution: Distribution, variables: Sequence[Any]) -> list:

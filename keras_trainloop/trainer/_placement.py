@@ -10,6 +10,7 @@ shardings.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,6 +46,21 @@ def _check_no_distributed_variables(groups: Sequence[list]) -> None:
                     "Trainer(..., distribution=...), or keep the distribution set (or its "
                     "scope open) while training."
                 )
+
+
+def _warn_unmatched_layouts(distribution: Any, variable_groups: Sequence[list]) -> None:
+    model_variables = [v for group in variable_groups[:2] for v in group]
+    unmatched = distribution_lib.unmatched_layout_patterns(distribution, model_variables)
+    if unmatched:
+        paths = ", ".join(str(v.path) for v in model_variables[:8])
+        warnings.warn(
+            f"LayoutMap key(s) {unmatched} match no variable of this model, so the variables "
+            f"they were meant for are replicated. The variable paths are: {paths}"
+            f"{', ...' if len(model_variables) > 8 else ''}. Fix: write keys as regular "
+            "expressions over those paths (Keras matches them with re.fullmatch), e.g. "
+            "'.*dense.*kernel'.",
+            stacklevel=5,
+        )
 
 
 class Placement:
@@ -97,16 +113,16 @@ class Placement:
             )
 
     def in_device(self, device_num: Any) -> None:
-        """Runs the steps on `jax.devices()[device_num]` (checked first)."""
+        """Runs the steps on `jax.local_devices()[device_num]`: this process's (checked first)."""
         distribution = self.distribution
         if distribution is not None:
             raise _device_and_distribution_error(device_num, distribution)
-        devices = jax.devices()
+        devices = jax.local_devices()
         if not isinstance(device_num, int) or not 0 <= device_num < len(devices):
             raise ValueError(
-                f"device_num must be in [0, {len(devices)}) for this machine's devices "
+                f"device_num must be in [0, {len(devices)}) for this process's devices "
                 f"{[str(d) for d in devices]}. Received: device_num={device_num!r}. Fix: "
-                "pass an index of jax.devices()."
+                "pass an index of jax.local_devices()."
             )
         self.device = devices[device_num]
         self.put_batch = self._put_on_device
@@ -137,6 +153,8 @@ class Placement:
             for group in variable_groups
         )
         old = self.state_shardings
+        if old is None:
+            _warn_unmatched_layouts(self._distribution, variable_groups)
         self.state_shardings = shardings
         return old is not None and [len(g) for g in old] != [len(g) for g in shardings]
 

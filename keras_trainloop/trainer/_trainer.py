@@ -186,10 +186,13 @@ class Trainer:
         return self._placement.distribution
 
     def in_device(self, device_num: int) -> Trainer:
-        """Runs the steps on `jax.devices()[device_num]`; returns self.
+        """Runs the steps on `jax.local_devices()[device_num]`; returns self.
+
+        The index counts this process's devices only (with several processes,
+        `jax.devices()` also lists the others', which this process cannot use).
 
         Raises:
-            ValueError: `device_num` is not a device of this machine, or a
+            ValueError: `device_num` is not a device of this process, or a
                 `keras.distribution` places this trainer's state and batches.
         """
         self._state.sync()

@@ -73,3 +73,25 @@ def test_scalar_batch_arrays_are_refused_under_a_distribution(one_device_data_pa
     trainer = new_trainer(distribution=one_device_data_parallel)
     with pytest.raises(ValueError, match=r"leading batch axis.*spec='s' with label #0 a scalar"):
         trainer.train_step("s", [np.ones((4, 2), np.float32)], [np.int32(1)])
+
+
+def _model_parallel(*patterns):
+    devices = keras.distribution.list_devices()[:1]
+    mesh = keras.distribution.DeviceMesh((1, 1), ("batch", "model"), devices)
+    layout_map = keras.distribution.LayoutMap(mesh)
+    for pattern in patterns:
+        layout_map[pattern] = (None, "model")
+    return keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch")
+
+
+def test_a_layout_map_key_matching_no_variable_is_warned_with_the_paths():
+    trainer = new_trainer(distribution=_model_parallel(".*dense.*kernel", ".*hidden.*kernel"))
+    with pytest.warns(UserWarning, match=r"\['\.\*hidden\.\*kernel'\] match no variable.*"
+                                         r"fn_model/dense.*/kernel.*Fix"):
+        trainer.train_step(None, [np.ones((4, 2), np.float32)], [np.zeros(4, np.int32)])
+
+
+def test_layout_map_keys_that_match_are_not_warned(recwarn):
+    trainer = new_trainer(distribution=_model_parallel(".*dense.*/kernel"))
+    trainer.train_step(None, [np.ones((4, 2), np.float32)], [np.zeros(4, np.int32)])
+    assert not [w for w in recwarn if "LayoutMap" in str(w.message)]
