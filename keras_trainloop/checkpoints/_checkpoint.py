@@ -61,6 +61,25 @@ def _decode_param(record: dict) -> Any:
     return value
 
 
+def _local_or_remote(directory: str | os.PathLike) -> str:
+    """A local directory made absolute and created; a URL (`gs://...`) passed on as is.
+
+    orbax's path layer (etils.epath) reads and writes remote file systems; only
+    local paths mean something to `os.path`.
+    """
+    directory = os.fspath(directory)
+    if "://" in directory:
+        return directory
+    directory = os.path.abspath(os.path.expanduser(directory))
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(
+            f"The checkpoint directory is a file. Received: directory={directory!r}. "
+            "Fix: pass a directory path (it is created if missing)."
+        )
+    os.makedirs(directory, exist_ok=True)
+    return directory
+
+
 class _Damaged(Exception):
     """A checkpoint step whose files cannot be read (the message says which and why)."""
 
@@ -153,13 +172,7 @@ class Checkpoint:
                 "keep must be a positive number of checkpoints, or None (or -1) to keep all. "
                 f"Received: keep={keep!r}. Fix: pass e.g. keep=3, or keep=None."
             )
-        directory = os.path.abspath(os.path.expanduser(os.fspath(directory)))
-        if os.path.exists(directory) and not os.path.isdir(directory):
-            raise ValueError(
-                f"The checkpoint directory is a file. Received: directory={directory!r}. "
-                "Fix: pass a directory path (it is created if missing)."
-            )
-        os.makedirs(directory, exist_ok=True)
+        directory = _local_or_remote(directory)
         import orbax.checkpoint as ocp
 
         self._ocp = ocp

@@ -34,6 +34,11 @@ def _named(names: list[tuple[str, ...]], values: Sequence[Any]) -> dict[str, Any
     return logs
 
 
+def _replicated_array(host: Any, sharding: Any) -> jax.Array:
+    host = np.asarray(host)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 class MetricSet:
     """The metrics of one step kind: `loss_metrics`, then `user_metrics`.
 
@@ -68,10 +73,17 @@ class MetricSet:
         return len(self.loss_metrics)
 
     def new_states(self, sharding: Any) -> list:
-        """Fresh states: one `device_put` of host templates made once (own buffers per leaf)."""
+        """Fresh states from host templates made once (each leaf gets its own buffer).
+
+        With a sharding, each process builds the global arrays from its own
+        copy of the template (no cross-process check: no hidden collective,
+        so a run or an eval started on one host only does not hang here).
+        """
         if self._template is None:
             self._template = jax.device_get([m.init_state() for m in self.all])
-        return jax.device_put(self._template, sharding)
+        if sharding is None:
+            return jax.device_put(self._template)
+        return jax.tree.map(lambda host: _replicated_array(host, sharding), self._template)
 
     def update(self, mstates, loss_values, labels, predictions) -> tuple[list, list]:
         """Updates the states inside a step; returns `(new_states, values)`.

@@ -90,3 +90,11 @@ def test_restoring_an_explicit_damaged_step_is_an_error_naming_it(two_checkpoint
     with pytest.raises(ValueError, match=r"step 5: its metadata cannot be read"):
         checkpoint.restore(5)
     assert checkpoint.restore() == 10
+
+
+def test_remote_checkpoint_directories_are_passed_to_orbax_unchanged(tmp_path):
+    from keras_trainloop.checkpoints._checkpoint import _local_or_remote
+
+    assert _local_or_remote("gs://bucket/runs/digits") == "gs://bucket/runs/digits"
+    local = _local_or_remote(tmp_path / "new" / "dir")
+    assert local == str(tmp_path / "new" / "dir") and os.path.isdir(local)
