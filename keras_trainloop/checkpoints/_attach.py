@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keras_trainloop.checkpoints._checkpoint import Checkpoint
+
+if TYPE_CHECKING:
+    from keras_trainloop.loop import Loop
 
 _HOOK_NAME = "checkpoint"
 
 
 def attach_checkpoint(
-    loop: Any,
+    loop: Loop,
     checkpoint: Checkpoint,
     *,
     every_n_steps: int | None = None,
@@ -25,9 +28,10 @@ def attach_checkpoint(
     """Saves `checkpoint` on the given schedules and at the end of each run of `loop`.
 
     Any combination of schedules may be given (a step where several fire is
-    saved once). `loop.loop_step` is set to the trainer's global step, so a
-    loop created before the checkpoint was restored resumes at the restored
-    step too. For other schedules pass `checkpoint.on_step` to them directly.
+    saved once). The loop resumes at the trainer's global step
+    (`loop.resume_at`), so a loop created before the checkpoint was restored
+    resumes at the restored step too. For other schedules pass
+    `checkpoint.on_step` to them directly.
 
     Args:
         loop: the `ktl.Loop` (not running).
@@ -95,5 +99,4 @@ def attach_checkpoint(
         loop.on_end(_HOOK_NAME, priority, save_on_end)
     step = int(loop.trainer.global_step)
     if loop.loop_step != step:
-        loop.loop_step = step
-        loop.start_step = step
+        loop.resume_at(step)

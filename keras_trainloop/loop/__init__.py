@@ -9,19 +9,22 @@ Example:
 
 from keras_trainloop.loop._errors import HookError, NonFiniteLossError
 from keras_trainloop.loop._hooks import HookCost
+from keras_trainloop.loop._interop import ExternalRun
 from keras_trainloop.loop._keras_bridge import LOG_NAMES_KEY, LoopCallback
-from keras_trainloop.loop._loop import MAX_FUSED_STEPS, SYNC_EVERY, VAL_LOGS_KEY, ExternalRun, Loop
+from keras_trainloop.loop._loop import MAX_FUSED_STEPS, SYNC_EVERY, VAL_LOGS_KEY, Loop
 from keras_trainloop.loop._plan import Plan, PlannedHook
+from keras_trainloop.loop._scheduled import (
+    every_n_steps,
+    exponential_callback,
+    n_times_during_loop,
+    periodic_callback,
+)
 from keras_trainloop.loop._schedules import (
     EveryNSteps,
     Exponential,
     NTimesDuringLoop,
     Periodic,
     Schedule,
-    every_n_steps,
-    exponential_callback,
-    n_times_during_loop,
-    periodic_callback,
 )
 
 __all__ = [

@@ -44,15 +44,16 @@ class NonFiniteLossError(FloatingPointError):
     """The batch loss became NaN or infinite; the run was aborted.
 
     The loop does not wait on the device after every step: it checks the
-    batch losses when it waits on a result anyway, at least every 16 steps
-    (and after each fused call of at most 16 steps) and at the end of the
-    run. So up to 15 steps may run after the bad one before this is raised;
+    batch losses when it waits on a result anyway: single steps' at least
+    every 16 steps, a fused call's (of at most 8 steps) once the next call is
+    dispatched, and all at the end of the run. So up to 15 steps may run after the bad one before this is raised;
     they were trained (their updates were applied), and `loop.loop_step`
     counts them. `OnEnd` hooks do not run. Keep a checkpoint to go back to.
 
     Attributes:
         step: the global step of the first batch with a non-finite loss.
-        detected_at: the loop step after which it was noticed.
+        detected_at: the loop step after which it was noticed: the last step
+            trained, so after the error `loop.loop_step == detected_at + 1`.
     """
 
     def __init__(self, step: int, detected_at: int):

@@ -19,7 +19,9 @@ waited on; a call of a size not compiled yet is not timed):
 Fusion is kept for the spec if the fastest fused step costs no more than the
 fastest single step (noise only adds time; `TOLERANCE`). The decision holds
 for the loop's later runs. Durations are passed in (`record`), so tests
-inject them; the gate reads no clock.
+inject them; the gate reads no clock. A `GateProbe` is one chunk of steps'
+use of the gate: the cap of each call from the spec of the one before, and
+which calls to time.
 
 With several processes fusion is off anyway (`trainer.can_fuse_steps`), so
 the gate's decisions, which depend on local timings, never need to agree
@@ -87,6 +89,27 @@ class _Probe:
         self.keep = True
 
 
+def _record_single(probe: _Probe, seconds: float, host_seconds: float | None) -> None:
+    """Adds a single step's timing; decides against fusion for a compute-bound step."""
+    probe.single.append(seconds)
+    if host_seconds is not None:
+        probe.host.append(host_seconds)
+    if len(probe.single) == HOST_CHECK_SINGLE and len(probe.host) == HOST_CHECK_SINGLE:
+        share = min(probe.host) / max(min(probe.single), 1e-12)
+        if share < MIN_HOST_SHARE:  # Compute-bound: nothing for fusion to remove.
+            probe.keep, probe.decided = False, True
+
+
+def _compare(probe: _Probe) -> None:
+    """Decides once enough fused and single timings were taken (or fused ones are far off)."""
+    single, fused = min(probe.single), min(probe.fused)
+    if len(probe.fused) >= 2 and fused > single * EARLY_NO:
+        probe.keep, probe.decided = False, True
+    elif len(probe.fused) >= PROBE_FUSED and len(probe.single) >= PROBE_SINGLE:
+        probe.keep = fused <= single * TOLERANCE
+        probe.decided = True
+
+
 class FusionGate:
     """Per spec: probing (single steps, then fused calls), then fused or not for good.
 
@@ -143,24 +166,11 @@ class FusionGate:
             probe.compiled.add(num_steps)  # Its first call compiled: not timed.
             return
         if num_steps == 1:
-            probe.single.append(seconds)
-            if host_seconds is not None:
-                probe.host.append(host_seconds)
-            if len(probe.single) == HOST_CHECK_SINGLE and len(probe.host) == HOST_CHECK_SINGLE:
-                share = min(probe.host) / max(min(probe.single), 1e-12)
-                if share < MIN_HOST_SHARE:  # Compute-bound: nothing for fusion to remove.
-                    probe.keep, probe.decided = False, True
-                    return
+            _record_single(probe, seconds, host_seconds)
         else:
             probe.fused.append(seconds / num_steps)
-        if not probe.fused:
-            return
-        single, fused = min(probe.single), min(probe.fused)
-        if len(probe.fused) >= 2 and fused > single * EARLY_NO:
-            probe.keep, probe.decided = False, True
-        elif len(probe.fused) >= PROBE_FUSED and len(probe.single) >= PROBE_SINGLE:
-            probe.keep = fused <= single * TOLERANCE
-            probe.decided = True
+        if probe.fused and not probe.decided:
+            _compare(probe)
 
     def decisions(self) -> dict[Any, bool | None]:
         """Per spec seen: True (fused kept), False (single steps), None (still probing)."""
@@ -194,3 +204,63 @@ class FusionGate:
         """Whether every spec seen was decided against fusion (the plan then uses cap 1)."""
         return bool(self._probes) and all(p.decided and not p.keep
                                           for p in self._probes.values())
+
+
+class GateProbe:
+    """One chunk of steps' use of a `FusionGate`: each call's cap, and which calls to time.
+
+    The cap of a call comes from the spec of the call before it (the loop
+    keeps that across chunks and runs). A spec the gate has decided is
+    settled for the rest of the chunk: its cap is kept, with no gate lookup
+    per call, and its calls are not timed.
+
+    Args:
+        gate: the loop's gate; None (steps that cannot fuse) or a disabled gate:
+            every call may fuse up to `cap` and nothing is timed.
+        cap: the loop's `max_fused_steps`.
+
+    Attributes:
+        active: whether the gate is consulted at all.
+        settled: the last spec found decided. The dispatch of a call after one
+            for another spec is timed (the gate may measure it); the step loop
+            reads `active` and `settled` itself, on its hot path.
+    """
+
+    __slots__ = ("_cap", "_gate", "_settled_cap", "active", "settled")
+
+    def __init__(self, gate: FusionGate | None, cap: int):
+        self._gate = gate if gate is not None and gate.enabled else None
+        self._cap = cap
+        self._settled_cap = cap
+        self.active = self._gate is not None
+        self.settled: Any = _NOT_SETTLED
+
+    def call_cap(self, last_spec: Any) -> int:
+        """The most steps the next call may fuse, after a call for `last_spec`."""
+        gate = self._gate
+        if gate is None:
+            return self._cap
+        if last_spec is self.settled:
+            return self._settled_cap
+        return gate.cap(last_spec, self._cap)
+
+    def measures(self, spec: Any) -> bool:
+        """Whether the call just dispatched for `spec` is measured (wait on it, then `record`).
+
+        A spec the gate decided becomes the settled one.
+        """
+        gate = self._gate
+        if gate is None or spec is self.settled:
+            return False
+        if gate.probing(spec):
+            return True
+        self.settled, self._settled_cap = spec, gate.cap(spec, self._cap)
+        return False
+
+    def record(self, spec: Any, num_steps: int, seconds: float, host_seconds: float | None
+               ) -> None:
+        """See `FusionGate.record`."""
+        self._gate.record(spec, num_steps, seconds, host_seconds)
+
+
+_NOT_SETTLED = object()

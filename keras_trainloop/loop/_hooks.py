@@ -1,8 +1,15 @@
-"""Named hooks kept in priority order at registration."""
+"""Named hooks kept in priority order at registration, and the one rule that fires them.
+
+`HookList.fire` is where a hook fires: after the steps where its schedule is due (every
+step without one), `schedule.called` told after the function ran, each call timed into its
+`HookCost`. `loop.plan` runs the same `fire` over a `HookList.snapshot` (the schedules'
+snapshots, recording functions), so plan and run share that rule.
+"""
 
 from __future__ import annotations
 
 import bisect
+import copy
 import inspect
 import statistics
 import time
@@ -62,13 +69,17 @@ class Hook(NamedTuple):
 
     A hook with a `schedule` is called only after the steps where
     `schedule.due(loop)` holds (then `schedule.called(loop)` is told); one
-    without is called after every step.
+    without is called after every step. `end_of` marks an `OnEnd` hook that
+    ends a scheduled `OnStep` hook (the schedule helpers' `call_on_end`): the
+    schedule of that hook, whose function skips the end call when it just ran
+    after the last step (`loop.plan` applies the same rule).
     """
 
     name: str
     fn: Callable[..., Any]
     schedule: Any = None
     cost: HookCost | None = None
+    end_of: Any = None
 
 
 def check_priority(priority: Any, where: str) -> None:
@@ -134,7 +145,10 @@ class HookList:
         self.unscheduled = 0  # How many hooks have no schedule (called after every step).
         self._priorities: list[float] = []
 
-    def add(self, name: str, priority: float, fn: Callable[..., Any], schedule: Any = None) -> None:
+    def add(
+        self, name: str, priority: float, fn: Callable[..., Any], schedule: Any = None, *,
+        end_of: Any = None,
+    ) -> None:
         """Adds `fn` under `name`, after every hook of lower or equal priority.
 
         Args:
@@ -144,6 +158,8 @@ class HookList:
             schedule: None (call `fn` at every event), or an object with
                 `due(loop)`, `next_step(loop)` and `called(loop)` (a
                 `ktl.loop.Schedule`): `fn` is called only when `due` holds.
+            end_of: for an end call of a scheduled hook, that hook's schedule
+                (see `Hook`).
 
         Raises:
             TypeError: `name` is not a string, `priority` not a number,
@@ -166,9 +182,26 @@ class HookList:
         index = bisect.bisect_right(self._priorities, priority)
         self._priorities.insert(index, priority)
         hooks = list(self.hooks)
-        hooks.insert(index, Hook(name, fn, schedule, HookCost()))
+        hooks.insert(index, Hook(name, fn, schedule, HookCost(), end_of))
         self.hooks = tuple(hooks)
         self.unscheduled += schedule is None
+
+    def snapshot(self, fns: list[Callable[..., Any]]) -> HookList:
+        """A copy of these hooks for planning: firing it changes nothing of them.
+
+        The same hooks in the same order, each schedule replaced by its
+        `snapshot()` (it answers as the schedule does now, and only it is changed
+        by what it is asked; see `ktl.loop.Schedule`; an object without one is
+        copied), the i-th function by `fns[i]`, with fresh costs.
+        """
+        planned = HookList(self.kind, self.signature)
+        planned._priorities = list(self._priorities)
+        planned.unscheduled = self.unscheduled
+        planned.hooks = tuple(
+            hook._replace(fn=fn, schedule=_snapshot(hook.schedule), cost=HookCost())
+            for hook, fn in zip(self.hooks, fns)
+        )
+        return planned
 
     def fire(self, loop: Any, arg: Any) -> None:
         """Calls every hook as `fn(loop, arg)` in order (scheduled ones when due).
@@ -205,3 +238,10 @@ class HookList:
 
     def __repr__(self) -> str:
         return f"HookList({self.kind}, {self.names()})"
+
+
+def _snapshot(schedule: Any) -> Any:
+    if schedule is None:
+        return None
+    snapshot = getattr(schedule, "snapshot", None)
+    return snapshot() if callable(snapshot) else copy.copy(schedule)

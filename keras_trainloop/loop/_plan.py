@@ -1,56 +1,21 @@
 """Planning a run: which hook fires at which step, and how steps are fused into calls.
 
-The loop and `loop.plan` share `fusable_steps`, so what the plan shows is what
-the loop does (for the step-based schedules; time-based ones are marked).
+`make_plan` fires the loop's `on_step` hooks as a run does, with `HookList.fire`
+itself, over `HookList.snapshot` (each schedule's snapshot, a recording function per
+hook), and sizes the calls with the run's `fusable_steps`, so what the plan shows is
+what the loop does (for the step-based schedules; time-based ones are asked at the
+plan's time, and marked). An end call of a scheduled hook is listed by the run's rule
+(`end_call_due`), paired with its `on_step` hook through the `end_of` it carries.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Any
 
 from keras_trainloop.loop._hooks import HookCost, HookList
-from keras_trainloop.loop._schedules import ScheduledHook
-
-
-def check_max_fused_steps(value: Any) -> int:
-    """Returns `value` if it is a power of two >= 1, else raises ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value & (value - 1):
-        raise ValueError(
-            "max_fused_steps must be a power of two >= 1 (1 turns fused execution off). "
-            f"Received: max_fused_steps={value!r}. Fix: pass e.g. max_fused_steps=8."
-        )
-    return value
-
-
-def fusable_steps(
-    loop: Any, hooks: HookList, limit: int, cap: int, step_seconds: float | None
-) -> int:
-    """How many steps from `loop.loop_step` on may run in one call: a power of two <= cap.
-
-    The call must end at the next step where a scheduled hook may fire
-    (`schedule.next_step`), at `limit` (-1: none), and, for time-based
-    schedules, before `schedule.seconds_left` passes at `step_seconds` a step.
-    Hooks without a schedule fire after every step, so they allow one step.
-    """
-    if cap <= 1 or hooks.unscheduled:
-        return 1
-    step = loop.loop_step
-    if limit >= 0:
-        cap = min(cap, limit - step)
-    for hook in hooks.hooks:
-        schedule = hook.schedule
-        next_step = schedule.next_step(loop)
-        if next_step is not None:
-            cap = min(cap, next_step - step + 1)
-        seconds_left = getattr(schedule, "seconds_left", None)
-        seconds = seconds_left(loop) if seconds_left is not None else None
-        if seconds is not None and step_seconds:
-            cap = min(cap, max(1, int(seconds / step_seconds)))
-        if cap <= 1:
-            return 1
-    return 1 << (cap.bit_length() - 1)
+from keras_trainloop.loop._scheduled import end_call_due
+from keras_trainloop.loop._step_source import fusable_steps
 
 
 class _View:
@@ -151,49 +116,65 @@ def make_plan(
     loop: Any, steps: int, on_step: HookList, on_end: HookList, cap: int,
     first_caps: list[int] | None = None,
 ) -> Plan:
-    """Simulates the schedules of `loop`'s hooks (on copies) for `steps` steps.
+    """Plans `steps` steps of `loop` from its `loop_step` (changing nothing of it).
 
     `first_caps`: the caps of the run's first calls (the loop's fusion gate
     measures single steps, then short fused calls); `cap` after them.
     """
-    first_caps = list(first_caps or [])
     view = _View(loop, steps)
-    end = view.end_step
-    copies = [copy.copy(h.schedule) for h in on_step.hooks]
-    fired: list[list[int]] = [[] for _ in copies]
-    timed = [getattr(s, "seconds_left", lambda _: None)(view) is not None for s in copies]
-    plan_hooks = HookList("OnStep", "fn(loop, metrics)")  # The copies, for fusable_steps.
-    for hook, schedule in zip(on_step.hooks, copies):
-        plan_hooks.add(hook.name, 0, hook.fn, schedule)
-    calls: list[tuple[int, int]] = []
-    step = view.start_step
-    while step < end:
-        view.loop_step = step
-        call_cap = min(cap, first_caps[len(calls)]) if len(calls) < len(first_caps) else cap
-        n = fusable_steps(view, plan_hooks, end, call_cap, None)
-        calls.append((step, n))
-        view.loop_step = step = step + n - 1
-        for i, (hook, schedule) in enumerate(zip(on_step.hooks, copies)):
-            if schedule is None:
-                fired[i].append(step)
-            elif not timed[i] and schedule.due(view):
-                fired[i].append(step)
-                schedule.called(view)
-            elif timed[i] and schedule.next_step(view) == step and schedule.due(view):
-                fired[i].append(step)
-        step += 1
+    fired: list[list[int]] = [[] for _ in on_step.hooks]
+    hooks = on_step.snapshot([_recorder(steps_) for steps_ in fired])
+    timed = [_is_timed(hook.schedule, view) for hook in hooks.hooks]
+    calls = _fire_calls(view, hooks, cap, list(first_caps or []))
     planned = [
         PlannedHook("OnStep", hook.name, steps_, is_timed, hook.cost)
         for hook, steps_, is_timed in zip(on_step.hooks, fired, timed)
     ]
-    for hook in on_end.hooks:
-        # A schedule's end call is skipped when its function just ran after the last step.
-        owner = getattr(hook.fn, "__self__", None)
-        just_ran = isinstance(owner, ScheduledHook) and any(
-            p.steps[-1:] == [end - 1] for p, h in zip(planned, on_step.hooks)
-            if getattr(h.fn, "__self__", None) is owner
-        )
-        at_end = [end] if steps and not just_ran else []
-        planned.append(PlannedHook("OnEnd", hook.name, at_end, False, hook.cost))
-    return Plan(view.start_step, end, planned, calls, loop.median_train_step_duration()
-                if loop.train_step_durations else 0.0)
+    planned += _end_hooks(on_end, on_step, fired, view.start_step, view.end_step)
+    step_seconds = loop.median_train_step_duration() if loop.train_step_durations else 0.0
+    return Plan(view.start_step, view.end_step, planned, calls, step_seconds)
+
+
+def _end_hooks(on_end: HookList, on_step: HookList, fired: list[list[int]], start: int,
+               end: int) -> list[PlannedHook]:
+    """The on_end hooks at the end of the run; `fired`: the steps of each on_step hook."""
+    # A scheduled hook's end call (`end_of`) is skipped when its on_step hook just fired.
+    ran = {id(hook.schedule) for hook, steps in zip(on_step.hooks, fired)
+           if hook.schedule is not None and steps[-1:] == [end - 1]}
+    return [
+        PlannedHook("OnEnd", hook.name,
+                    [end] if end_call_due(start, end, id(hook.end_of) in ran) else [],
+                    False, hook.cost)
+        for hook in on_end.hooks
+    ]
+
+
+def _recorder(steps: list[int]) -> Any:
+    """A hook function that records the steps it is called at."""
+    return lambda view, metrics: steps.append(view.loop_step)
+
+
+def _is_timed(schedule: Any, view: _View) -> bool:
+    seconds_left = getattr(schedule, "seconds_left", None)
+    return seconds_left is not None and seconds_left(view) is not None
+
+
+def _fire_calls(view: _View, hooks: HookList, cap: int, first_caps: list[int]
+                ) -> list[tuple[int, int]]:
+    """Sizes the calls of the planned run and fires `hooks` after each, as the loop does.
+
+    Returns:
+        `(first_step, num_steps)` of each call.
+    """
+    calls: list[tuple[int, int]] = []
+    step, end = view.start_step, view.end_step
+    while step < end:
+        view.loop_step = step
+        call_cap = min(cap, first_caps[len(calls)]) if len(calls) < len(first_caps) else cap
+        n = fusable_steps(view, hooks, end, call_cap, None)
+        calls.append((step, n))
+        view.loop_step = step = step + n - 1
+        if hooks.hooks:
+            hooks.fire(view, [])
+        step += 1
+    return calls

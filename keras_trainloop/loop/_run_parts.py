@@ -1,10 +1,41 @@
-"""Small parts of a run that `fit` users expect: validation arguments, History, a built model."""
+"""Small parts of a run: argument checks, and what `fit` users expect (validation, History,
+a built model)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import keras
+
+VAL_LOGS_KEY = "val_logs"
+"""`loop.shared_data` key: the last validation's logs (`{"val_loss": ..., ...}`)."""
+
+
+def check_count(name: str, value: Any, method: str) -> int:
+    """Returns `value` if it is a non-negative int, else raises ValueError naming `method`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(
+            f"loop.{method}() expects a non-negative int {name}. Received: {name}={value!r}."
+        )
+    return value
+
+
+def _is_dataset(ds: Any) -> bool:
+    return callable(getattr(ds, "yield_batch", None)) and callable(getattr(ds, "reset", None))
+
+
+def check_dataset(ds: Any, method: str) -> None:
+    """Raises TypeError unless `ds` has `yield_batch()` and `reset()` (a `ktl.Dataset`)."""
+    if not _is_dataset(ds):
+        raise TypeError(
+            f"loop.{method}() expects a dataset with yield_batch() and reset() (ktl.Dataset). "
+            f"Received: ds={ds!r}. Fix: wrap arrays in ktl.ArrayDataset or a tf.data pipeline "
+            "in ktl.TFDataset."
+        )
+
+
+def dataset_name(ds: Any) -> str:
+    return str(getattr(ds, "name", type(ds).__name__))
 
 
 def check_validation(validation_data: Any, validation_freq: Any, method: str) -> None:
@@ -13,26 +44,30 @@ def check_validation(validation_data: Any, validation_freq: Any, method: str) ->
     `run_steps` takes None or an int >= 1 (steps); `run_epochs` an int >= 1
     or a list of epochs counted from 1, as `fit` does.
     """
-    if validation_data is not None and not (
-        callable(getattr(validation_data, "yield_batch", None))
-        and callable(getattr(validation_data, "reset", None))
-    ):
+    if validation_data is not None and not _is_dataset(validation_data):
         raise TypeError(
             f"loop.{method}() expects validation_data to be a finite ktl.Dataset (with "
             f"yield_batch() and reset()). Received: validation_data={validation_data!r}. Fix: "
             "wrap arrays as ktl.ArrayDataset(x_val, y_val, batch_size=...) or a tf.data "
             "pipeline as ktl.TFDataset(...)."
         )
-    if validation_freq is None and method == "run_steps":
-        return
-    if isinstance(validation_freq, (list, tuple)) and method == "run_epochs":
-        bad = [e for e in validation_freq if isinstance(e, bool) or not isinstance(e, int)
-               or e < 1]
-        if not bad:
-            return
-    elif (isinstance(validation_freq, int) and not isinstance(validation_freq, bool)
-          and validation_freq >= 1):
-        return
+    if not _valid_freq(validation_freq, method):
+        _bad_freq(validation_freq, method)
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _valid_freq(validation_freq: Any, method: str) -> bool:
+    if validation_freq is None:
+        return method == "run_steps"
+    if isinstance(validation_freq, (list, tuple)):
+        return method == "run_epochs" and all(_is_positive_int(e) for e in validation_freq)
+    return _is_positive_int(validation_freq)
+
+
+def _bad_freq(validation_freq: Any, method: str) -> None:
     unit = "steps" if method == "run_steps" else "epochs"
     accepted = ("None or an int >= 1" if method == "run_steps"
                 else "an int >= 1 or a list of epochs counted from 1")

@@ -3,25 +3,32 @@
 A schedule answers `due(loop)`: "call the function after the step
 `loop.loop_step` that just ran?", and `next_step(loop)`: the first step from
 `loop.loop_step` on after which it may be due. The loop fuses the steps up to
-there into one compiled call, and `loop.plan` lists the firing steps from
-it, so `next_step` must never skip a step where `due` would hold. Time-based
-schedules also answer `seconds_left(loop)`, which bounds how long a fused
-call may take. The registration functions keep GoMLX's argument order and
-return the schedule.
+there into one compiled call, so `next_step` must never skip a step where `due`
+would hold. Time-based schedules also answer `seconds_left(loop)`, which bounds
+how long a fused call may take.
+
+State: the step-based schedules (`EveryNSteps`, `NTimesDuringLoop`,
+`Exponential`) have none; their answers are pure functions of the loop's steps.
+A time-based one changes only on the run's path: `Periodic` starts its clock
+when `due` is asked after a run's first step, and restarts it in `called`.
+`snapshot()` is a schedule that answers as this one does now and is the only one
+changed by what it is asked: `loop.plan` fires the hooks over snapshots with the
+run's own `HookList.fire`, so plan and run share one rule and planning changes
+no schedule. A stateless schedule is its own snapshot.
+
+The hooks that run on a schedule, and the registration functions (GoMLX's
+`every_n_steps` & co.), are in loop/_scheduled.py.
 """
 
 from __future__ import annotations
 
 import abc
+import copy
 import datetime
 import math
 import time
 from collections.abc import Callable
 from typing import Any
-
-from keras_trainloop.loop._hooks import check_callable, check_priority
-
-OnStepFn = Callable[[Any, list], None]
 
 _FIRST_UNKNOWN_TOTAL_CALL = 128  # steps done at the first call while the total is unknown
 
@@ -32,13 +39,6 @@ def _check_int(function: str, name: str, value: Any, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{function} expects {name} >= {minimum}. Received: {name}={value!r}.")
     return value
-
-
-def _check_hook_args(function: str, name: Any, priority: Any, fn: Any) -> None:
-    if not isinstance(name, str):
-        raise TypeError(f"{function} expects a string name. Received: name={name!r}.")
-    check_priority(priority, f"{function} hook {name!r}")
-    check_callable(fn, 2, f"{function} hook {name!r}", "fn(loop, metrics)")
 
 
 def _round_half_away(x: float) -> int:
@@ -76,6 +76,16 @@ class Schedule(abc.ABC):
         """Seconds until a time-based schedule is due (0: now); None for step-based ones."""
         return None
 
+    def snapshot(self) -> Schedule:
+        """A schedule that answers as this one does now; asking it changes only it.
+
+        `loop.plan` asks snapshots (`due`, `called`, `next_step`,
+        `seconds_left`), so planning changes no schedule. The default is a
+        shallow copy: override it when the state is deeper, or return `self`
+        when the answers depend only on the loop's steps.
+        """
+        return copy.copy(self)
+
 
 class EveryNSteps(Schedule):
     """Due after the steps where `(loop_step + 1) % n == 0`.
@@ -100,6 +110,10 @@ class EveryNSteps(Schedule):
     def next_step(self, loop: Any) -> int:
         step = loop.loop_step
         return step + (self.n - 1 - step) % self.n
+
+    def snapshot(self) -> EveryNSteps:
+        """Itself: its answers depend only on the loop's steps."""
+        return self
 
     def __repr__(self) -> str:
         return f"EveryNSteps({self.n})"
@@ -155,6 +169,10 @@ class NTimesDuringLoop(Schedule):
         k = (done - 1) * self.n // total + 1
         return start + -(-k * total // self.n) - 1
 
+    def snapshot(self) -> NTimesDuringLoop:
+        """Itself: its answers depend only on the loop's steps."""
+        return self
+
     def __repr__(self) -> str:
         return f"NTimesDuringLoop({self.n})"
 
@@ -166,6 +184,9 @@ class Periodic(Schedule):
     counted), and restarts when the function returns, so its own duration
     and pauses are not counted: calls are at least `period` apart, not
     exactly `period`. The first step of a run is never due.
+
+    Its state is the time its clock started, set by `due` after a run's first
+    step and by `called`; `snapshot()` is a copy holding the same time.
 
     Args:
         period: seconds (> 0) or a `datetime.timedelta`.
@@ -199,21 +220,26 @@ class Periodic(Schedule):
         self.clock = clock
         self._last: float | None = None
 
+    def _running(self, loop: Any) -> bool:
+        """Whether the clock runs: started, and not at a run's first step (it restarts there)."""
+        return self._last is not None and loop.loop_step != loop.start_step
+
     def due(self, loop: Any) -> bool:
-        if loop.loop_step == loop.start_step or self._last is None:
-            self._last = self.clock()
+        """The run's question; at a run's first step it starts the clock instead (False)."""
+        if not self._running(loop):
+            self._last = self.clock()  # The state changes here and in `called` only.
             return False
         return self.clock() - self._last >= self.period
 
     def next_step(self, loop: Any) -> int | None:
         """`loop.loop_step` at the first step of a run (it starts the clock) and when
         the period has passed now; else None (time decides: see `seconds_left`)."""
-        if self._last is None or loop.loop_step == loop.start_step:
+        if not self._running(loop) or self.clock() - self._last >= self.period:
             return loop.loop_step
-        return loop.loop_step if self.clock() - self._last >= self.period else None
+        return None
 
     def seconds_left(self, loop: Any) -> float:
-        if self._last is None or loop.loop_step == loop.start_step:
+        if not self._running(loop):
             return 0.0
         return max(0.0, self.period - (self.clock() - self._last))
 
@@ -230,7 +256,9 @@ class Exponential(Schedule):
     The skip starts at `start_step` and, after each due step, is multiplied
     by `factor` and rounded half away from zero: `(100, 1.2)` is due at 100,
     220, 364, 537, ... These steps depend only on the arguments, so they are
-    the same across resumed runs.
+    the same across resumed runs, and the answers are pure functions of the
+    step (a cursor caches the walk along them, whatever order the questions
+    come in).
 
     Args:
         start_step: the first due step, >= 1.
@@ -252,31 +280,35 @@ class Exponential(Schedule):
                 f"ExponentialCallback expects factor > 1. Received: factor={factor!r}."
             )
         self.factor = float(factor)
-        self._restart()
+        self._cursor = self._first_cursor()
 
-    def _restart(self) -> None:
-        self._previous = -1  # the due step before _next (-1: none)
-        self._next = self.start_step
-        self._skip = _round_half_away(self.start_step * self.factor)
+    def _first_cursor(self) -> tuple[int, int, int]:
+        """(the due step before `next`, -1 for none; the first due step; the skip after it)."""
+        return -1, self.start_step, _round_half_away(self.start_step * self.factor)
 
-    def _advance(self, step: int) -> int:
-        """Moves the cursor to the first due step >= `step` and returns it."""
-        if step <= self._previous:
-            self._restart()
-        while self._next < step:
-            self._previous = self._next
-            self._next += self._skip
-            self._skip = _round_half_away(self._skip * self.factor)
-        return self._next
+    def _first_due_from(self, step: int) -> int:
+        """The first due step >= `step` (the cursor moves there: a cache, not state)."""
+        previous, next_, skip = self._cursor
+        if step <= previous:
+            previous, next_, skip = self._first_cursor()
+        while next_ < step:
+            previous, next_, skip = next_, next_ + skip, _round_half_away(skip * self.factor)
+        self._cursor = previous, next_, skip
+        return next_
 
     def due(self, loop: Any) -> bool:
         step = loop.loop_step
-        if self._previous < step < self._next:
+        previous, next_, _ = self._cursor
+        if previous < step < next_:
             return False
-        return self._advance(step) == step
+        return self._first_due_from(step) == step
 
     def next_step(self, loop: Any) -> int:
-        return self._advance(loop.loop_step)
+        return self._first_due_from(loop.loop_step)
+
+    def snapshot(self) -> Exponential:
+        """Itself: its answers depend only on the loop's steps."""
+        return self
 
     def steps(self, count: int) -> list[int]:
         """The first `count` due steps (e.g. `[100, 220, 364, 537]` for (100, 1.2))."""
@@ -284,181 +316,10 @@ class Exponential(Schedule):
         schedule = Exponential(self.start_step, self.factor)
         step = 0
         for _ in range(count):
-            step = schedule._advance(step)
+            step = schedule._first_due_from(step)
             out.append(step)
             step += 1
         return out
 
     def __repr__(self) -> str:
         return f"Exponential({self.start_step}, {self.factor:g})"
-
-
-class ScheduledHook:
-    """Calls `fn(loop, metrics)` after the steps a schedule marks, and maybe at the end.
-
-    Registered as an `on_step` hook with the schedule (the loop calls it
-    only when due), and an `on_end` one when `call_on_end`. The end call
-    happens only if the run trained at least one step and `fn` did not
-    already run after its last step, so the same metrics are never reported
-    twice.
-    """
-
-    def __init__(self, schedule: Schedule, fn: OnStepFn, call_on_end: bool):
-        self.schedule = schedule
-        self.fn = fn
-        self.call_on_end = call_on_end
-        self._last_call: tuple[int, int] | None = None  # (start_step of the run, step)
-
-    def on_step(self, loop: Any, metrics: list) -> None:
-        self.fn(loop, metrics)
-        self._last_call = (loop.start_step, loop.loop_step)
-
-    def on_end(self, loop: Any, metrics: list) -> None:
-        last_step = loop.loop_step - 1
-        if last_step < loop.start_step or self._last_call == (loop.start_step, last_step):
-            return
-        self.fn(loop, metrics)
-        self._last_call = (loop.start_step, last_step)
-
-    def register(self, loop: Any, name: str, priority: float) -> None:
-        loop.on_step(name, priority, self.on_step, schedule=self.schedule)
-        if self.call_on_end:
-            loop.on_end(name, priority, self.on_end)
-
-
-def every_n_steps(loop: Any, n: int, name: str, priority: float, fn: OnStepFn) -> EveryNSteps:
-    """Calls `fn(loop, metrics)` after every step where `(loop.loop_step + 1) % n == 0`.
-
-    Aligned on the global step, so it survives resumes; never forces a call
-    at the last step.
-
-    Args:
-        loop: the `ktl.Loop`.
-        n: the period in steps, >= 1.
-        name: names the hook ("EveryNSteps(n): name") in error messages.
-        priority: lower runs first.
-        fn: `fn(loop, metrics)`.
-
-    Returns:
-        The schedule (`next_step(loop)` tells the next step it fires at).
-
-    Raises:
-        TypeError, ValueError: a bad argument (the message shows its value).
-
-    Example:
-        ktl.every_n_steps(loop, 100, "log", 0, lambda loop, m: print(loop.loop_step, float(m[1])))
-    """
-    schedule = EveryNSteps(n)
-    _check_hook_args("every_n_steps", name, priority, fn)
-    ScheduledHook(schedule, fn, call_on_end=False).register(loop, f"{schedule}: {name}", priority)
-    return schedule
-
-
-def n_times_during_loop(
-    loop: Any, n: int, name: str, priority: float, fn: OnStepFn
-) -> NTimesDuringLoop:
-    """Calls `fn(loop, metrics)` at most `n` times per run, evenly spread, always at the end.
-
-    See `NTimesDuringLoop` for the exact steps (and the first epoch of
-    `run_epochs`, where the total is unknown).
-
-    Args:
-        loop: the `ktl.Loop`.
-        n: the number of calls, >= 1.
-        name: names the hook ("NTimesDuringLoop(n): name") in error messages.
-        priority: lower runs first.
-        fn: `fn(loop, metrics)`.
-
-    Returns:
-        The schedule.
-
-    Raises:
-        TypeError, ValueError: a bad argument (the message shows its value).
-
-    Example:
-        ktl.n_times_during_loop(loop, 10, "eval", 0, lambda loop, m: trainer.eval(test_ds))
-    """
-    schedule = NTimesDuringLoop(n)
-    _check_hook_args("n_times_during_loop", name, priority, fn)
-    ScheduledHook(schedule, fn, call_on_end=True).register(loop, f"{schedule}: {name}", priority)
-    return schedule
-
-
-def periodic_callback(
-    loop: Any,
-    period: float | datetime.timedelta,
-    call_on_end: bool,
-    name: str,
-    priority: float,
-    fn: OnStepFn,
-    *,
-    clock: Callable[[], float] = time.monotonic,
-) -> Periodic:
-    """Calls `fn(loop, metrics)` after a step once `period` passed since the previous call.
-
-    The time counts from the end of the previous call (or the first step of
-    the run), so `fn`'s own duration is not counted.
-
-    Args:
-        loop: the `ktl.Loop`.
-        period: seconds (> 0) or a `datetime.timedelta`.
-        call_on_end: also call `fn` at the end of the run (unless it just
-            ran after the last step).
-        name: names the hook ("Periodic(30s): name") in error messages.
-        priority: lower runs first.
-        fn: `fn(loop, metrics)`.
-        clock: the time source in seconds (tests pass a fake clock).
-
-    Returns:
-        The schedule.
-
-    Raises:
-        TypeError, ValueError: a bad argument (the message shows its value).
-
-    Example:
-        ktl.periodic_callback(loop, 60, True, "checkpoint", 100, lambda loop, m: save(loop))
-    """
-    schedule = Periodic(period, clock=clock)
-    _check_hook_args("periodic_callback", name, priority, fn)
-    hook = ScheduledHook(schedule, fn, call_on_end=bool(call_on_end))
-    hook.register(loop, f"{schedule}: {name}", priority)
-    return schedule
-
-
-def exponential_callback(
-    loop: Any,
-    start_step: int,
-    factor: float,
-    call_on_end: bool,
-    name: str,
-    priority: float,
-    fn: OnStepFn,
-) -> Exponential:
-    """Calls `fn(loop, metrics)` at geometrically spaced steps.
-
-    `(100, 1.2)` calls after steps 100, 220, 364, 537, ... (see `Exponential`).
-
-    Args:
-        loop: the `ktl.Loop`.
-        start_step: the first step, >= 1; also the first skip.
-        factor: the growth of the skip after each call, > 1.
-        call_on_end: also call `fn` at the end of the run (unless it just
-            ran after the last step).
-        name: names the hook ("Exponential(100, 1.2): name") in error messages.
-        priority: lower runs first.
-        fn: `fn(loop, metrics)`.
-
-    Returns:
-        The schedule.
-
-    Raises:
-        TypeError, ValueError: a bad argument (the message shows its value).
-
-    Example:
-        ktl.exponential_callback(loop, 100, 1.2, True, "plot", 0, plot_fn)
-    """
-    schedule = Exponential(start_step, factor)
-    _check_hook_args("exponential_callback", name, priority, fn)
-    hook = ScheduledHook(schedule, fn, call_on_end=bool(call_on_end))
-    hook.register(loop, f"{schedule}: {name}", priority)
-    return schedule

@@ -9,7 +9,7 @@ import pytest
 from test_loop_fused import SumTrainer
 
 import keras_trainloop as ktl
-from keras_trainloop.loop import _fusion_gate, _loop
+from keras_trainloop.loop import _fusion_gate, _step_loop as _loop
 from keras_trainloop.loop._fusion_gate import FusionGate
 
 
