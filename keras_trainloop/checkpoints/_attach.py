@@ -25,7 +25,10 @@ def attach_checkpoint(
     wait_on_end: bool = True,
     priority: float = 100,
 ) -> None:
-    """Saves `checkpoint` on the given schedules and at the end of each run of `loop`.
+    """Saves `checkpoint` on the given schedules, at the end of each run and on interrupts.
+
+    When Ctrl-C or SIGTERM stops a run, the last completed step is saved
+    (and its files written) before the interrupt propagates.
 
     Any combination of schedules may be given (a step where several fire is
     saved once). The loop resumes at the trainer's global step
@@ -97,6 +100,12 @@ def attach_checkpoint(
                 checkpoint.wait()
 
         loop.on_end(_HOOK_NAME, priority, save_on_end)
+
+    def save_on_interrupt(loop: Any, interrupt: BaseException) -> None:
+        checkpoint.save()  # The last completed step: Ctrl-C or SIGTERM loses nothing.
+        checkpoint.wait()
+
+    loop.on_interrupt(_HOOK_NAME, priority, save_on_interrupt)
     step = int(loop.trainer.global_step)
     if loop.loop_step != step:
         loop.resume_at(step)

@@ -20,6 +20,7 @@ OnStepFn = Callable[[Any, list], None]
 OnEndFn = OnStepFn
 OnEpochBeginFn = Callable[[Any, int], None]  # Also on_batch_begin's: fn(loop, step).
 OnValidationEndFn = Callable[[Any, dict], None]
+OnInterruptFn = Callable[[Any, BaseException], None]
 
 
 class LoopEvents:
@@ -34,6 +35,7 @@ class LoopEvents:
         self._on_batch_begin = HookList("OnBatchBegin", "fn(loop, step)")
         self._on_validation_begin = HookList("OnValidationBegin", "fn(loop, ds)")
         self._on_validation_end = HookList("OnValidationEnd", "fn(loop, logs)")
+        self._on_interrupt = HookList("OnInterrupt", "fn(loop, interrupt)")
         self._build_model_first = False
         self._event_logs: dict[str, Any] | None = None  # The current event's Keras logs.
         self._val_logs: dict[str, Any] = {}  # The last validation's, while it is current.
@@ -84,6 +86,23 @@ class LoopEvents:
                 `fn(loop, metrics)`.
         """
         self._on_end.add(name, priority, fn)
+
+    def on_interrupt(self, name: str, priority: float, fn: OnInterruptFn) -> None:
+        """Adds `fn(loop, interrupt)`, called when Ctrl-C or SIGTERM stops a run.
+
+        `interrupt` is the `KeyboardInterrupt` (Ctrl-C) or the
+        `ktl.trainer.TerminationRequested` (SIGTERM, a `SystemExit` with status
+        143) that stops the run; it propagates after the hooks. The trainer's
+        state then is the last completed step's (a step is never torn), so a
+        hook can save it: `attach_checkpoint` saves there. Another Ctrl-C
+        while the hooks run is deferred until they end (a third one
+        interrupts them). The `on_end` hooks do not run.
+
+        Raises:
+            TypeError: bad name or priority, or `fn` cannot be called as
+                `fn(loop, interrupt)`.
+        """
+        self._on_interrupt.add(name, priority, fn)
 
     def on_epoch_begin(self, name: str, priority: float, fn: OnEpochBeginFn) -> None:
         """Adds `fn(loop, epoch)`, called by `run_epochs` before each epoch's first step.

@@ -27,6 +27,7 @@ from keras_trainloop.loop._run_parts import (
     new_history,
     validation_due,
 )
+from keras_trainloop.trainer import interrupts
 
 
 @contextlib.contextmanager
@@ -40,9 +41,28 @@ def running(loop: Any) -> Iterator[None]:
         )
     loop._running = True
     try:
-        yield
+        with interrupts.handling_sigterm():
+            yield
+    except (KeyboardInterrupt, interrupts.TerminationRequested) as interrupt:
+        _interrupted(loop, interrupt)
+        raise
     finally:
         loop._running = False
+
+
+def _interrupted(loop: Any, interrupt: BaseException) -> None:
+    """Ctrl-C or SIGTERM stopped the run: the on_interrupt hooks see the last complete step.
+
+    The Trainer never holds a torn step (its steps defer the signals until
+    their results replace the state), so `loop_step` is brought to the
+    trainer's global step and the hooks run, with further Ctrl-C deferred.
+    """
+    with interrupts.guard():
+        global_step = getattr(loop.trainer, "global_step", None)
+        if isinstance(global_step, int) and global_step >= loop.start_step:
+            loop.loop_step = global_step  # A step that ended as the signal came counts.
+        if loop._on_interrupt.hooks:
+            loop._on_interrupt.fire(loop, interrupt)
 
 
 def run_steps(loop: Any, ds: Any, steps: int, validation_data: Any, validation_freq: Any,

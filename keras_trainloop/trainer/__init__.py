@@ -22,7 +22,9 @@ Multiple devices:
 """
 
 from keras_trainloop._forwarding import forward_attribute
+from keras_trainloop.trainer import _interrupts as interrupts
 from keras_trainloop.trainer._cache import Executor, ExecutorLimitError, GraphType
+from keras_trainloop.trainer._interrupts import TerminationRequested
 from keras_trainloop.trainer._model import FnModel
 from keras_trainloop.trainer._model_losses import add_loss, add_per_step_update_fn, get_losses
 from keras_trainloop.trainer._trainer import Trainer
@@ -35,8 +37,10 @@ __all__ = [
     "ExecutorLimitError",
     "FnModel",
     "GraphType",
+    "TerminationRequested",
     "Trainer",
     "add_loss",
     "add_per_step_update_fn",
     "get_losses",
+    "interrupts",
 ]
