@@ -13,6 +13,9 @@ from keras_trainloop.data._common import (
     short_repr,
 )
 
+_STATE_VERSION = 1
+"""Version of the `get_state` dict; `set_state` refuses others."""
+
 _PASS_COPY_BYTES = 64 * 2**20
 """Shuffled datasets up to this size are permuted once per pass (one extra copy), so each
 batch is a slice (~1 µs) rather than a gather (~4 µs for digits)."""
@@ -93,6 +96,11 @@ class ArrayDataset:
     since the pass began changes nothing, so an extra `reset()` before training
     does not shift the sequence.
 
+    `get_state()` returns the position (pass, offset in it, shuffling state) as
+    plain JSON values, and `set_state(state)` moves a dataset built with the
+    same arguments there: it then yields exactly the batches the saved one
+    yielded next, across passes, `reset()` and `yield_batches` alike.
+
     With `loop_forever=True` the passes follow each other without end and
     `yield_batch` never raises `EOFError`; every batch is full, a batch that
     reaches the end of a pass being completed from the start of the next one
@@ -158,6 +166,8 @@ class ArrayDataset:
                 "drop_remainder=False."
             )
         self._rng = np.random.default_rng(seed) if shuffle else None
+        self._pass_rng_state: dict | None = None  # The RNG state that drew the pass's order.
+        self._pass = -1  # Passes begun before the current one (_begin_pass counts it).
         self._order: np.ndarray | None = None  # None: examples in their stored order.
         # Small shuffled datasets are gathered once per pass, so batches are cheap slices.
         self._copy_passes = shuffle and sum(a.nbytes for a in self._arrays) <= _PASS_COPY_BYTES
@@ -211,10 +221,12 @@ class ArrayDataset:
         )
 
     def _begin_pass(self) -> None:
+        self._pass += 1
         self._pos = 0
         self._untouched = True
         self._pass_arrays = None
         if self._rng is not None:
+            self._pass_rng_state = self._rng.bit_generator.state
             self._order = self._rng.permutation(self._num_examples)
 
     def _copy_pass(self) -> None:
@@ -339,3 +351,141 @@ class ArrayDataset:
         """
         if not self._untouched:
             self._begin_pass()
+
+    def _arguments(self) -> dict[str, Any]:
+        """The arguments that shape the batches, as `get_state` records them."""
+        return {
+            "num_examples": self._num_examples,
+            "batch_size": self._batch_size,
+            "shuffle": self._rng is not None,
+            "loop_forever": self._loop_forever,
+            "drop_remainder": self._drop_remainder,
+        }
+
+    def get_state(self) -> dict[str, Any]:
+        """The dataset's position, from which `set_state` yields the same batches next.
+
+        Cheap (a few µs, no copy of the data): call it at every checkpoint.
+
+        Returns:
+            A dict of plain values that `json.dumps` / `json.loads` keep
+            exactly: `pass` (passes begun before the current one), `offset`
+            (examples of the pass read so far), `rng` (numpy's bit generator
+            state when the pass began, from which its order and all later
+            ones are drawn; None without shuffling), and the arguments that
+            shape the batches (`num_examples`, `batch_size`, `shuffle`,
+            `loop_forever`, `drop_remainder`), which `set_state` checks.
+
+        Example:
+            state = train.get_state()           # e.g. json.dump(state, f)
+            resumed = ktl.ArrayDataset(x, y, batch_size=64, shuffle=True)
+            resumed.set_state(state)            # the next batches are train's
+        """
+        return {
+            "dataset": "ArrayDataset",
+            "version": _STATE_VERSION,
+            **self._arguments(),
+            "pass": self._pass,
+            "offset": self._pos,
+            "rng": _plain(self._pass_rng_state),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Moves to the position `state` (from `get_state`) records.
+
+        Afterwards the dataset yields exactly the batches that the dataset
+        which returned `state` yielded next, and the same later passes
+        (`seed` is overridden by the saved shuffling state). `state` is
+        checked first: when it is refused, nothing changes.
+
+        Args:
+            state: a dict from `get_state` of an `ArrayDataset` built with
+                the same arguments (also after a JSON round trip).
+
+        Raises:
+            ValueError: `state` is not such a dict, or it comes from a
+                dataset with another number of examples, batch size,
+                `shuffle`, `loop_forever` or `drop_remainder` (the message
+                names what differs).
+        """
+        pass_index, offset, rng = self._checked_state(state)
+        self._rng = rng
+        self._pass = pass_index - 1
+        self._begin_pass()  # Draws the saved pass's order again, so the RNG is where it was.
+        self._pos = offset
+        self._untouched = offset == 0
+        if self._copy_passes and not self._untouched:
+            self._copy_pass()
+
+    def _checked_state(self, state: Any) -> tuple[int, int, np.random.Generator | None]:
+        """`(pass, offset, generator)` from `state`, or raises saying what is wrong."""
+        if not isinstance(state, dict) or state.get("dataset") != "ArrayDataset":
+            raise ValueError(
+                "ArrayDataset.set_state takes the dict that ArrayDataset.get_state() returns. "
+                f"Received: state={short_repr(state)}. Fix: pass the state saved from an "
+                "ArrayDataset (its 'dataset' entry is 'ArrayDataset')."
+            )
+        if state.get("version") != _STATE_VERSION:
+            raise self._bad_state(state, f"version={state.get('version')!r}, expected "
+                                  f"{_STATE_VERSION}", "start without the saved state, or "
+                                  "resume with the keras_trainloop version that saved it")
+        self._check_arguments(state)
+        pass_index, offset = state.get("pass"), state.get("offset")
+        if not _is_int(pass_index) or pass_index < 0:
+            raise self._bad_state(state, f"pass={pass_index!r}", "pass a non-negative integer")
+        if not _is_int(offset) or not 0 <= offset <= self._num_examples:
+            raise self._bad_state(state, f"offset={offset!r}",
+                                  f"pass an integer in [0, {self._num_examples}]")
+        return pass_index, offset, self._state_generator(state)
+
+    def _check_arguments(self, state: dict[str, Any]) -> None:
+        """Raises naming the arguments in which `state`'s dataset differs from this one."""
+        differs = [
+            f"{key}={state.get(key)!r} in the state but {value!r} here"
+            for key, value in self._arguments().items() if state.get(key) != value
+        ]
+        if differs:
+            raise ValueError(
+                f"ArrayDataset {self.name!r} cannot take a state saved from a dataset with "
+                f"other arguments: {'; '.join(differs)}. Fix: build the dataset with the "
+                "same arrays and arguments as the one whose state was saved, or start it "
+                "without the saved state."
+            )
+
+    def _state_generator(self, state: dict[str, Any]) -> np.random.Generator | None:
+        """A generator in the state's `rng` state (None without shuffling), or raises."""
+        rng_state = state.get("rng")
+        if self._rng is None:
+            if rng_state is not None:
+                raise self._bad_state(state, f"rng={short_repr(rng_state)}",
+                                      "pass rng=None for an unshuffled dataset")
+            return None
+        generator = np.random.Generator(np.random.PCG64())
+        try:
+            generator.bit_generator.state = rng_state
+        except (TypeError, ValueError, KeyError) as error:
+            raise self._bad_state(state, f"rng={short_repr(rng_state)} ({error})",
+                                  "pass the rng entry as get_state() saved it") from None
+        return generator
+
+    def _bad_state(self, state: dict[str, Any], what: str, fix: str) -> ValueError:
+        return ValueError(
+            f"ArrayDataset {self.name!r} cannot take this state: {what}. "
+            f"Received: state={short_repr(state, 200)}. Fix: {fix}; use the dict that "
+            "get_state() returned, unchanged."
+        )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _plain(value: Any) -> Any:
+    """`value` with numpy scalars and arrays turned into plain ints, floats and lists."""
+    if isinstance(value, dict):
+        return {str(key): _plain(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -18,6 +18,18 @@ class Dataset(Protocol):
     they cannot be stacked). `ktl.Loop` uses it to run `n` steps in one
     compiled call; `ktl.ArrayDataset` and `ktl.TFDataset` have it.
 
+    Optional: `get_state() -> dict` and `set_state(state: dict)`, the names
+    grain iterators and Keras use, for an exact resume. `get_state` returns
+    the dataset's position as plain JSON values (`json.dumps` keeps it
+    exactly), e.g. the pass, the offset in it and the shuffling state; after
+    `other.set_state(ds.get_state())` on a dataset built with the same
+    arguments, `other` yields exactly the batches `ds` yields next, across
+    pass ends, `reset()` and `yield_batches`. `set_state` checks the state
+    before changing anything and raises `ValueError` for a state from a
+    dataset with other arguments. `ktl.ArrayDataset` and `ktl.TFDataset` have
+    them; datasets without them are still Datasets (`isinstance` checks only
+    the three members above), and a resumed run restarts their data order.
+
     Attributes:
         name: identifies the dataset in progress bars, reports and plots.
 

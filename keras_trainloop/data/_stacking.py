@@ -85,6 +85,15 @@ class ReadAhead:
         """Forgets the held exception (a new pass begins)."""
         self._error = None
 
+    @property
+    def held(self) -> BaseException | None:
+        """The exception `read` raised and `raise_held` has not raised yet, or None."""
+        return self._error
+
+    def hold(self, error: BaseException | None) -> None:
+        """Holds `error` as if `read` had raised it (a restored position)."""
+        self._error = error
+
 
 class BatchStacker:
     """Reads batches ahead so that `n` of them can be stacked, keeping any it cannot stack.
@@ -138,3 +147,22 @@ class BatchStacker:
         """Drops the buffered batches and any held exception (a new pass begins)."""
         self._buffer.clear()
         self._ahead.clear()
+
+    def pending(self) -> list[tuple[list, list]]:
+        """The batches read ahead and not yet returned, as `(inputs, labels)` stacks of one.
+
+        Each array has a new leading axis of size 1, as `ChunkReader.pending` returns them.
+        """
+        return [([np.asarray(a)[None] for a in batch[1]], [np.asarray(a)[None] for a in batch[2]])
+                for batch in self._buffer]
+
+    @property
+    def held(self) -> BaseException | None:
+        """The exception `read` raised after the pending batches, or None."""
+        return self._ahead.held
+
+    def restore(self, batches: list[Batch], held: BaseException | None) -> None:
+        """Replaces the pending batches and the held exception (a restored position)."""
+        self.clear()
+        self._buffer.extend(batches)
+        self._ahead.hold(held)

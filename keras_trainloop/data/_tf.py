@@ -7,26 +7,38 @@ TensorFlow and TFDS are imported only when one of these is used, never by
 from __future__ import annotations
 
 import functools
-import math
 import os
 import sys
-from collections.abc import Callable
+import warnings
 from typing import Any
-
-import numpy as np
 
 from keras_trainloop.data._common import check_batch_size, check_name, short_repr
 from keras_trainloop.data._stacking import BatchStacker
 from keras_trainloop.data._tf_chunks import ChunkReader, can_chunk, chunked, static_shapes
-
-# Datasets whose decoded examples are estimated to fit in this many bytes are
-# cached in memory by `from_tfds` (cache=None): MNIST, CIFAR-10/100 and the like.
-AUTO_CACHE_MAX_BYTES = 256 * 1024 * 1024
-# Shuffle buffer of `from_tfds` for datasets that are not cached in memory.
-SHUFFLE_BUFFER_SIZE = 10_000
-
-# tfds.load arguments that from_tfds sets itself.
-_RESERVED_LOAD_KWARGS = ("as_supervised", "download", "try_gcs", "with_info", "batch_size")
+from keras_trainloop.data._tf_elements import check_batched, side_extractor
+from keras_trainloop.data._tf_state import (
+    STATE_VERSION,
+    Unsaveable,
+    UnsaveableBatches,
+    bad_state,
+    check_state,
+    decode_stacks,
+    encode_stacks,
+    restart_warning,
+    restore_iterator,
+    save_iterator,
+)
+from keras_trainloop.data._tfds import (
+    AUTO_CACHE_MAX_BYTES,
+    SHUFFLE_BUFFER_SIZE,  # noqa: F401 - documented beside from_tfds, kept importable here
+    cached_and_shuffled,
+    check_load_kwargs,
+    decoded_bytes,
+    default_data_dir,
+    prepared_builder,
+    shuffle_files,
+    split_num_examples,
+)
 
 
 @functools.cache
@@ -52,69 +64,6 @@ def _import_tfds() -> Any:
     return tfds
 
 
-def _side_extractor(
-    tf: Any, side: str, spec: Any, index: int,
-) -> tuple[Callable[[tuple], list], list[tuple[str, Any]], tuple | None]:
-    """Returns (element -> list of arrays, named leaf specs, dict keys or None) for one side."""
-    if isinstance(spec, dict):
-        keys = tuple(spec)
-        leaves = [(f"{side}[{key!r}]", spec[key]) for key in keys]
-
-        def extract(element):
-            value = element[index]
-            return [value[key] for key in keys]
-    elif isinstance(spec, (tuple, list)):
-        keys = None
-        leaves = [(f"{side}[{i}]", leaf) for i, leaf in enumerate(spec)]
-
-        def extract(element):
-            return list(element[index])  # [] for an empty tuple.
-    else:
-        keys = None
-        leaves = [(side, spec)]
-
-        def extract(element):
-            return [element[index]]
-
-    for name, leaf in leaves:
-        if not isinstance(leaf, tf.TensorSpec):
-            raise TypeError(
-                "TFDataset takes elements (inputs, labels) where each side is a tensor, a "
-                "tuple/list of tensors or a dict of tensors. "
-                f"Received: {name} with spec {leaf!r}. Fix: flatten nested structures with "
-                "ds.map(...); pad ragged tensors (.to_tensor()) or densify sparse ones."
-            )
-    return extract, leaves, keys
-
-
-def _check_batched(leaves: list[tuple[str, Any]], element_spec: Any) -> None:
-    """Raises if a leaf has rank 0 or the known leading dimensions differ."""
-    leading = None
-    for name, leaf in leaves:
-        rank = leaf.shape.rank
-        if rank is None:
-            continue
-        if rank == 0:
-            raise ValueError(
-                "TFDataset needs a batched tf.data.Dataset: every tensor must have a "
-                f"leading batch dimension. Received: {name} of shape {leaf.shape} "
-                f"(element_spec={element_spec!r}). Fix: call .batch(batch_size) on the "
-                "dataset before wrapping it."
-            )
-        size = leaf.shape[0]
-        if size is None:
-            continue
-        if leading is None:
-            leading = (name, size)
-        elif size != leading[1]:
-            raise ValueError(
-                "TFDataset needs a batched tf.data.Dataset whose tensors share the leading "
-                f"batch dimension. Received: {name} with leading dimension {size} but "
-                f"{leading[0]} with {leading[1]} (element_spec={element_spec!r}). "
-                "Fix: call .batch(batch_size) on the dataset of examples, not on its parts."
-            )
-
-
 class TFDataset:
     """Batches from a batched `tf.data.Dataset` of `(inputs, labels)` elements.
 
@@ -131,6 +80,13 @@ class TFDataset:
     never raises `EOFError`. TensorFlow's GPUs are hidden on first use so the
     pipeline runs on the CPU and leaves accelerators to JAX.
 
+    `get_state()` saves the position with tf.data's own iterator checkpoint
+    (exact: shuffle buffers and seeds included) plus the batches read ahead
+    and not yet returned; `set_state(state)` on the same pipeline yields the
+    batches that followed. Pipelines running Python code (`from_generator`,
+    `py_function`) cannot be saved: `set_state` then warns and starts a
+    fresh pass. See `get_state`.
+
     Args:
         tf_dataset: a batched `tf.data.Dataset`.
         name: the dataset's name; defaults to "tf.data".
@@ -140,8 +96,9 @@ class TFDataset:
         TypeError: `tf_dataset` is not a `tf.data.Dataset`, its elements are not
             `(inputs, labels)` pairs, or a side holds a nested, ragged or sparse
             structure.
-        ValueError: the dataset is not batched (a rank-0 tensor, or known leading
-            dimensions that differ).
+        ValueError: the dataset is not batched: its elements come from
+            `from_tensor_slices`/`range`/`unbatch()` with no batch op after
+            them, a tensor has rank 0, or known leading dimensions differ.
 
     Example:
         ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(1024).batch(64)
@@ -167,20 +124,25 @@ class TFDataset:
                 "ex['label'])) (with TFDS, load it with as_supervised=True), or "
                 "ds.map(lambda x: (x, ())) for inputs without labels."
             )
-        get_inputs, input_leaves, input_keys = _side_extractor(tf, "inputs", element_spec[0], 0)
-        get_labels, label_leaves, _ = _side_extractor(tf, "labels", element_spec[1], 1)
+        get_inputs, input_leaves, input_keys = side_extractor(tf, "inputs", element_spec[0], 0)
+        get_labels, label_leaves, _ = side_extractor(tf, "labels", element_spec[1], 1)
         if not input_leaves:
             raise ValueError(
                 "TFDataset needs at least one input tensor. "
                 f"Received: element_spec={element_spec!r}. Fix: put the model's inputs "
                 "first in each (inputs, labels) element."
             )
-        _check_batched(input_leaves + label_leaves, element_spec)
+        check_batched(tf_dataset, input_leaves + label_leaves, element_spec)
         self._dataset = tf_dataset
         self._get_inputs, self._get_labels = get_inputs, get_labels
         self.name = check_name("tf.data" if name is None else name)
         self._spec = input_keys if spec is None and input_keys is not None else spec
         self._iterator: Any = None
+        self._iterator_read = False  # Whether a batch was read from self._iterator.
+        self._next_iterator: Any = None  # The next pass's, made (unread) by get_state.
+        self._next_files: dict[str, str] | None = None  # Its checkpoint, once saved.
+        self._unsaveable: str | None = None  # Why tf.data cannot save the iterator.
+        self._warned_restart = False  # set_state warns once that the data order restarts.
         if can_chunk(input_leaves + label_leaves):  # Up to 8 batches per iterator call.
             self._chunks, self._chunk_shapes = chunked(tf, tf_dataset)
             self._stacker: BatchStacker | ChunkReader = ChunkReader(self._read_chunk, self._spec)
@@ -255,6 +217,7 @@ class TFDataset:
     def _next_element(self, dataset: Any) -> Any:
         if self._iterator is None:
             self._iterator = dataset.as_numpy_iterator()
+        self._iterator_read = True
         try:
             return next(self._iterator)
         except StopIteration:
@@ -276,129 +239,126 @@ class TFDataset:
                 self._get_inputs(shapes), self._get_labels(shapes))
 
     def reset(self) -> None:
-        """Starts a fresh pass; the pipeline is restarted on the next `yield_batch()`."""
-        self._iterator = None
+        """Starts a fresh pass; the pipeline is restarted on the next `yield_batch()`.
+
+        An iterator from which nothing was read yet (made by `get_state`) is
+        kept, or used: it already is at the start of a fresh pass.
+        """
+        if self._iterator_read:
+            self._iterator, self._next_iterator = self._next_iterator, None
+            self._iterator_read, self._next_files = False, None
         self._stacker.clear()
 
+    def get_state(self) -> dict[str, Any]:
+        """The dataset's position, from which `set_state` yields the same batches next.
 
-def _decoded_bytes(builder: Any, num_examples: int) -> int | None:
-    """Estimates the decoded size of the supervised features of `num_examples`, or None."""
-    try:
-        total = 0
-        for key in _flatten(builder.info.supervised_keys):
-            feature = builder.info.features[key]
-            shapes, dtypes = _flatten(feature.shape), _flatten(feature.np_dtype)
-            for shape, dtype in zip(shapes, dtypes):
-                if shape is None or any(dim is None for dim in shape):
-                    return None
-                total += math.prod(shape) * np.dtype(dtype).itemsize
-        return total * num_examples
-    except Exception:  # noqa: BLE001 - an unusual feature: no estimate, no cache.
-        return None
+        The position is tf.data's checkpoint of the iterator (every op's
+        position, shuffle and prefetch buffers, random state) and the batches
+        already read from it and not yet returned (up to the 8 of a chunk, or
+        more after a `yield_batches`). Once a batch op has read the end of a
+        pass, tf.data's checkpoint no longer holds the seeds a reshuffling
+        `shuffle` draws for the next pass, so for a finite pipeline the next
+        pass's iterator is made now (seeds are drawn in the same order) and
+        saved too, unread.
+        Checkpoints embed the pipeline's graph: one built `from_tensor_slices`
+        of arrays carries those arrays (twice, mid-pass), so a state is about
+        that size plus the shuffle buffer; it takes tens of ms.
 
+        Pipelines that tf.data cannot save (Python code: `from_generator`,
+        `py_function`, `numpy_function`), or batches of strings read ahead,
+        give a state with `"saved": False` and the reason; `set_state` then
+        warns and restarts the data order.
 
-def _flatten(value: Any) -> list[Any]:
-    if isinstance(value, dict):
-        return [leaf for v in value.values() for leaf in _flatten(v)]
-    if isinstance(value, list) or (isinstance(value, tuple) and not _is_shape(value)):
-        return [leaf for v in value for leaf in _flatten(v)]
-    return [value]
+        Returns:
+            A dict of plain JSON values: `saved`, the checkpoint files and the
+            pending batches as base64 text, whether the pass had ended, and
+            the pipeline's `element_spec` (checked by `set_state`).
+        """
+        tf = _import_tf()
+        state = {"dataset": "TFDataset", "version": STATE_VERSION, "name": self.name,
+                 "element_spec": repr(self._dataset.element_spec)}
+        if self._unsaveable is not None:
+            return state | {"saved": False, "reason": self._unsaveable}
+        if self._iterator is None:  # Made now, it is this pass's iterator.
+            self._iterator = self._source.as_numpy_iterator()
+        # An endless pipeline never drops its seeds; making its next iterator early would
+        # draw seeds that the current one's next repetition draws otherwise.
+        with_next = self._iterator_read and int(self._dataset.cardinality()) != int(
+            tf.data.INFINITE_CARDINALITY)
+        if with_next and self._next_iterator is None:
+            self._next_iterator = self._source.as_numpy_iterator()
+        try:
+            pending = encode_stacks(self._stacker.pending())
+            files = save_iterator(tf, self._iterator)
+            if with_next and self._next_files is None:  # Unread: saved once.
+                self._next_files = save_iterator(tf, self._next_iterator)
+        except Unsaveable as why:
+            if not isinstance(why, UnsaveableBatches):
+                self._unsaveable = str(why)  # The pipeline's ops: for good.
+            return state | {"saved": False, "reason": str(why)}
+        return state | {
+            "saved": True, "iterator": files, "next_iterator": self._next_files,
+            "pending": pending,
+            "ended": isinstance(self._stacker.held, EOFError), "read": self._iterator_read,
+        }
 
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Moves to the position `state` (from `get_state`) records.
 
-def _is_shape(value: tuple) -> bool:
-    return all(dim is None or isinstance(dim, int) for dim in value)
+        Afterwards the dataset yields exactly the batches that the dataset
+        which returned `state` yielded next, also in later passes after
+        `reset()` (but for a pipeline that `repeat()`s a reshuffling
+        `shuffle`: the seeds of a pass after `reset()` then depend on how far
+        tf.data had prefetched, in the saved run too). When the state could
+        not be saved (`"saved": False`), it warns once and starts a fresh
+        pass: the data order restarts.
 
+        Args:
+            state: a dict from `get_state` of a `TFDataset` over the same
+                pipeline (built by the same code), also after a JSON round trip.
 
-def _not_prepared(
-    name: str, split: str, data_dir: str | None, default_dir: str, why: str, fix: str | None = None,
-) -> ValueError:
-    where = f"data_dir={data_dir!r}" if data_dir is not None else (
-        f"data_dir=None (TFDS' default, {default_dir!r})"
-    )
-    if fix is None:
-        fix = (
-            f"on a machine with network access run tfds.builder({name!r}, "
-            "data_dir=DIR).download_and_prepare() and copy DIR here, or pass data_dir= "
-            "pointing at a directory that holds it."
-        )
-    return ValueError(
-        f"from_tfds reads datasets already prepared on disk and never downloads. {why} "
-        f"Received: name={name!r}, split={split!r}, {where}. Fix: {fix}"
-    )
+        Raises:
+            ValueError: `state` is not such a dict, comes from a pipeline with
+                another `element_spec`, or tf.data cannot restore its
+                checkpoint into this pipeline (other ops). The position is
+                unchanged then.
+        """
+        tf = _import_tf()
+        check_state(state, self.name, repr(self._dataset.element_spec))
+        if not state.get("saved"):
+            if not self._warned_restart:
+                self._warned_restart = True
+                warnings.warn(restart_warning(self.name, state.get("reason")), stacklevel=2)
+            self.reset()
+            return
+        try:
+            pending = decode_stacks(state.get("pending"))
+            iterator = self._restored(tf, state.get("iterator"))
+            next_files = state.get("next_iterator")
+            next_iterator = None if next_files is None else self._restored(tf, next_files)
+        except (ValueError, TypeError, AttributeError) as error:
+            raise bad_state(self.name, state, str(error)) from None
+        held = None
+        if state.get("ended"):
+            held = EOFError(f"End of dataset {self.name!r}; call reset() to start a new pass.")
+        if self._chunks is None:
+            pending = [(self._spec, [a[0] for a in ins], [a[0] for a in labs])
+                       for ins, labs in pending]
+        self._stacker.restore(pending, held)
+        self._iterator, self._next_iterator = iterator, next_iterator
+        self._next_files = next_files
+        self._iterator_read = bool(state.get("read", True))
 
+    @property
+    def _source(self) -> Any:
+        """The dataset the iterator reads: the chunked pipeline, or the pipeline itself."""
+        return self._dataset if self._chunks is None else self._chunks
 
-def _check_load_kwargs(load_kwargs: dict[str, Any]) -> None:
-    """Raises if `load_kwargs` holds a `tfds.load` argument that `from_tfds` sets."""
-    for key in _RESERVED_LOAD_KWARGS:
-        if key in load_kwargs:
-            raise TypeError(
-                f"from_tfds sets tfds.load's {key!r} itself. Received: {key}="
-                f"{load_kwargs[key]!r}. Fix: drop it; for other pipelines use "
-                "ktl.TFDataset(tfds.load(...)...)."
-            )
-
-
-def _default_data_dir(tfds: Any) -> str:
-    """TFDS' default data directory, for messages."""
-    return getattr(getattr(tfds.core, "constants", None), "DATA_DIR", "~/tensorflow_datasets")
-
-
-def _prepared_builder(
-    tfds: Any, name: str, split: str, data_dir: str | None, default_dir: str,
-    builder_kwargs: dict[str, Any] | None,
-) -> Any:
-    """The TFDS builder of `name`, or raises if the dataset is not prepared in `data_dir`."""
-    try:
-        builder = tfds.builder(name, data_dir=data_dir, try_gcs=False, **dict(builder_kwargs or {}))
-    except tfds.core.registered.DatasetNotFoundError:
-        raise _not_prepared(name, split, data_dir, default_dir,
-                            "No dataset of this name is registered or on disk.") from None
-    if not builder.is_prepared():
-        raise _not_prepared(name, split, data_dir, default_dir,
-                            f"It is not prepared there (looked in {builder.data_dir!r}).")
-    return builder
-
-
-def _num_examples(
-    builder: Any, name: str, split: str, data_dir: str | None, default_dir: str,
-) -> int:
-    """Examples in `split`, or raises if it is not prepared or has no supervised keys."""
-    try:
-        num_examples = builder.info.splits[split].num_examples
-    except (ValueError, KeyError) as err:
-        raise _not_prepared(
-            name, split, data_dir, default_dir,
-            f"The split is not there ({err}).",
-            f"pass one of the prepared splits {sorted(builder.info.splits)} (slices such as "
-            "'train[:90%]' and unions such as 'train+test' work too).",
-        ) from None
-    if builder.info.supervised_keys is None:
-        raise ValueError(
-            "from_tfds reads (input, label) pairs, but this dataset has no supervised keys. "
-            f"Received: name={name!r}. Fix: build the pipeline yourself, e.g. "
-            f"ktl.TFDataset(tfds.load({name!r}, split=..., data_dir=...).map(lambda ex: "
-            "(ex['image'], ex['label'])).batch(64))."
-        )
-    return num_examples
-
-
-def _shuffle_files(tfds: Any, load_kwargs: dict[str, Any], seed: int | None) -> None:
-    """Makes `tfds.load` shuffle the files, seeded, unless `load_kwargs` says otherwise."""
-    load_kwargs.setdefault("shuffle_files", True)
-    if seed is not None and "read_config" not in load_kwargs:
-        load_kwargs["read_config"] = tfds.ReadConfig(shuffle_seed=seed)
-
-
-def _cached_and_shuffled(
-    ds: Any, num_examples: int, *, cache: bool, shuffle: bool, seed: int | None,
-) -> Any:
-    """`ds` cached in memory and shuffled (whole-dataset when cached), as asked."""
-    if cache:
-        ds = ds.cache()
-    if shuffle:
-        buffer = num_examples if cache else min(num_examples, SHUFFLE_BUFFER_SIZE)
-        ds = ds.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=True)
-    return ds
+    def _restored(self, tf: Any, files: Any) -> Any:
+        """A new iterator of the source, restored from `save_iterator`'s files."""
+        iterator = self._source.as_numpy_iterator()
+        restore_iterator(tf, iterator, files)
+        return iterator
 
 
 def from_tfds(
@@ -455,25 +415,25 @@ def from_tfds(
                               shuffle=True, seed=0, loop_forever=True)
     """
     batch_size = check_batch_size(batch_size)
-    _check_load_kwargs(load_kwargs)
+    check_load_kwargs(load_kwargs)
     tf = _import_tf()
     tfds = _import_tfds()
     if data_dir is not None:
         data_dir = os.path.expanduser(os.fspath(data_dir))
-    default_dir = _default_data_dir(tfds)
-    builder = _prepared_builder(tfds, name, split, data_dir, default_dir,
+    default_dir = default_data_dir(tfds)
+    builder = prepared_builder(tfds, name, split, data_dir, default_dir,
                                 load_kwargs.get("builder_kwargs"))
-    num_examples = _num_examples(builder, name, split, data_dir, default_dir)
+    num_examples = split_num_examples(builder, name, split, data_dir, default_dir)
     if shuffle:
-        _shuffle_files(tfds, load_kwargs, seed)
+        shuffle_files(tfds, load_kwargs, seed)
     ds = tfds.load(
         name, split=split, data_dir=data_dir, as_supervised=True, download=False,
         try_gcs=False, **load_kwargs,
     )
     if cache is None:
-        size = _decoded_bytes(builder, num_examples)
+        size = decoded_bytes(builder, num_examples)
         cache = size is not None and size <= AUTO_CACHE_MAX_BYTES
-    ds = _cached_and_shuffled(ds, num_examples, cache=cache, shuffle=shuffle, seed=seed)
+    ds = cached_and_shuffled(ds, num_examples, cache=cache, shuffle=shuffle, seed=seed)
     if loop_forever:
         ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

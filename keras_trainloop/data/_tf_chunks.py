@@ -73,6 +73,11 @@ class _Run:
     def left(self) -> int:
         return self.count - self.offset
 
+    def rest(self) -> tuple[list, list]:
+        """The batches not taken yet, stacked (views)."""
+        i = self.offset
+        return [a[i:] for a in self.inputs], [a[i:] for a in self.labels]
+
     def take(self, n: int) -> tuple[list, list]:
         """The next `n` batches, stacked (views)."""
         i, self.offset = self.offset, self.offset + n
@@ -169,3 +174,18 @@ class ChunkReader:
         """Drops the buffered batches and any held exception (a new pass begins)."""
         self._runs.clear()
         self._ahead.clear()
+
+    def pending(self) -> list[tuple[list, list]]:
+        """The batches read and not yet returned: `(inputs, labels)` stacks, one per run."""
+        return [run.rest() for run in self._runs]
+
+    @property
+    def held(self) -> BaseException | None:
+        """The exception `read_chunk` raised after the pending batches, or None."""
+        return self._ahead.held
+
+    def restore(self, stacks: list[tuple[list, list]], held: BaseException | None) -> None:
+        """Replaces the pending batches (stacks as `pending` returns) and the held exception."""
+        self.clear()
+        self._runs.extend(_Run(inputs, labels) for inputs, labels in stacks)
+        self._ahead.hold(held)

@@ -6,16 +6,24 @@ import io
 import math
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keras_trainloop.plots._points import (
     EVAL,
     POINTS_FILE_NAME,
     TRAIN,
     Point,
-    load_points,
+    read_points,
     save_points,
+    warn_torn,
+    write_atomically,
 )
+
+if TYPE_CHECKING:
+    from keras_trainloop.checkpoints import Checkpoint
+    from keras_trainloop.data import Dataset
+    from keras_trainloop.loop import Loop
+    from keras_trainloop.trainer import Trainer
 
 PLOT_FILE_NAME = "training_plot.png"
 """The PNG written into the plots' directory (a checkpoint directory) at the end of a run."""
@@ -115,11 +123,13 @@ def _draw_type(ax: Any, metric_type: str, curves: dict[str, dict[int, float]], *
 
 
 def _save_png(fig: Any, path: str) -> None:
-    """Writes `fig` as a PNG to `path`, creating its directory."""
+    """Writes `fig` as a PNG to `path` atomically (temporary file, rename), creating its directory."""
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    write_atomically(path, buffer.getvalue())
 
 
 def _png_bytes(fig: Any) -> bytes:
@@ -140,6 +150,9 @@ class Plots:
     With a `directory` (e.g. a checkpoint directory), points already saved
     there are loaded, new points are appended to its `POINTS_FILE_NAME` as
     they are collected, and `finish()` writes `PLOT_FILE_NAME` beside it.
+    Both files are replaced atomically (a temporary file, then a rename), so
+    an interrupted run leaves whole files; a torn last line left by an older
+    writer is dropped with a warning (see `load_points`).
 
     Args:
         trainer: the `ktl.Trainer`.
@@ -159,7 +172,8 @@ class Plots:
         output: "notebook" or "file".
 
     Raises:
-        ValueError: an unknown `output`, or a corrupt points file.
+        ValueError: an unknown `output`, or a corrupt points file (a line
+            other than the last is not a point).
 
     Example:
         plots = ktl.plots.Plots(trainer, test_ds, directory="/tmp/run")
@@ -170,13 +184,13 @@ class Plots:
 
     def __init__(
         self,
-        trainer: Any,
-        *eval_datasets: Any,
+        trainer: Trainer,
+        *eval_datasets: Dataset,
         directory: str | os.PathLike | None = None,
         png_path: str | os.PathLike | None = None,
         output: str = "auto",
     ):
-        from keras_trainloop.commandline._detect import in_notebook
+        from keras_trainloop.commandline import in_notebook
 
         if output not in PLOT_OUTPUTS:
             raise ValueError(
@@ -199,12 +213,15 @@ class Plots:
             if self.png_path is None:
                 self.png_path = os.path.join(directory, PLOT_FILE_NAME)
             if os.path.exists(self.points_file):
-                self.points = load_points(self.points_file)
+                self.points, torn = read_points(self.points_file)
+                if torn is not None:  # A write cut short: rewritten without the torn line.
+                    warn_torn(torn)
+                    save_points(self.points, self.points_file, append=False)
 
     def truncate_after(self, step: int) -> int:
         """Drops points measured after `step` (a run resumed from an older checkpoint).
 
-        The points file is rewritten when points are dropped.
+        The points file is rewritten (atomically) when points are dropped.
 
         Returns:
             How many points were dropped.
@@ -224,12 +241,12 @@ class Plots:
         if self.points_file is not None and points:
             save_points(points, self.points_file, append=True)
 
-    def on_start(self, loop: Any, ds: Any) -> None:
+    def on_start(self, loop: Loop, ds: Dataset | None) -> None:
         """Remembers the training dataset's name for the train points."""
         if ds is not None:
             self.train_dataset_name = str(getattr(ds, "name", TRAIN))
 
-    def collect(self, loop: Any, metrics: list) -> list[Point]:
+    def collect(self, loop: Loop | None, metrics: list) -> list[Point]:
         """Records the step's train metrics and evaluates the eval datasets.
 
         A hook `fn(loop, metrics)`; also callable by hand.
@@ -270,7 +287,7 @@ class Plots:
             self._show()
         return new
 
-    def on_end(self, loop: Any, metrics: list) -> None:
+    def on_end(self, loop: Loop, metrics: list) -> None:
         """Collects the final step (unless just collected) and calls `finish()`."""
         if loop.loop_step > loop.start_step and self._last_step != int(self.trainer.global_step):
             self.collect(loop, metrics)
@@ -301,9 +318,9 @@ class Plots:
 
 
 def attach_plots(
-    loop: Any,
-    *eval_datasets: Any,
-    checkpoint: Any = None,
+    loop: Loop,
+    *eval_datasets: Dataset,
+    checkpoint: Checkpoint | None = None,
     directory: str | os.PathLike | None = None,
     png_path: str | os.PathLike | None = None,
     start_step: int = 100,

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import os
+import stat
+import tempfile
+import warnings
 from collections.abc import Iterable
 
 POINTS_FILE_NAME = "training_plot_points.jsonl"
@@ -80,6 +85,11 @@ def points_path(path: str | os.PathLike) -> str:
 def load_points(path: str | os.PathLike) -> list[Point]:
     """Loads the points saved as JSON lines.
 
+    A last line that is not a point (a write cut short: the process was
+    killed while appending, with a version that did not write atomically)
+    is dropped with a warning naming the file and line; any other line that
+    is not a point is an error.
+
     Args:
         path: a points file, or a (checkpoint) directory holding
             `POINTS_FILE_NAME`.
@@ -89,31 +99,75 @@ def load_points(path: str | os.PathLike) -> list[Point]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: a line is not a point; the message gives the file and
-            line number.
+        ValueError: a line other than the last is not a point (the file is
+            corrupt); the message gives the file and line number.
 
     Example:
         points = ktl.plots.load_points("/tmp/run")  # the checkpoint directory
         ktl.plots.plot_points(points, "/tmp/run/plot.png")
     """
-    file_path = points_path(path)
-    points = []
-    with open(file_path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                points.append(Point.from_json(line))
-            except (ValueError, TypeError, KeyError) as e:
-                raise ValueError(
-                    f"Line {number} of the plot points file {file_path!r} is not a point: {e}. "
-                    f"Received: {line.strip()[:200]!r}. Fix: remove or repair that line."
-                ) from None
+    points, torn = read_points(path)
+    if torn is not None:
+        warn_torn(torn)
     return points
+
+
+@dataclasses.dataclass(frozen=True)
+class TornLine:
+    """The last line of a points file, which is not a point (a write cut short)."""
+
+    file_path: str
+    number: int
+    text: str
+    error: str
+
+
+def read_points(path: str | os.PathLike) -> tuple[list[Point], TornLine | None]:
+    """The points of a points file, and its torn last line if it has one (no warning).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a line other than the last is not a point.
+    """
+    file_path = points_path(path)
+    with open(file_path, encoding="utf-8") as f:
+        text = f.read()
+    numbered = [(n, line) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
+    points = []
+    for i, (number, line) in enumerate(numbered):
+        try:
+            points.append(Point.from_json(line))
+        except (ValueError, TypeError, KeyError) as e:
+            if i == len(numbered) - 1:
+                return points, TornLine(file_path, number, line, str(e))
+            raise ValueError(
+                f"Line {number} of the plot points file {file_path!r} is not a point: {e}. "
+                f"Received: {line.strip()[:200]!r}. Points follow it, so the file is corrupt "
+                "(not a write cut short, which only tears the last line). Fix: remove or "
+                "repair that line (one JSON object per line, as Point.to_json writes), or "
+                "delete the file to start the plots afresh."
+            ) from None
+    return points, None
+
+
+def warn_torn(torn: TornLine) -> None:
+    """Warns that the torn last line of a points file is dropped."""
+    warnings.warn(
+        f"Dropped line {torn.number} of the plot points file {torn.file_path!r}: it is not "
+        f"a complete point ({torn.error}), as when a write was cut short (the process was "
+        f"killed while saving). Received: {torn.text.strip()[:200]!r}. The other points "
+        "are kept; the file is rewritten without it at the next save.",
+        stacklevel=3,
+    )
 
 
 def save_points(points: Iterable[Point], path: str | os.PathLike, *, append: bool = True) -> str:
     """Writes points as JSON lines, appended by default; returns the file path.
+
+    The file is replaced atomically (a temporary file in the same directory,
+    then `os.replace`): an interrupted save leaves the previous file whole.
+    Appending copies the existing lines, dropping a torn last line (with a
+    warning, see `load_points`).
 
     Args:
         points: the points.
@@ -127,6 +181,62 @@ def save_points(points: Iterable[Point], path: str | os.PathLike, *, append: boo
     directory = os.path.dirname(file_path)
     if directory:
         os.makedirs(directory, exist_ok=True)
-    with open(file_path, "a" if append else "w", encoding="utf-8") as f:
-        f.writelines(point.to_json() + "\n" for point in points)
+    kept = _kept_text(file_path) if append and os.path.exists(file_path) else ""
+    new = "".join(point.to_json() + "\n" for point in points)
+    write_atomically(file_path, (kept + new).encode("utf-8"))
     return file_path
+
+
+def _kept_text(file_path: str) -> str:
+    """The existing lines to keep when appending: all but a torn last line, newline-ended."""
+    with open(file_path, encoding="utf-8") as f:
+        numbered = [(n, line) for n, line in enumerate(f.read().split("\n"), start=1)
+                    if line.strip()]
+    if numbered:
+        number, last = numbered[-1]
+        try:
+            Point.from_json(last)
+        except (ValueError, TypeError, KeyError) as e:
+            warn_torn(TornLine(file_path, number, last, str(e)))
+            numbered.pop()
+    return "".join(line + "\n" for _, line in numbered)
+
+
+def write_atomically(path: str | os.PathLike, data: bytes) -> None:
+    """Writes `data` to `path` through a temporary file in its directory and `os.replace`.
+
+    Readers see the old file or the new one, never a part: an interrupted
+    write (Ctrl-C, kill -9, a full disk) leaves the old file as it was and
+    no temporary file behind (except after kill -9 or a power cut: a hidden
+    `.NAME.*.tmp`). The file keeps the old file's permissions (new files get
+    the usual `0o666` less the umask).
+    """
+    path = os.fspath(path)
+    directory, name = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _mode_for(path))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _mode_for(path: str) -> int:
+    """The permissions of the file at `path`, or those a new file gets (0o666 less the umask)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0o22)  # Reading the umask sets it: put it back at once.
+    os.umask(mask)
+    return mask

@@ -81,10 +81,10 @@ def test_loop_forever_gives_full_batches_without_end(tfds_digits_dir):
 
 
 def test_small_datasets_are_cached_after_decoding(tfds_digits_dir):
-    from keras_trainloop.data import _tf
+    from keras_trainloop.data import _tfds
 
     builder = tfds.builder(DIGITS_NAME, data_dir=tfds_digits_dir)
-    assert _tf._decoded_bytes(builder, NUM_TRAIN) == NUM_TRAIN * (64 + 8)
+    assert _tfds.decoded_bytes(builder, NUM_TRAIN) == NUM_TRAIN * (64 + 8)
     cached = ktl.from_tfds(DIGITS_NAME, split="test", batch_size=64, data_dir=tfds_digits_dir)
     plain = ktl.from_tfds(DIGITS_NAME, split="test", batch_size=64, data_dir=tfds_digits_dir,
                           cache=False)

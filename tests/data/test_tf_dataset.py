@@ -105,6 +105,8 @@ def _zip_batched_separately():
     [
         (lambda: np.zeros((4, 2)), TypeError, "Received: tf_dataset=<ndarray"),
         (lambda: tf.data.Dataset.from_tensor_slices((X, Y)), ValueError,
+         r"looks unbatched: its elements come from from_tensor_slices.*ds\.batch\(64\)"),
+        (lambda: tf.data.Dataset.from_tensors((X[0], Y[0])), ValueError,
          r"Received: labels of shape \(\).*call \.batch"),
         (lambda: tf.data.Dataset.from_tensor_slices({"image": X, "label": Y}).batch(2),
          TypeError, "Received: dict.*as_supervised=True"),
@@ -122,7 +124,7 @@ def _zip_batched_separately():
         (lambda: tf.data.Dataset.from_tensor_slices(Y).map(lambda y: ((), y)).batch(2),
          ValueError, "at least one input"),
     ],
-    ids=["not-a-dataset", "unbatched", "dict-element", "single-tensor", "three-tuple",
+    ids=["not-a-dataset", "unbatched", "rank-0", "dict-element", "single-tensor", "three-tuple",
          "different-batch-dims", "ragged", "nested", "no-inputs"],
 )
 def test_bad_datasets_raise_at_construction(make, error, match):

@@ -125,7 +125,8 @@ def test_plot_points_without_points_raises():
 
 def test_a_corrupt_points_file_names_the_line(tmp_path):
     path = tmp_path / POINTS_FILE_NAME
-    path.write_text(_points([1], "loss")[0].to_json() + "\n{not json\n")
+    good = _points([1], "loss")[0].to_json()
+    path.write_text(good + "\n{not json\n" + good + "\n")  # Not the last line: corrupt.
     with pytest.raises(ValueError, match=r"Line 2 of the plot points file .* is not a point"):
         load_points(tmp_path)
 
