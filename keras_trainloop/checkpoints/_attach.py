@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from keras_trainloop.checkpoints._checkpoint import Checkpoint
@@ -11,6 +12,27 @@ if TYPE_CHECKING:
     from keras_trainloop.loop import Loop
 
 _HOOK_NAME = "checkpoint"
+
+
+def _resume_data(loop: Loop, checkpoint: Checkpoint) -> None:
+    """Hands the restored data position to the run's dataset, once, at the restored step."""
+    state, checkpoint.restored_data_state = checkpoint.restored_data_state, None
+    if state is None or loop.loop_step != checkpoint.restored_step:
+        return
+    try:
+        taken = loop.restore_data_state(state)
+    except ValueError as error:
+        taken = False
+        reason = str(error)
+    else:
+        reason = "it has no set_state()"
+    if not taken:
+        warnings.warn(
+            f"The data position saved at step {checkpoint.restored_step} in "
+            f"{checkpoint.directory!r} does not fit this run's dataset ({reason}): its data "
+            "order starts afresh. Fix: resume with the dataset the checkpoint was saved with.",
+            stacklevel=2,
+        )
 
 
 def attach_checkpoint(
@@ -28,7 +50,10 @@ def attach_checkpoint(
     """Saves `checkpoint` on the given schedules, at the end of each run and on interrupts.
 
     When Ctrl-C or SIGTERM stops a run, the last completed step is saved
-    (and its files written) before the interrupt propagates.
+    (and its files written) before the interrupt propagates. Each save
+    records the data position (`loop.data_state()`), and the first run
+    after a restore continues the data from there (`loop.restore_data_state`),
+    so a resumed run sees exactly the batches of an uninterrupted one.
 
     Any combination of schedules may be given (a step where several fire is
     saved once). The loop resumes at the trainer's global step
@@ -95,17 +120,19 @@ def attach_checkpoint(
 
         def save_on_end(loop: Any, metrics: list) -> None:
             if on_end:
-                checkpoint.save()
+                checkpoint.save(data_state=loop.data_state())
             if wait_on_end:
                 checkpoint.wait()
 
         loop.on_end(_HOOK_NAME, priority, save_on_end)
 
     def save_on_interrupt(loop: Any, interrupt: BaseException) -> None:
-        checkpoint.save()  # The last completed step: Ctrl-C or SIGTERM loses nothing.
+        # The last completed step: Ctrl-C or SIGTERM loses nothing.
+        checkpoint.save(data_state=loop.data_state())
         checkpoint.wait()
 
     loop.on_interrupt(_HOOK_NAME, priority, save_on_interrupt)
+    loop.on_start(_HOOK_NAME, priority, lambda loop, ds: _resume_data(loop, checkpoint))
     step = int(loop.trainer.global_step)
     if loop.loop_step != step:
         loop.resume_at(step)

@@ -136,6 +136,9 @@ class Checkpoint:
         trainer: the Trainer.
         directory: the absolute checkpoint directory.
         keep: the number of checkpoints kept (None: all).
+        restored_data_state: the data position saved with the restored
+            checkpoint (`save(data_state=...)`), None when it has none;
+            `attach_checkpoint` hands it to the next run's dataset.
         restored_step: the step restored on construction or by `restore()`,
             None when nothing was restored.
 
@@ -181,6 +184,7 @@ class Checkpoint:
         self.keep = keep
         self.include_params = bool(include_params)
         self.restored_step: int | None = None
+        self.restored_data_state: dict | None = None
         self._async = bool(async_save)
         self._manager = ocp.CheckpointManager(
             directory,
@@ -250,8 +254,13 @@ class Checkpoint:
                 records.append(record)
         return records
 
-    def save(self) -> int:
+    def save(self, *, data_state: dict | None = None) -> int:
         """Saves a checkpoint at the current global step; returns that step.
+
+        `data_state` is the position of the training data after that step
+        (`loop.data_state()`, JSON-serializable), saved with it so a resumed
+        run reads exactly the batches an uninterrupted one would;
+        `attach_checkpoint` and `on_step` pass it.
 
         Asynchronous unless `async_save=False`: it returns once the values are
         copied. Nothing is written when this Checkpoint already saved (or
@@ -280,6 +289,7 @@ class Checkpoint:
             "optimizer": type(self.trainer.optimizer).__name__,
             "variables": self._describe(variables),
             "params": self._params() if self.include_params else [],
+            "data_state": None if data_state is None else json.dumps(data_state),
         }
         self._manager.save(
             step,
@@ -421,6 +431,8 @@ class Checkpoint:
                         target = target.in_scope(part)
                 target.set_param(record["key"], _decode_param(record))
         self.restored_step = int(metadata["global_step"])
+        data_state = metadata.get("data_state")
+        self.restored_data_state = None if data_state is None else json.loads(data_state)
         self._last_saved = self.restored_step
         if self.trainer.optimizer.built:
             self._pending_restore = None
@@ -481,7 +493,7 @@ class Checkpoint:
         Example:
             ktl.every_n_steps(loop, 1000, "checkpoint", 100, ckpt.on_step)
         """
-        self.save()
+        self.save(data_state=loop.data_state() if hasattr(loop, "data_state") else None)
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.directory!r}, keep={self.keep})"

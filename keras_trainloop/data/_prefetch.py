@@ -8,6 +8,13 @@ from typing import Any
 
 from keras_trainloop.data._common import short_repr
 from keras_trainloop.data._protocol import Dataset
+from keras_trainloop.data._tf_state import decode_stacks, encode_stacks
+
+
+def _to_host(arrays: Any) -> Any:
+    import jax
+
+    return jax.device_get(arrays)
 
 
 def _check_size(size: Any) -> int:
@@ -103,6 +110,52 @@ class DevicePrefetcher:
         spec, (inputs, labels) = self._queue.popleft()
         self._fill()
         return spec, inputs, labels
+
+    def get_state(self) -> dict:
+        """The position of the batches yielded so far: the wrapped dataset's, plus those in flight.
+
+        The batches read ahead are copied to the host and kept in the state
+        (specs must be None, str, int, float or bool), so a dataset restored
+        from it yields exactly what this one yields next.
+
+        Raises:
+            AttributeError: the wrapped dataset has no `get_state`.
+            ValueError: a batch in flight has a spec JSON cannot hold.
+        """
+        inner = self._dataset.get_state()
+        specs = [spec for spec, _ in self._queue]
+        for spec in specs:
+            if spec is not None and not isinstance(spec, (str, int, float, bool)):
+                raise ValueError(
+                    f"DevicePrefetcher {self.name!r} cannot save a batch in flight with "
+                    f"spec={short_repr(spec)}. Fix: use a spec of None, str or a number."
+                )
+        stacks = [tuple(_to_host(arrays)) for _, arrays in self._queue]
+        return {
+            "type": "DevicePrefetcher",
+            "inner": inner,
+            "specs": specs,
+            "in_flight": encode_stacks(stacks),
+            "ended": isinstance(self._error, EOFError),
+        }
+
+    def set_state(self, state: dict) -> None:
+        """Continues from `get_state()`'s position: the wrapped dataset's, then the batches in flight.
+
+        Raises:
+            ValueError: `state` is not a DevicePrefetcher state.
+        """
+        if not isinstance(state, dict) or state.get("type") != "DevicePrefetcher":
+            raise ValueError(
+                f"Not a DevicePrefetcher state for {self.name!r}. Received: "
+                f"{short_repr(state)}. Fix: pass what get_state() returned."
+            )
+        stacks = decode_stacks(state["in_flight"])
+        self._dataset.set_state(state["inner"])
+        self._queue.clear()
+        for spec, stack in zip(state["specs"], stacks):
+            self._queue.append((spec, self._device_put(stack, self._sharding)))
+        self._error = EOFError() if state.get("ended") else None
 
     def reset(self) -> None:
         """Drops the batches in flight and resets the wrapped dataset."""

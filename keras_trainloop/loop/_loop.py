@@ -22,9 +22,12 @@ part is a small module, in the order the data flows:
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
+from keras_trainloop._describe import short_repr
 from keras_trainloop.loop import _runs
+from keras_trainloop.loop._durations import StepDurations
 from keras_trainloop.loop._events import LoopEvents
 from keras_trainloop.loop._fusion_gate import FusionGate
 from keras_trainloop.loop._hooks import HookCost
@@ -35,6 +38,7 @@ from keras_trainloop.loop._run_parts import (
     VAL_LOGS_KEY,
     check_count,
     check_dataset,
+    check_ends,
     check_validation,
     new_history,
 )
@@ -45,6 +49,10 @@ from keras_trainloop.loop._step_source import (
     device_feed,
     trainer_can_fuse,
 )
+
+if TYPE_CHECKING:
+    from keras_trainloop.data import Dataset
+    from keras_trainloop.trainer import Trainer
 
 __all__ = ["MAX_FUSED_STEPS", "SYNC_EVERY", "VAL_LOGS_KEY", "Loop"]
 
@@ -84,11 +92,15 @@ class Loop(LoopEvents, KerasInterop):
         epoch: the epoch being run by `run_epochs`, from 0; after the run, one
             past the last epoch that ran (`epochs` when all ran).
         shared_data: a dict for hooks and plugins to exchange values.
-        train_step_durations: seconds per step of the current (or last) run:
-            the time between the ends of consecutive steps (reading the
-            batch, dispatching the step, its hooks, and the device time the
-            loop waited for). The first one includes compilation. The steps
-            of a fused call each get the call's time divided by its steps.
+        train_step_durations: seconds per step of the current (or last) run,
+            oldest first, for its last 10,000 steps (`DURATIONS_WINDOW` in
+            loop/_durations.py; older ones are dropped, so a long run holds
+            a bounded window): the time between the ends of consecutive
+            steps (reading the batch, dispatching the step, its hooks, and
+            the device time the loop waited for). The first one includes
+            compilation. The steps of a fused call each get the call's time
+            divided by its steps. A list-like sequence (`len`, indexing,
+            slices, iteration, `==` with a list); assigning a list replaces it.
         max_fused_steps: see the argument; may be changed between runs.
         epochs: the epochs asked of the current (or last) `run_epochs`; 0 in
             `run_steps`.
@@ -156,13 +168,14 @@ class Loop(LoopEvents, KerasInterop):
     """
 
     def __init__(
-        self, trainer: Any, *, max_fused_steps: int = MAX_FUSED_STEPS,
+        self, trainer: Trainer | None, *, max_fused_steps: int = MAX_FUSED_STEPS,
         measure_fusion: bool = True,
     ):
         if trainer is not None and not callable(getattr(trainer, "train_step", None)):
             raise TypeError(
                 "Loop expects a ktl.Trainer (or None for a loop used only as a Keras callback). "
-                f"Received: trainer={trainer!r}."
+                f"Received: trainer={short_repr(trainer)}. Fix: pass "
+                "ktl.Trainer(model_fn, loss, optimizer), or None with loop.as_keras_callback()."
             )
         self.max_fused_steps = max_fused_steps
         self.trainer = trainer
@@ -173,12 +186,13 @@ class Loop(LoopEvents, KerasInterop):
         self.epochs: int = 0
         self.initial_epoch: int = 0
         self.shared_data: dict[str, Any] = {}
-        self.train_step_durations: list[float] = []
+        self.train_step_durations = []  # A StepDurations (see the property).
         self.history = new_history(None)
         self._init_events()  # The hook lists, `_event_logs`, `_val_logs` (loop/_events.py).
         self._stop_requested = False
         self._running = False
         self._feeds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._feed: Any = None  # What the current run reads (None between runs).
         self._gate = FusionGate(enabled=bool(measure_fusion))
         self._nonfinite = NonFiniteCheck(SYNC_EVERY)  # Batch losses not read yet.
         self._stepper = StepLoop(self._gate, self._nonfinite)
@@ -199,9 +213,18 @@ class Loop(LoopEvents, KerasInterop):
             )
         self._max_fused_steps = value
 
+    @property
+    def train_step_durations(self) -> StepDurations:
+        """Seconds per step of the current (or last) run: the last `DURATIONS_WINDOW` ones."""
+        return self._train_step_durations
+
+    @train_step_durations.setter
+    def train_step_durations(self, values: Iterable[float]) -> None:
+        self._train_step_durations = StepDurations(values)  # The window: DURATIONS_WINDOW.
+
     # Running -----------------------------------------------------------------
     def run_steps(
-        self, ds: Any, steps: int, *, validation_data: Any = None,
+        self, ds: Dataset, steps: int, *, validation_data: Dataset | None = None,
         validation_freq: int | None = None,
     ) -> list:
         """Trains for `steps` steps, continuing from `loop_step`.
@@ -231,8 +254,9 @@ class Loop(LoopEvents, KerasInterop):
             no step ran.
 
         Raises:
-            ValueError: `steps` is negative, a bad validation argument, or the
-                dataset ended early (the message says after how many steps).
+            ValueError: `steps` is negative, a bad validation argument (a
+                `validation_data` that never ends too), or the dataset ended
+                early (the message says after how many steps).
             HookError: a hook raised.
             NonFiniteLossError: a batch loss was NaN or Inf.
             Exception: errors of the dataset (other than `EOFError`) and of
@@ -252,7 +276,8 @@ class Loop(LoopEvents, KerasInterop):
         return _runs.run_steps(self, ds, steps, validation_data, validation_freq, SYNC_EVERY)
 
     def run_epochs(
-        self, ds: Any, epochs: int, *, validation_data: Any = None, validation_freq: Any = 1,
+        self, ds: Dataset, epochs: int, *, validation_data: Dataset | None = None,
+        validation_freq: int | Sequence[int] = 1,
     ) -> list:
         """Trains for `epochs` passes over a finite dataset, continuing from `loop_step`.
 
@@ -268,7 +293,9 @@ class Loop(LoopEvents, KerasInterop):
         resumes at that epoch, as `fit(initial_epoch=...)`.
 
         Args:
-            ds: a finite `ktl.Dataset` (it signals its end with `EOFError`).
+            ds: a finite `ktl.Dataset` (it signals its end with `EOFError`); one
+                that declares it never ends (`loop_forever=True`, a tf.data
+                pipeline of infinite cardinality) is refused.
             epochs: how many epochs; 0 does nothing (no hook runs).
             validation_data: a finite `ktl.Dataset` evaluated with
                 `trainer.eval` after the epochs `validation_freq` selects;
@@ -283,8 +310,9 @@ class Loop(LoopEvents, KerasInterop):
             no step ran.
 
         Raises:
-            ValueError: `epochs` is negative, a bad validation argument, an
-                epoch yielded no batch, or `initial_epoch` is out of range.
+            ValueError: `epochs` is negative, a bad validation argument, a
+                dataset that never ends, an epoch yielded no batch, or
+                `initial_epoch` is out of range.
             HookError: a hook raised.
             NonFiniteLossError: a batch loss was NaN or Inf.
             Exception: errors of the dataset (other than `EOFError`) and of
@@ -297,6 +325,7 @@ class Loop(LoopEvents, KerasInterop):
         check_count("epochs", epochs, "run_epochs")
         self._require_trainer("run_epochs")
         check_dataset(ds, "run_epochs")
+        check_ends(ds, "run_epochs")
         check_validation(validation_data, validation_freq, "run_epochs")
         if epochs == 0:
             return []
@@ -346,16 +375,51 @@ class Loop(LoopEvents, KerasInterop):
             )
         self.loop_step = self.start_step = step
 
+    def data_state(self) -> dict | None:
+        """The position of the run's data after the steps done, for an exact resume.
+
+        The dataset's `get_state()`, taken through whatever the loop reads it
+        with (read-ahead for the first step or device prefetching included):
+        restoring it yields exactly the batches the next steps would get.
+        None outside a run, or when the dataset has no `get_state`.
+        """
+        feed = self._feed
+        if feed is None or not callable(getattr(feed, "get_state", None)):
+            return None
+        return feed.get_state()
+
+    def restore_data_state(self, state: dict) -> bool:
+        """Makes this run's data continue from `state` (what `data_state()` returned).
+
+        Call it from an `on_start` hook (the run's first batch is read after
+        them); `attach_checkpoint` does, with the state its checkpoint saved.
+
+        Returns:
+            Whether the dataset took the state (False: it has no `set_state`).
+
+        Raises:
+            RuntimeError: called outside a run.
+            ValueError: the dataset refuses the state (another dataset's).
+        """
+        feed = self._feed
+        if feed is None:
+            raise RuntimeError(
+                "loop.restore_data_state() sets the position of a run's data, but no run is "
+                "starting. Fix: call it from an on_start hook."
+            )
+        if not callable(getattr(feed, "set_state", None)):
+            return False
+        feed.set_state(state)
+        return True
+
     def median_train_step_duration(self) -> float:
-        """The median of `train_step_durations` in seconds; 0.001 when empty.
+        """The median of `train_step_durations` (the last ones kept) in seconds; 0.001 when empty.
 
         With an even count it is the upper of the two middle values (a
         measured duration, as in GoMLX). `train_step_durations` is not changed.
         """
-        durations = self.train_step_durations
-        if not durations:
-            return 0.001
-        return sorted(durations)[len(durations) // 2]
+        median = self._train_step_durations.median()
+        return 0.001 if median is None else median
 
     def plan(self, steps: int) -> Plan:
         """Lists the steps at which each hook would fire in `run_steps(ds, steps)`; runs nothing.
@@ -424,7 +488,7 @@ class Loop(LoopEvents, KerasInterop):
                 "ktl.Loop(trainer)."
             )
 
-    def _device_feed(self, ds: Any) -> Any:
+    def _device_feed(self, ds: Dataset) -> Dataset:
         """The dataset the steps read: `ds`, prefetched to the device unless it stacks."""
         fuse = can_fuse(ds, self.trainer, self._max_fused_steps)
         return device_feed(ds, fuse, self._feeds)

@@ -7,6 +7,12 @@ from typing import Any
 
 import keras
 
+from keras_trainloop._describe import short_repr
+from keras_trainloop.data import ArrayDataset, TFDataset
+
+_TF_INFINITE_CARDINALITY = -1
+"""`tf.data.INFINITE_CARDINALITY` (named here so that no check imports TensorFlow)."""
+
 VAL_LOGS_KEY = "val_logs"
 """`loop.shared_data` key: the last validation's logs (`{"val_loss": ..., ...}`)."""
 
@@ -15,7 +21,9 @@ def check_count(name: str, value: Any, method: str) -> int:
     """Returns `value` if it is a non-negative int, else raises ValueError naming `method`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(
-            f"loop.{method}() expects a non-negative int {name}. Received: {name}={value!r}."
+            f"loop.{method}() expects a non-negative int {name}. Received: "
+            f"{name}={short_repr(value)}. Fix: pass {name} as an int >= 0 (e.g. "
+            f"{name}=int(value))."
         )
     return value
 
@@ -29,13 +37,62 @@ def check_dataset(ds: Any, method: str) -> None:
     if not _is_dataset(ds):
         raise TypeError(
             f"loop.{method}() expects a dataset with yield_batch() and reset() (ktl.Dataset). "
-            f"Received: ds={ds!r}. Fix: wrap arrays in ktl.ArrayDataset or a tf.data pipeline "
-            "in ktl.TFDataset."
+            f"Received: ds={short_repr(ds)}. Fix: wrap arrays in ktl.ArrayDataset or a tf.data "
+            "pipeline in ktl.TFDataset."
         )
 
 
 def dataset_name(ds: Any) -> str:
     return str(getattr(ds, "name", type(ds).__name__))
+
+
+def endless_reason(ds: Any) -> str | None:
+    """How `ds` declares that it never ends, or None when it may end (or nothing says).
+
+    Known cheaply: a `loop_forever` attribute that is True (`ktl.ArrayDataset(...,
+    loop_forever=True)`, any dataset declaring it), or a `ktl.TFDataset` whose
+    tf.data cardinality is infinite (`.repeat()`, `from_tfds(..., loop_forever=True)`).
+    A wrapper exposing the wrapped dataset as `dataset` (the device prefetcher)
+    is looked through. Other datasets (an endless generator) are not detected.
+    """
+    for _ in range(4):  # Wrappers of wrappers, not a cycle.
+        if getattr(ds, "loop_forever", None) is True or (
+            isinstance(ds, ArrayDataset) and ds._loop_forever  # No public flag (yet).
+        ):
+            return "loop_forever=True"
+        if isinstance(ds, TFDataset) and _tf_cardinality(ds) == _TF_INFINITE_CARDINALITY:
+            return "tf.data cardinality infinite, e.g. after .repeat()"
+        inner = getattr(ds, "dataset", None)
+        if inner is None or inner is ds or not _is_dataset(inner):
+            return None
+        ds = inner
+    return None
+
+
+def _tf_cardinality(ds: TFDataset) -> int:
+    """tf.data's cardinality: the batches of a pass, -1 infinite, -2 unknown (a cheap read)."""
+    return int(ds.tf_dataset.cardinality())
+
+
+def check_ends(ds: Any, method: str, argument: str = "ds") -> None:
+    """Raises ValueError when `ds` declares that it never ends (see `endless_reason`).
+
+    `run_epochs` needs each epoch to end (`EOFError`), and so does a validation.
+    """
+    reason = endless_reason(ds)
+    if reason is None:
+        return
+    if argument == "ds":
+        fix = ("use loop.run_steps(ds, steps) to train on a dataset that loops forever, "
+               "or create it with loop_forever=False (a tf.data pipeline without .repeat())")
+    else:
+        fix = (f"pass a finite {argument} (created with loop_forever=False, a tf.data "
+               "pipeline without .repeat())")
+    raise ValueError(
+        f"loop.{method}() needs a finite {argument} (it must end with EOFError), but "
+        f"dataset {short_repr(dataset_name(ds))} never ends ({reason}). Received: "
+        f"{argument}={short_repr(ds)}. Fix: {fix}."
+    )
 
 
 def check_validation(validation_data: Any, validation_freq: Any, method: str) -> None:
@@ -47,10 +104,13 @@ def check_validation(validation_data: Any, validation_freq: Any, method: str) ->
     if validation_data is not None and not _is_dataset(validation_data):
         raise TypeError(
             f"loop.{method}() expects validation_data to be a finite ktl.Dataset (with "
-            f"yield_batch() and reset()). Received: validation_data={validation_data!r}. Fix: "
+            f"yield_batch() and reset()). Received: validation_data="
+            f"{short_repr(validation_data)}. Fix: "
             "wrap arrays as ktl.ArrayDataset(x_val, y_val, batch_size=...) or a tf.data "
             "pipeline as ktl.TFDataset(...)."
         )
+    if validation_data is not None:
+        check_ends(validation_data, method, "validation_data")
     if not _valid_freq(validation_freq, method):
         _bad_freq(validation_freq, method)
 
@@ -71,9 +131,13 @@ def _bad_freq(validation_freq: Any, method: str) -> None:
     unit = "steps" if method == "run_steps" else "epochs"
     accepted = ("None or an int >= 1" if method == "run_steps"
                 else "an int >= 1 or a list of epochs counted from 1")
+    fix = ("validation_freq=1000 (steps), or None to validate only at the end of the run"
+           if method == "run_steps"
+           else "validation_freq=1 (after every epoch), 2, ..., or a list such as [1, 5, 10]")
     raise ValueError(
         f"loop.{method}() expects validation_freq to be {accepted} ({unit} between "
-        f"validations). Received: validation_freq={validation_freq!r}."
+        f"validations). Received: validation_freq={short_repr(validation_freq)}. "
+        f"Fix: pass {fix}."
     )
 
 
@@ -122,6 +186,9 @@ class FirstBatch:
     def __init__(self, ds: Any):
         self._ds = ds
         self.name = getattr(ds, "name", type(ds).__name__)
+        # The position before the batch read ahead: what the first step has not consumed.
+        has_state = callable(getattr(ds, "get_state", None))
+        self._state_before = ds.get_state() if has_state else None
         try:
             self.first: tuple | None = ds.yield_batch()
         except EOFError:
@@ -129,6 +196,16 @@ class FirstBatch:
         self._held = True
         if callable(getattr(ds, "yield_batches", None)):
             self.yield_batches = self._yield_batches
+        if has_state:
+            self.get_state = self._get_state
+            self.set_state = self._set_state
+
+    def _get_state(self) -> dict:
+        return self._state_before if self._held else self._ds.get_state()
+
+    def _set_state(self, state: dict) -> None:
+        self._held, self.first = False, None  # The batch read ahead is not the one to come.
+        self._ds.set_state(state)
 
     def yield_batch(self) -> tuple:
         if self._held:

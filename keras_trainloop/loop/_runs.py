@@ -40,6 +40,7 @@ def running(loop: Any) -> Iterator[None]:
             "call loop.stop() in the hook and start the next run after it returns."
         )
     loop._running = True
+    loop._feed = None
     try:
         with interrupts.handling_sigterm():
             yield
@@ -48,6 +49,7 @@ def running(loop: Any) -> Iterator[None]:
         raise
     finally:
         loop._running = False
+        loop._feed = None
 
 
 def _interrupted(loop: Any, interrupt: BaseException) -> None:
@@ -191,9 +193,10 @@ def begin(loop: Any, ds: Any, feed: Any, end_step: int, epochs: int, sync_every:
         feed = FirstBatch(feed)
         if feed.first is not None:
             trainer.build(*feed.first)
+    loop._feed = feed
     if loop._on_start.hooks:
         loop._on_start.fire(loop, ds)
-    return feed
+    return loop._feed
 
 
 def flush(loop: Any, metrics: list) -> None:

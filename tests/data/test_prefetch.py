@@ -1,3 +1,4 @@
+import json
 import jax
 import numpy as np
 import pytest
@@ -117,3 +118,23 @@ def test_bad_size_raises(size):
 def test_non_dataset_raises():
     with pytest.raises(TypeError, match="Received: dataset=.*Fix:"):
         maybe_prefetch_to_device([(X, Y)])
+
+
+def test_prefetcher_state_counts_the_batches_in_flight_as_not_yielded():
+    x = np.arange(200, dtype=np.float32).reshape(100, 2)
+    y = np.arange(100, dtype=np.int32)
+
+    def make():
+        inner = ktl.ArrayDataset(x, y, batch_size=8, shuffle=True, seed=1, loop_forever=True)
+        return DevicePrefetcher(inner, size=3)
+
+    ds = make()
+    for _ in range(5):
+        ds.yield_batch()
+    state = json.loads(json.dumps(ds.get_state()))
+    expected = [np.asarray(ds.yield_batch()[2][0]) for _ in range(20)]
+    resumed = make()
+    resumed.set_state(state)
+    got = [np.asarray(resumed.yield_batch()[2][0]) for _ in range(20)]
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
