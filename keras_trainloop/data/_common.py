@@ -5,19 +5,12 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+from keras_trainloop._describe import short_repr
+
 
 def is_array_like(value: Any) -> bool:
     """Whether `value` is an array (numpy, JAX, or anything with `__array__`)."""
     return hasattr(value, "__array__") and not isinstance(value, (str, bytes))
-
-
-def short_repr(value: Any, limit: int = 80) -> str:
-    """`repr(value)`, cut to `limit` characters (arrays print as their type, shape and dtype)."""
-    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
-    if shape is not None and dtype is not None:
-        return f"<{type(value).__name__} shape={tuple(shape)} dtype={dtype}>"
-    text = " ".join(repr(value).split())  # One line.
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_batch_size(batch_size: Any, name: str = "batch_size") -> int:
