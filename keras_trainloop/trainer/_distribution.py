@@ -181,13 +181,19 @@ class BatchSharder:
         """Like calling it, for batches stacked on a new leading axis (`train_steps`).
 
         Each batch is laid out as alone (and its size checked); the stacking
-        axis is not split. Single process only.
+        axis is not split. With several processes each passes its own part of
+        every stacked batch (`(n, local_batch, ...)`), as for one batch.
         """
         key = (tuple(_shape(x)[1:] for x in inputs), tuple(_shape(x)[1:] for x in labels))
         shardings = self._shardings.get(key)
         if shardings is None:
             shardings = self._new_shardings(spec, key)
         stacked = jax.tree.map(_stacked_sharding, shardings)
+        if self._multi_process:
+            return jax.tree.map(
+                lambda s, x: jax.make_array_from_process_local_data(s, np.asarray(x)),
+                stacked, (inputs, labels),
+            )
         return jax.device_put((inputs, labels), stacked)
 
     def _new_shardings(self, spec: Any, key: tuple) -> tuple[list, list]:
