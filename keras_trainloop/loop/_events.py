@@ -10,17 +10,24 @@ keeps it where `fit` shares one dict (epoch end, then `history`; the run's end).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from keras_trainloop.loop._hooks import HookList
 
-# Hook signatures; the first argument is the `Loop` (named here as Any: `_loop` imports this).
-OnStartFn = Callable[[Any, Any], None]
-OnStepFn = Callable[[Any, list], None]
-OnEndFn = OnStepFn
-OnEpochBeginFn = Callable[[Any, int], None]  # Also on_batch_begin's: fn(loop, step).
-OnValidationEndFn = Callable[[Any, dict], None]
-OnInterruptFn = Callable[[Any, BaseException], None]
+if TYPE_CHECKING:
+    from keras_trainloop.data import Dataset
+    from keras_trainloop.loop._loop import Loop
+    from keras_trainloop.loop._schedules import Schedule
+
+# Hook signatures, the one definition of each (loop/_scheduled.py imports them). Strings, so
+# that `Loop` (whose module imports this one) is named for type checkers only. What a hook
+# returns is ignored (`object`).
+OnStartFn: TypeAlias = "Callable[[Loop, Dataset | None], object]"  # Also on_validation_begin's.
+OnStepFn: TypeAlias = "Callable[[Loop, list], object]"  # Also on_epoch_end's.
+OnEndFn: TypeAlias = OnStepFn
+OnEpochBeginFn: TypeAlias = "Callable[[Loop, int], object]"  # Also on_batch_begin's (step).
+OnValidationEndFn: TypeAlias = "Callable[[Loop, dict], object]"
+OnInterruptFn: TypeAlias = "Callable[[Loop, BaseException], object]"
 
 
 class LoopEvents:
@@ -54,7 +61,9 @@ class LoopEvents:
         """
         self._on_start.add(name, priority, fn)
 
-    def on_step(self, name: str, priority: float, fn: OnStepFn, *, schedule: Any = None) -> None:
+    def on_step(
+        self, name: str, priority: float, fn: OnStepFn, *, schedule: Schedule | None = None
+    ) -> None:
         """Adds `fn(loop, metrics)`, called after every train step, or when `schedule` says.
 
         `metrics` is the Trainer's list of device arrays for the step (batch

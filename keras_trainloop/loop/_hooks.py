@@ -11,11 +11,13 @@ from __future__ import annotations
 import bisect
 import copy
 import inspect
+import math
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from keras_trainloop._describe import short_repr
 from keras_trainloop.loop._errors import HookError, NonFiniteLossError
 
 _COST_WINDOW = 1024
@@ -83,11 +85,21 @@ class Hook(NamedTuple):
 
 
 def check_priority(priority: Any, where: str) -> None:
-    """Raises TypeError unless `priority` is an int or a float (not a bool)."""
+    """Raises TypeError unless `priority` is an int or a float (not a bool), ValueError for NaN.
+
+    NaN would break the order (it compares false with every priority); inf and
+    -inf are accepted (last and first).
+    """
+    fix = "Fix: pass a number such as 0 or 10 (lower runs first)."
     if isinstance(priority, bool) or not isinstance(priority, (int, float)):
         raise TypeError(
             f"{where}: priority must be a number (lower runs first). "
-            f"Received: priority={priority!r}."
+            f"Received: priority={short_repr(priority)}. {fix}"
+        )
+    if isinstance(priority, float) and math.isnan(priority):
+        raise ValueError(
+            f"{where}: priority must not be NaN (it orders the hooks). "
+            f"Received: priority={priority}. {fix}"
         )
 
 
@@ -108,7 +120,10 @@ def check_callable(fn: Any, num_args: int, where: str, signature: str) -> None:
             arguments.
     """
     if not callable(fn):
-        raise TypeError(f"{where} must be a function {signature}. Received: fn={fn!r}.")
+        raise TypeError(
+            f"{where} must be a function {signature}. Received: fn={short_repr(fn)}. "
+            f"Fix: pass a function, e.g. `def fn{signature[2:]}: ...`."
+        )
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -118,7 +133,7 @@ def check_callable(fn: Any, num_args: int, where: str, signature: str) -> None:
     except TypeError:
         raise TypeError(
             f"{where} must accept {num_args} positional arguments: {signature}. "
-            f"Received: fn={fn!r} with signature {sig}. "
+            f"Received: fn={short_repr(fn)} with signature {sig}. "
             f"Fix: define it as `def {getattr(fn, '__name__', 'fn')}{signature[2:]}: ...`."
         ) from None
 
@@ -165,10 +180,14 @@ class HookList:
             TypeError: `name` is not a string, `priority` not a number,
                 `fn` not callable with the event's two arguments, or
                 `schedule` lacks `due`/`next_step`/`called`.
+            ValueError: `priority` is NaN.
         """
         if not isinstance(name, str):
-            raise TypeError(f"{self.kind} hook names must be strings. Received: name={name!r}.")
-        where = f"{self.kind} hook {name!r}"
+            raise TypeError(
+                f"{self.kind} hook names must be strings. Received: name={short_repr(name)}. "
+                "Fix: pass a name such as 'log' (it names the hook in errors and reports)."
+            )
+        where = f"{self.kind} hook {short_repr(name)}"
         check_priority(priority, where)
         check_callable(fn, 2, where, self.signature)
         if schedule is not None and not all(
@@ -177,7 +196,8 @@ class HookList:
             raise TypeError(
                 f"{where}: schedule must have due(loop), next_step(loop) and called(loop) "
                 f"(a ktl.loop.Schedule such as ktl.loop.EveryNSteps(100)). "
-                f"Received: schedule={schedule!r}."
+                f"Received: schedule={short_repr(schedule)}. Fix: pass "
+                "schedule=ktl.loop.EveryNSteps(n) (or another ktl.loop.Schedule), or None."
             )
         index = bisect.bisect_right(self._priorities, priority)
         self._priorities.insert(index, priority)

@@ -11,15 +11,21 @@ does.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from keras_trainloop.loop._run_parts import check_count
+
+if TYPE_CHECKING:
+    import keras
+
+    from keras_trainloop.loop._keras_bridge import LoopCallback
+    from keras_trainloop.loop._loop import Loop
 
 
 class KerasInterop:
     """Keras callbacks driven by a `Loop`, and a `Loop` driven from outside (see `Loop`)."""
 
-    def add_keras_callback(self, callback: Any, priority: float = 0) -> None:
+    def add_keras_callback(self, callback: keras.callbacks.Callback, priority: float = 0) -> None:
         """Drives a `keras.callbacks.Callback` from this loop's runs, as `model.fit` would.
 
         The callback's model is `trainer.model`: the user's own `keras.Model`
@@ -71,6 +77,7 @@ class KerasInterop:
 
         Raises:
             TypeError: `callback` is not a Keras callback, or the loop has no trainer.
+            ValueError: `priority` is NaN.
 
         Example:
             loop.add_keras_callback(keras.callbacks.CSVLogger("log.csv"))
@@ -82,7 +89,7 @@ class KerasInterop:
 
         add_keras_callback(self, callback, priority)
 
-    def as_keras_callback(self) -> Any:
+    def as_keras_callback(self) -> LoopCallback:
         """Returns a `keras.callbacks.Callback` that fires this loop's hooks from `model.fit`.
 
         In `fit`, `loop_step` starts at the model's `optimizer.iterations`
@@ -134,7 +141,7 @@ class KerasInterop:
 class ExternalRun:
     """A run driven from outside the loop (see `Loop.begin_external_run`)."""
 
-    def __init__(self, loop: Any):
+    def __init__(self, loop: Loop):
         self.loop = loop
         self._last_time = time.perf_counter()
         self._metrics: list = []

@@ -7,6 +7,9 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_trainloop._describe import short_repr
+from keras_trainloop.loop._hooks import check_priority
+
 LOG_NAMES_KEY = "keras_log_names"
 """`loop.shared_data` key: under `model.fit`, the names of the values hooks receive."""
 
@@ -34,13 +37,15 @@ def add_keras_callback(loop: Any, callback: Any, priority: float) -> None:
     if not isinstance(callback, _Callback):
         raise TypeError(
             "add_keras_callback() expects a keras.callbacks.Callback. "
-            f"Received: callback={callback!r}."
+            f"Received: callback={short_repr(callback)}. Fix: pass a Keras callback instance, "
+            "e.g. keras.callbacks.CSVLogger('log.csv'); for a function use loop.on_step(...)."
         )
     if loop.trainer is None:
         raise TypeError(
             "add_keras_callback() needs a loop with a trainer (the callback's model is "
             "trainer.model). Received: a Loop created with trainer=None. Fix: ktl.Loop(trainer)."
         )
+    check_priority(priority, f"add_keras_callback({type(callback).__name__})")
     loop.request_built_model()  # fit builds the model before on_train_begin.
     _KerasDriver(callback).register(loop, priority)
 

@@ -38,7 +38,6 @@ from keras_trainloop.loop._run_parts import (
     VAL_LOGS_KEY,
     check_count,
     check_dataset,
-    check_ends,
     check_validation,
     new_history,
 )
@@ -93,14 +92,12 @@ class Loop(LoopEvents, KerasInterop):
             past the last epoch that ran (`epochs` when all ran).
         shared_data: a dict for hooks and plugins to exchange values.
         train_step_durations: seconds per step of the current (or last) run,
-            oldest first, for its last 10,000 steps (`DURATIONS_WINDOW` in
-            loop/_durations.py; older ones are dropped, so a long run holds
-            a bounded window): the time between the ends of consecutive
+            for its last 10,000 steps only (a list-like window, see
+            loop/_durations.py): the time between the ends of consecutive
             steps (reading the batch, dispatching the step, its hooks, and
             the device time the loop waited for). The first one includes
             compilation. The steps of a fused call each get the call's time
-            divided by its steps. A list-like sequence (`len`, indexing,
-            slices, iteration, `==` with a list); assigning a list replaces it.
+            divided by its steps.
         max_fused_steps: see the argument; may be changed between runs.
         epochs: the epochs asked of the current (or last) `run_epochs`; 0 in
             `run_steps`.
@@ -215,12 +212,12 @@ class Loop(LoopEvents, KerasInterop):
 
     @property
     def train_step_durations(self) -> StepDurations:
-        """Seconds per step of the current (or last) run: the last `DURATIONS_WINDOW` ones."""
+        """Seconds per step of the run, its last steps' only (see the class docs)."""
         return self._train_step_durations
 
     @train_step_durations.setter
     def train_step_durations(self, values: Iterable[float]) -> None:
-        self._train_step_durations = StepDurations(values)  # The window: DURATIONS_WINDOW.
+        self._train_step_durations = StepDurations(values)  # The last DURATIONS_WINDOW.
 
     # Running -----------------------------------------------------------------
     def run_steps(
@@ -324,8 +321,7 @@ class Loop(LoopEvents, KerasInterop):
         """
         check_count("epochs", epochs, "run_epochs")
         self._require_trainer("run_epochs")
-        check_dataset(ds, "run_epochs")
-        check_ends(ds, "run_epochs")
+        check_dataset(ds, "run_epochs", finite=True)
         check_validation(validation_data, validation_freq, "run_epochs")
         if epochs == 0:
             return []

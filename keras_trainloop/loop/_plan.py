@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from keras_trainloop._describe import short_repr
 from keras_trainloop.loop._hooks import HookCost, HookList
 from keras_trainloop.loop._scheduled import end_call_due
 from keras_trainloop.loop._step_source import fusable_steps
@@ -79,7 +80,11 @@ class Plan:
         found = [h for h in self.hooks if h.name == name and h.event == "OnStep"]
         if not found:
             names = sorted({h.name for h in self.hooks})
-            raise KeyError(f"No on_step hook named {name!r} in this plan. Hooks: {names}.")
+            raise KeyError(
+                f"No on_step hook named {short_repr(name)} in this plan. Hooks: {names}. "
+                "Fix: pass one of these names (a scheduled hook's name starts with its "
+                "schedule, e.g. 'EveryNSteps(100): eval')."
+            )
         return sorted({step for h in found for step in h.steps})
 
     def fires_at(self, step: int) -> list[str]:

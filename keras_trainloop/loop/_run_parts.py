@@ -32,14 +32,19 @@ def _is_dataset(ds: Any) -> bool:
     return callable(getattr(ds, "yield_batch", None)) and callable(getattr(ds, "reset", None))
 
 
-def check_dataset(ds: Any, method: str) -> None:
-    """Raises TypeError unless `ds` has `yield_batch()` and `reset()` (a `ktl.Dataset`)."""
+def check_dataset(ds: Any, method: str, *, finite: bool = False) -> None:
+    """Raises TypeError unless `ds` has `yield_batch()` and `reset()` (a `ktl.Dataset`).
+
+    With `finite`, also ValueError when it declares it never ends (`check_ends`).
+    """
     if not _is_dataset(ds):
         raise TypeError(
             f"loop.{method}() expects a dataset with yield_batch() and reset() (ktl.Dataset). "
             f"Received: ds={short_repr(ds)}. Fix: wrap arrays in ktl.ArrayDataset or a tf.data "
             "pipeline in ktl.TFDataset."
         )
+    if finite:
+        check_ends(ds, method)
 
 
 def dataset_name(ds: Any) -> str:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import datetime
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from keras_trainloop._describe import short_repr
+from keras_trainloop.loop._events import OnStepFn
 from keras_trainloop.loop._hooks import check_callable, check_priority
 from keras_trainloop.loop._schedules import (
     EveryNSteps,
@@ -24,14 +26,19 @@ from keras_trainloop.loop._schedules import (
     Schedule,
 )
 
-OnStepFn = Callable[[Any, list], None]
+if TYPE_CHECKING:
+    from keras_trainloop.loop._loop import Loop
 
 
 def _check_hook_args(function: str, name: Any, priority: Any, fn: Any) -> None:
     if not isinstance(name, str):
-        raise TypeError(f"{function} expects a string name. Received: name={name!r}.")
-    check_priority(priority, f"{function} hook {name!r}")
-    check_callable(fn, 2, f"{function} hook {name!r}", "fn(loop, metrics)")
+        raise TypeError(
+            f"{function} expects a string name. Received: name={short_repr(name)}. "
+            "Fix: pass a name such as 'eval' (it names the hook in errors and reports)."
+        )
+    where = f"{function} hook {short_repr(name)}"
+    check_priority(priority, where)
+    check_callable(fn, 2, where, "fn(loop, metrics)")
 
 
 def end_call_due(start_step: int, end_step: int, ran_after_last_step: bool) -> bool:
@@ -59,25 +66,25 @@ class ScheduledHook:
         self.call_on_end = call_on_end
         self._last_call: tuple[int, int] | None = None  # (start_step of the run, step)
 
-    def on_step(self, loop: Any, metrics: list) -> None:
+    def on_step(self, loop: Loop, metrics: list) -> None:
         self.fn(loop, metrics)
         self._last_call = (loop.start_step, loop.loop_step)
 
-    def on_end(self, loop: Any, metrics: list) -> None:
+    def on_end(self, loop: Loop, metrics: list) -> None:
         last_call = (loop.start_step, loop.loop_step - 1)
         if not end_call_due(loop.start_step, loop.loop_step, self._last_call == last_call):
             return
         self.fn(loop, metrics)
         self._last_call = last_call
 
-    def register(self, loop: Any, name: str, priority: float) -> None:
+    def register(self, loop: Loop, name: str, priority: float) -> None:
         """Adds the hooks to `loop` (a `ktl.Loop`: its `OnEnd` list takes the `end_of` link)."""
         loop.on_step(name, priority, self.on_step, schedule=self.schedule)
         if self.call_on_end:
             loop._on_end.add(name, priority, self.on_end, end_of=self.schedule)
 
 
-def every_n_steps(loop: Any, n: int, name: str, priority: float, fn: OnStepFn) -> EveryNSteps:
+def every_n_steps(loop: Loop, n: int, name: str, priority: float, fn: OnStepFn) -> EveryNSteps:
     """Calls `fn(loop, metrics)` after every step where `(loop.loop_step + 1) % n == 0`.
 
     Aligned on the global step, so it survives resumes; never forces a call
@@ -106,7 +113,7 @@ def every_n_steps(loop: Any, n: int, name: str, priority: float, fn: OnStepFn) -
 
 
 def n_times_during_loop(
-    loop: Any, n: int, name: str, priority: float, fn: OnStepFn
+    loop: Loop, n: int, name: str, priority: float, fn: OnStepFn
 ) -> NTimesDuringLoop:
     """Calls `fn(loop, metrics)` at most `n` times per run, evenly spread, always at the end.
 
@@ -136,7 +143,7 @@ def n_times_during_loop(
 
 
 def periodic_callback(
-    loop: Any,
+    loop: Loop,
     period: float | datetime.timedelta,
     call_on_end: bool,
     name: str,
@@ -177,7 +184,7 @@ def periodic_callback(
 
 
 def exponential_callback(
-    loop: Any,
+    loop: Loop,
     start_step: int,
     factor: float,
     call_on_end: bool,

@@ -28,21 +28,48 @@ import datetime
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from keras_trainloop._describe import short_repr
+
+if TYPE_CHECKING:
+    from keras_trainloop.loop._loop import Loop
 
 _FIRST_UNKNOWN_TOTAL_CALL = 128  # steps done at the first call while the total is unknown
 
+_NEVER = 1 << 62
+"""A skip no run reaches: `Exponential`'s skips stop growing there (no float overflow)."""
+
+
+def _check_finite(function: str, name: str, value: Any, fix: str) -> None:
+    """Raises ValueError for a NaN or infinite float `value` (before any type check)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(
+            f"{function} expects a finite {name}. Received: {name}={short_repr(value)}. "
+            f"Fix: {fix}."
+        )
+
 
 def _check_int(function: str, name: str, value: Any, minimum: int) -> int:
+    fix = f"pass an int {name} >= {minimum}"
+    _check_finite(function, name, value, fix)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{function} expects an int {name}. Received: {name}={value!r}.")
+        raise TypeError(
+            f"{function} expects an int {name}. Received: {name}={short_repr(value)}. "
+            f"Fix: {fix} (e.g. {name}=int(value))."
+        )
     if value < minimum:
-        raise ValueError(f"{function} expects {name} >= {minimum}. Received: {name}={value!r}.")
+        raise ValueError(
+            f"{function} expects {name} >= {minimum}. Received: {name}={short_repr(value)}. "
+            f"Fix: {fix}."
+        )
     return value
 
 
 def _round_half_away(x: float) -> int:
-    """Rounds half away from zero (Go's math.Round) for x >= 0."""
+    """Rounds half away from zero (Go's math.Round) for x >= 0; at most `_NEVER`."""
+    if not x < _NEVER:  # Also +inf: a skip that large is never reached.
+        return _NEVER
     return math.floor(x + 0.5)
 
 
@@ -50,29 +77,29 @@ class Schedule(abc.ABC):
     """Decides after which steps a hook function is called.
 
     Subclasses implement `due` and `next_step`; `called` is told when the
-    function ran. `loop` is anything with `loop_step`, `start_step` and
-    `end_step` (a `ktl.Loop`).
+    function ran. `loop` is a `ktl.Loop` (anything with `loop_step`,
+    `start_step` and `end_step` will do).
 
     Give one to `loop.on_step(name, priority, fn, schedule=...)` to have `fn`
     called only when due; the loop then runs the steps in between fused.
     """
 
     @abc.abstractmethod
-    def due(self, loop: Any) -> bool:
+    def due(self, loop: Loop) -> bool:
         """Whether the function should be called after step `loop.loop_step`."""
 
     @abc.abstractmethod
-    def next_step(self, loop: Any) -> int | None:
+    def next_step(self, loop: Loop) -> int | None:
         """The first step >= `loop.loop_step` after which `due` may hold.
 
         None when no step is known: never again in this run, or time decides
         (then `seconds_left` says when).
         """
 
-    def called(self, loop: Any) -> None:
+    def called(self, loop: Loop) -> None:
         """Tells the schedule that the function was just called (after step `loop.loop_step`)."""
 
-    def seconds_left(self, loop: Any) -> float | None:
+    def seconds_left(self, loop: Loop) -> float | None:
         """Seconds until a time-based schedule is due (0: now); None for step-based ones."""
         return None
 
@@ -98,16 +125,16 @@ class EveryNSteps(Schedule):
         n: the period in steps, >= 1.
 
     Raises:
-        TypeError, ValueError: `n` is not an int >= 1.
+        TypeError, ValueError: `n` is not an int >= 1 (NaN and inf are ValueErrors).
     """
 
     def __init__(self, n: int):
         self.n = _check_int("EveryNSteps", "n", n, 1)
 
-    def due(self, loop: Any) -> bool:
+    def due(self, loop: Loop) -> bool:
         return (loop.loop_step + 1) % self.n == 0
 
-    def next_step(self, loop: Any) -> int:
+    def next_step(self, loop: Loop) -> int:
         step = loop.loop_step
         return step + (self.n - 1 - step) % self.n
 
@@ -137,13 +164,13 @@ class NTimesDuringLoop(Schedule):
         n: the number of calls, >= 1.
 
     Raises:
-        TypeError, ValueError: `n` is not an int >= 1.
+        TypeError, ValueError: `n` is not an int >= 1 (NaN and inf are ValueErrors).
     """
 
     def __init__(self, n: int):
         self.n = _check_int("NTimesDuringLoop", "n", n, 1)
 
-    def due(self, loop: Any) -> bool:
+    def due(self, loop: Loop) -> bool:
         start = loop.start_step
         done = loop.loop_step - start + 1
         end = loop.end_step
@@ -156,7 +183,7 @@ class NTimesDuringLoop(Schedule):
         k = (done - 1) * n // total + 1  # the first k with ceil(k * total / n) >= done
         return k <= n and -(-k * total // n) == done
 
-    def next_step(self, loop: Any) -> int | None:
+    def next_step(self, loop: Loop) -> int | None:
         start = loop.start_step
         done = loop.loop_step - start + 1
         end = loop.end_step
@@ -189,11 +216,12 @@ class Periodic(Schedule):
     step and by `called`; `snapshot()` is a copy holding the same time.
 
     Args:
-        period: seconds (> 0) or a `datetime.timedelta`.
+        period: seconds (> 0, finite) or a `datetime.timedelta`.
         clock: returns the time in seconds; tests pass a fake one.
 
     Raises:
-        TypeError, ValueError: `period` is not a positive number of seconds.
+        TypeError, ValueError: `period` is not a positive finite number of
+            seconds (NaN and inf are ValueErrors).
 
     Example:
         now = [0.0]
@@ -203,6 +231,8 @@ class Periodic(Schedule):
     def __init__(
         self, period: float | datetime.timedelta, *, clock: Callable[[], float] = time.monotonic
     ):
+        fix = "pass a number of seconds > 0 (period=60) or a datetime.timedelta(minutes=1)"
+        _check_finite("PeriodicCallback", "period", period, fix)
         if isinstance(period, datetime.timedelta):
             seconds = period.total_seconds()
         elif isinstance(period, (int, float)) and not isinstance(period, bool):
@@ -210,40 +240,46 @@ class Periodic(Schedule):
         else:
             raise TypeError(
                 "PeriodicCallback expects period in seconds or a datetime.timedelta. "
-                f"Received: period={period!r}."
+                f"Received: period={short_repr(period)}. Fix: {fix}."
             )
         if not seconds > 0:
-            raise ValueError(f"PeriodicCallback expects period > 0. Received: period={period!r}.")
+            raise ValueError(
+                f"PeriodicCallback expects period > 0. Received: period={short_repr(period)}. "
+                f"Fix: {fix}."
+            )
         if not callable(clock):
-            raise TypeError(f"clock must be a function returning seconds. Received: {clock!r}.")
+            raise TypeError(
+                f"clock must be a function returning seconds. Received: {short_repr(clock)}. "
+                "Fix: pass a function such as time.monotonic."
+            )
         self.period = seconds
         self.clock = clock
         self._last: float | None = None
 
-    def _running(self, loop: Any) -> bool:
+    def _running(self, loop: Loop) -> bool:
         """Whether the clock runs: started, and not at a run's first step (it restarts there)."""
         return self._last is not None and loop.loop_step != loop.start_step
 
-    def due(self, loop: Any) -> bool:
+    def due(self, loop: Loop) -> bool:
         """The run's question; at a run's first step it starts the clock instead (False)."""
         if not self._running(loop):
             self._last = self.clock()  # The state changes here and in `called` only.
             return False
         return self.clock() - self._last >= self.period
 
-    def next_step(self, loop: Any) -> int | None:
+    def next_step(self, loop: Loop) -> int | None:
         """`loop.loop_step` at the first step of a run (it starts the clock) and when
         the period has passed now; else None (time decides: see `seconds_left`)."""
         if not self._running(loop) or self.clock() - self._last >= self.period:
             return loop.loop_step
         return None
 
-    def seconds_left(self, loop: Any) -> float:
+    def seconds_left(self, loop: Loop) -> float:
         if not self._running(loop):
             return 0.0
         return max(0.0, self.period - (self.clock() - self._last))
 
-    def called(self, loop: Any) -> None:
+    def called(self, loop: Loop) -> None:
         self._last = self.clock()
 
     def __repr__(self) -> str:
@@ -262,22 +298,27 @@ class Exponential(Schedule):
 
     Args:
         start_step: the first due step, >= 1.
-        factor: the growth of the skip, > 1.
+        factor: the growth of the skip, > 1 and finite (a skip stops growing
+            at 2**62 steps, which no run reaches).
 
     Raises:
         TypeError, ValueError: `start_step` is not an int >= 1 or `factor`
-            not a number > 1.
+            not a finite number > 1 (NaN and inf are ValueErrors).
     """
 
     def __init__(self, start_step: int, factor: float):
         self.start_step = _check_int("ExponentialCallback", "start_step", start_step, 1)
+        fix = "pass a finite number factor > 1, e.g. factor=1.2"
+        _check_finite("ExponentialCallback", "factor", factor, fix)
         if isinstance(factor, bool) or not isinstance(factor, (int, float)):
             raise TypeError(
-                f"ExponentialCallback expects a number factor. Received: factor={factor!r}."
+                "ExponentialCallback expects a number factor. Received: "
+                f"factor={short_repr(factor)}. Fix: {fix}."
             )
         if not factor > 1:
             raise ValueError(
-                f"ExponentialCallback expects factor > 1. Received: factor={factor!r}."
+                "ExponentialCallback expects factor > 1. Received: "
+                f"factor={short_repr(factor)}. Fix: {fix}."
             )
         self.factor = float(factor)
         self._cursor = self._first_cursor()
@@ -296,14 +337,14 @@ class Exponential(Schedule):
         self._cursor = previous, next_, skip
         return next_
 
-    def due(self, loop: Any) -> bool:
+    def due(self, loop: Loop) -> bool:
         step = loop.loop_step
         previous, next_, _ = self._cursor
         if previous < step < next_:
             return False
         return self._first_due_from(step) == step
 
-    def next_step(self, loop: Any) -> int:
+    def next_step(self, loop: Loop) -> int:
         return self._first_due_from(loop.loop_step)
 
     def snapshot(self) -> Exponential:

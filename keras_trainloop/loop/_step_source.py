@@ -17,6 +17,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+from keras_trainloop._describe import short_repr
 from keras_trainloop.data import Dataset, maybe_prefetch_to_device
 from keras_trainloop.loop._fusion_gate import GateProbe
 from keras_trainloop.loop._hooks import HookList
@@ -27,7 +28,7 @@ def check_max_fused_steps(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value & (value - 1):
         raise ValueError(
             "max_fused_steps must be a power of two >= 1 (1 turns fused execution off). "
-            f"Received: max_fused_steps={value!r}. Fix: pass e.g. max_fused_steps=8."
+            f"Received: max_fused_steps={short_repr(value)}. Fix: pass e.g. max_fused_steps=8."
         )
     return value
 
