@@ -20,6 +20,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from keras_trainloop._describe import short_repr
 from keras_trainloop.loop._run_parts import (
     VAL_LOGS_KEY,
     FirstBatch,
@@ -96,7 +97,7 @@ def run_steps(loop: Any, ds: Any, steps: int, validation_data: Any, validation_f
 
 def _ended_early(ds: Any, steps: int, done: int) -> ValueError:
     return ValueError(
-        f"Dataset {dataset_name(ds)!r} ended after {done} steps, before the requested "
+        f"Dataset {short_repr(dataset_name(ds))} ended after {done} steps, before the requested "
         f"{steps}. Received: steps={steps}. Fix: use loop.run_epochs(ds, epochs) for a finite "
         "dataset, or a dataset that loops forever (e.g. ktl.ArrayDataset(..., "
         "loop_forever=True))."
@@ -143,7 +144,7 @@ def _run_epoch(loop: Any, ds: Any, feed: Any, epoch: int, epochs: int, metrics: 
     yields = loop.loop_step - epoch_start
     if ended and yields == 0:
         raise ValueError(
-            f"Dataset {dataset_name(ds)!r} yielded no batch in epoch {epoch} of "
+            f"Dataset {short_repr(dataset_name(ds))} yielded no batch in epoch {epoch} of "
             f"run_epochs(ds, {epochs}). Fix: check that it is not empty and that "
             "reset() starts a new pass."
         )
@@ -163,7 +164,8 @@ def _checked_initial_epoch(loop: Any, epochs: int) -> int:
     ):
         raise ValueError(
             f"loop.initial_epoch must be an int in [0, epochs={epochs}] (set by an "
-            f"on_start hook to resume run_epochs). Received: initial_epoch={initial!r}."
+            f"on_start hook to resume run_epochs). Received: initial_epoch={short_repr(initial)}. "
+            "Fix: set loop.initial_epoch to an int in [0, epochs] from the on_start hook."
         )
     loop.epoch = initial
     return initial
