@@ -6,12 +6,35 @@ import datetime
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from keras_trainloop._describe import short_repr
 from keras_trainloop.checkpoints._checkpoint import Checkpoint
 
 if TYPE_CHECKING:
     from keras_trainloop.loop import Loop
 
 _HOOK_NAME = "checkpoint"
+
+
+def _check_schedules(every_n_steps: Any, n_times: Any, period: Any, exponential: Any) -> None:
+    """Builds each schedule asked for, unregistered: a bad argument raises before any hook."""
+    import keras_trainloop.loop as loop_lib
+
+    if exponential is not None and (
+        not isinstance(exponential, (tuple, list)) or len(exponential) != 2
+    ):
+        raise ValueError(
+            "exponential must be a pair (start_step, factor), e.g. (100, 1.2). "
+            f"Received: exponential={short_repr(exponential)}. Fix: pass "
+            "exponential=(start_step, factor)."
+        )
+    if every_n_steps is not None:
+        loop_lib.EveryNSteps(every_n_steps)
+    if n_times is not None:
+        loop_lib.NTimesDuringLoop(n_times)
+    if period is not None:
+        loop_lib.Periodic(period)
+    if exponential is not None:
+        loop_lib.Exponential(*exponential)
 
 
 def _resume_data(loop: Loop, checkpoint: Checkpoint) -> None:
@@ -93,7 +116,8 @@ def attach_checkpoint(
     if not isinstance(checkpoint, Checkpoint):
         raise TypeError(
             f"attach_checkpoint() expects a ktl.checkpoints.Checkpoint. "
-            f"Received: checkpoint={checkpoint!r}."
+            f"Received: checkpoint={short_repr(checkpoint)}. Fix: pass "
+            "ktl.checkpoints.Checkpoint(loop.trainer, directory)."
         )
     if loop.trainer is not checkpoint.trainer:
         raise TypeError(
@@ -101,6 +125,7 @@ def attach_checkpoint(
             f"{checkpoint.trainer!r} for a loop of {loop.trainer!r}. Fix: create the "
             "Checkpoint with Checkpoint(loop.trainer, directory)."
         )
+    _check_schedules(every_n_steps, n_times, period, exponential)
     hook = checkpoint.on_step
     if every_n_steps is not None:
         loop_lib.every_n_steps(loop, every_n_steps, _HOOK_NAME, priority, hook)
@@ -109,11 +134,6 @@ def attach_checkpoint(
     if period is not None:
         loop_lib.periodic_callback(loop, period, False, _HOOK_NAME, priority, hook)
     if exponential is not None:
-        if not isinstance(exponential, (tuple, list)) or len(exponential) != 2:
-            raise ValueError(
-                "exponential must be a pair (start_step, factor), e.g. (100, 1.2). "
-                f"Received: exponential={exponential!r}."
-            )
         start_step, factor = exponential
         loop_lib.exponential_callback(loop, start_step, factor, False, _HOOK_NAME, priority, hook)
     if on_end or wait_on_end:

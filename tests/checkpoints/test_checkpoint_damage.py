@@ -98,3 +98,21 @@ def test_remote_checkpoint_directories_are_passed_to_orbax_unchanged(tmp_path):
     assert _local_or_remote("gs://bucket/runs/digits") == "gs://bucket/runs/digits"
     local = _local_or_remote(tmp_path / "new" / "dir")
     assert local == str(tmp_path / "new" / "dir") and os.path.isdir(local)
+
+
+@pytest.mark.parametrize(
+    "schedules",
+    [dict(every_n_steps=5, exponential=(100, 0.5)), dict(every_n_steps=5, period=float("nan")),
+     dict(n_times=3, exponential=(10,)), dict(every_n_steps=0, n_times=3)],
+    ids=["bad_factor", "nan_period", "not_a_pair", "bad_first"],
+)
+def test_attach_checkpoint_validates_every_schedule_before_registering_any(
+    tmp_path, make_trainer, schedules
+):
+    from keras_trainloop.checkpoints import attach_checkpoint
+
+    trainer = make_trainer()
+    loop = ktl.Loop(trainer)
+    with pytest.raises(ValueError, match="Fix"):
+        attach_checkpoint(loop, Checkpoint(trainer, tmp_path), **schedules)
+    assert "on_start=[], on_step=[], on_end=[]" in repr(loop)  # Nothing registered.
