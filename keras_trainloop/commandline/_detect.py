@@ -33,7 +33,7 @@ def in_notebook() -> bool:
 
 
 def has_ipywidgets() -> bool:
-    """Whether ipywidgets is installed (tqdm's notebook bar needs it)."""
+    """Whether ipywidgets is installed (widget displays need it; the progress bar does not)."""
     return importlib.util.find_spec("ipywidgets") is not None
 
 

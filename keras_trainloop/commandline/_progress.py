@@ -1,17 +1,21 @@
-"""A progress bar for a Loop: terminal, notebook, or plain lines in logs."""
+"""A progress bar for a Loop: terminal, notebook, or plain lines in logs.
+
+When it draws and what it shows live here; how each output lays it out is
+in `_progress_render.py`.
+"""
 
 from __future__ import annotations
 
-import html
-import io
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from keras_trainloop.commandline._detect import has_ipywidgets, resolve_output
+import numpy as np
+
+from keras_trainloop.commandline import _progress_render as render
+from keras_trainloop.commandline._detect import resolve_output
 from keras_trainloop.data import Dataset
 from keras_trainloop.loop import LOG_NAMES_KEY, VAL_LOGS_KEY, Loop, Schedule
 
@@ -22,137 +26,79 @@ DEFAULT_INTERVALS = {"terminal": 0.25, "notebook": 0.5, "plain": 5.0}
 """Seconds between redraws per output kind (a plain line every 5 s in logs)."""
 
 _HOOK_NAME = "progress_bar"
+_RENDERERS = {
+    "terminal": render.TerminalRenderer,
+    "notebook": render.HTMLRenderer,
+    "plain": render.PlainRenderer,
+}
 
 
-def _format_duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+def _general(value: Any) -> str:
+    return f"{value:.4g}"
 
 
-def _format_rate(rate: float | None) -> str:
-    if rate is None or not math.isfinite(rate):
-        return "? steps/s"
-    if rate >= 100:
-        return f"{rate:,.0f} steps/s"
-    return f"{rate:.3g} steps/s"
+class _MetricText:
+    """Formats a step's values as Keras names them: `loss=0.123 accuracy=95.20% val_loss=...`.
+
+    The names are those of `loop.logs(metrics)` (what `fit`'s progress bar
+    and callbacks see): `"loss"` (the run's mean batch loss), each train
+    metric under its Keras name, then `val_<name>` of the run's last
+    validation (`loop.shared_data[VAL_LOGS_KEY]`). Each value is formatted
+    by its metric (`pretty_print`: losses with 3 decimals, accuracies in
+    percent); non-scalar values are left out. Under `model.fit` (no
+    trainer) the names are Keras' own logs'.
+    """
+
+    def __init__(self, trainer: Any):
+        train = list(getattr(trainer, "train_metrics", None) or [])
+        evals = list(getattr(trainer, "eval_metrics", None) or [])
+        self._has_trainer = trainer is not None
+        names = [_keras_name(m) for m in train]
+        self._train_names = ["loss"] + [name for name in names if name and name != "loss"]
+        self._formats = _formats(train, evals)
+
+    def items(self, loop: Any, metrics: list) -> tuple[str, ...]:
+        """The `name=value` items of `metrics` (reads them from the device)."""
+        if self._has_trainer:
+            logs = loop.logs(metrics) if metrics else {}
+            named = [(name, logs[name]) for name in self._train_names if name in logs]
+        else:  # A loop driven by model.fit: [loss, *other logs], named by the bridge.
+            import jax
+
+            names = loop.shared_data.get(LOG_NAMES_KEY, ())
+            values = jax.device_get(list(metrics))  # One transfer for all the values.
+            named = [(names[i] if i < len(names) else f"metric_{i}", value)
+                     for i, value in enumerate(values)]
+        named += list(loop.shared_data.get(VAL_LOGS_KEY, {}).items())
+        return tuple(self._item(name, value) for name, value in named if _is_scalar(value))
+
+    def _item(self, name: str, value: Any) -> str:
+        value = float(np.asarray(value, dtype=np.float64).reshape(()))
+        return f"{name}={self._formats.get(name, _general)(value)}"
 
 
-class _NullFile:
-    """A text stream that drops everything (tqdm's bookkeeping without its drawing)."""
-
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
+def _keras_name(metric: Any) -> str:
+    return getattr(metric, "keras_name", None) or ""
 
 
-def _terminal_columns(file: TextIO) -> int:
+def _formats(train: list, evals: list) -> dict[str, Callable[[Any], str]]:
+    """`{log name: the pretty_print of its metric}`; "loss" and "val_loss" get the first
+    loss entries' (3 decimals)."""
+    named = [(_keras_name(m), m) for m in train]
+    named += [(f"val_{_keras_name(m)}", m) for m in evals]
+    named += [("loss", m) for m in train[:1]] + [("val_loss", m) for m in evals[:1]]
+    return {
+        name: metric.pretty_print
+        for name, metric in named
+        if name and callable(getattr(metric, "pretty_print", None))
+    }
+
+
+def _is_scalar(value: Any) -> bool:
     try:
-        return os.get_terminal_size(file.fileno()).columns
-    except (AttributeError, ValueError, OSError, io.UnsupportedOperation):
-        return 0
-
-
-class _TqdmRenderer:
-    """tqdm's bar: redrawn in place in a terminal, or its ipywidgets widget in a notebook."""
-
-    def __init__(self, widget: bool, file: TextIO, start: int, total: int | None):
-        if widget:
-            from tqdm.notebook import tqdm as tqdm_cls
-        else:
-            from tqdm.std import tqdm as tqdm_cls
-        size: dict[str, Any] = {"dynamic_ncols": True}
-        if not widget and _terminal_columns(file) <= 0:
-            # A terminal that reports no size (e.g. a bare pty): tqdm would draw nothing.
-            size = {"ncols": 100, "nrows": 24}
-        # Drawing is throttled by ProgressBar; tqdm draws on every update() it gets.
-        self.bar = tqdm_cls(
-            total=total, initial=start, file=file, mininterval=0, miniters=1, unit="step",
-            desc="Training", leave=True, smoothing=0.3, **size,
-        )
-
-    def update(self, step: int, total: int | None, rate, eta, postfix: str) -> None:
-        bar = self.bar
-        if total != bar.total:
-            bar.total = total
-        bar.set_postfix_str(postfix, refresh=False)
-        if step > bar.n:
-            bar.update(step - bar.n)
-        else:
-            bar.refresh()
-
-    def write(self, text: str, file: TextIO) -> None:
-        self.bar.write(text, file=file)
-
-    def final(self, step: int, total: int | None, rate, postfix: str) -> None:
-        self.update(step, total, rate, 0.0, postfix)
-        self.bar.close()
-
-
-class _HTMLRenderer:
-    """An HTML block in a notebook, updated in place through an IPython display id."""
-
-    def __init__(self, file: TextIO):
-        from IPython import display as ipd
-
-        self._ipd = ipd
-        self._file = file
-        self._handle = ipd.display(ipd.HTML(self._html(0, None, None, None, "")), display_id=True)
-
-    @staticmethod
-    def _html(step: int, total: int | None, rate, eta, postfix: str) -> str:
-        if total:
-            bar = f'<progress value="{step}" max="{total}" style="width: 30em"></progress>'
-            where = f"step {step}/{total} ({100.0 * step / total:.0f}%)"
-        else:
-            bar = '<progress style="width: 30em"></progress>'
-            where = f"step {step}"
-        stats = f"{where} · {_format_rate(rate)} · ETA {_format_duration(eta)}"
-        return (
-            f'<div style="font-family: monospace">{bar} {html.escape(stats)}'
-            f"<br>{html.escape(postfix)}</div>"
-        )
-
-    def update(self, step: int, total: int | None, rate, eta, postfix: str) -> None:
-        content = self._ipd.HTML(self._html(step, total, rate, eta, postfix))
-        if self._handle is not None:
-            self._handle.update(content)
-        else:  # No kernel to display in (IPython.display printed a text repr instead).
-            print(_plain_line(step, total, rate, eta, postfix), file=self._file, flush=True)
-
-    def write(self, text: str, file: TextIO) -> None:
-        print(text, file=file, flush=True)
-
-    def final(self, step: int, total: int | None, rate, postfix: str) -> None:
-        if self._handle is not None:
-            self.update(step, total, rate, 0.0, postfix)
-
-
-def _plain_line(step: int, total: int | None, rate, eta, postfix: str) -> str:
-    where = f"Step {step}/{total} ({100.0 * step / total:.0f}%)" if total else f"Step {step}"
-    line = f"{where} | {_format_rate(rate)} | ETA {_format_duration(eta)}"
-    return f"{line} | {postfix}" if postfix else line
-
-
-class _PlainRenderer:
-    """One plain line per redraw, for logs and pipes (no escape codes, no carriage returns)."""
-
-    def __init__(self, file: TextIO):
-        self._file = file
-
-    def update(self, step: int, total: int | None, rate, eta, postfix: str) -> None:
-        print(_plain_line(step, total, rate, eta, postfix), file=self._file, flush=True)
-
-    def write(self, text: str, file: TextIO) -> None:
-        print(text, file=file, flush=True)
-
-    def final(self, step: int, total: int | None, rate, postfix: str) -> None:
-        pass  # The final line says it all.
+        return np.size(value) == 1
+    except (TypeError, ValueError):
+        return False
 
 
 class _RedrawSchedule(Schedule):
@@ -175,7 +121,7 @@ class _RedrawSchedule(Schedule):
 
 
 class ProgressBar:
-    """Shows a Loop's progress: steps, steps per second, ETA and the train metrics.
+    """Shows a Loop's progress: steps, steps per second, ETA and the metrics.
 
     Created and attached by `attach_progress_bar`; see there. Its hooks are
     `on_start`, `on_step` and `on_end`; `on_step` is registered with the
@@ -189,8 +135,8 @@ class ProgressBar:
             requested value, maybe "auto", before).
         interval: seconds between redraws (None: the default of the output kind).
         draws: how many steps of the current (or last) run redrew the bar
-            (each read the metrics once); the final state drawn by `on_end`
-            is not counted.
+            (each read the metrics once); the compiling note drawn by
+            `on_start` and the final state drawn by `on_end` are not counted.
         last_line: the final line printed at the end of the last run.
     """
 
@@ -226,8 +172,8 @@ class ProgressBar:
         self._renderer: Any = None
         self._next = math.inf
         self._period = 0.0
-        self._metric_objects: list | None = None
-        self._postfix = ""
+        self._metric_text = _MetricText(None)
+        self._metrics: tuple[str, ...] = ()
         self._start_step = 0
         self._t_start = 0.0
         self._t_first: float | None = None
@@ -236,30 +182,20 @@ class ProgressBar:
 
     # Hooks -------------------------------------------------------------------
     def on_start(self, loop: Loop, ds: Dataset | None) -> None:
-        """Creates the display for a new run."""
-        file = self._file if self._file is not None else sys.stdout
+        """Creates the display for a new run; it says the first step is compiling."""
         self.output = resolve_output(self._requested_output, self._file)
         self._period = float(
             self.interval if self.interval is not None else DEFAULT_INTERVALS[self.output]
         )
-        trainer = loop.trainer
-        self._metric_objects = list(trainer.train_metrics) if trainer is not None else None
-        self._postfix = ""
+        self._metric_text = _MetricText(loop.trainer)
+        self._metrics = ()
         self.draws = 0
-        total = loop.end_step if loop.end_step >= 0 else None
-        if self.output == "terminal":
-            self._renderer = _TqdmRenderer(False, file, loop.start_step, total)
-        elif self.output == "notebook":
-            if has_ipywidgets():
-                self._renderer = _TqdmRenderer(True, file, loop.start_step, total)
-            else:
-                self._renderer = _HTMLRenderer(file)
-        else:
-            self._renderer = _PlainRenderer(file)
+        self._renderer = _RENDERERS[self.output](self._out())
         self._start_step = loop.start_step
         self._t_start = self._clock()
         self._t_first = None
-        self._next = -math.inf  # The first step is drawn: it shows the metrics early.
+        self._next = -math.inf  # The first step is drawn: it ends the compiling note.
+        self._renderer.update(render.Status(loop.start_step, _total(loop), compiling=True))
 
     def on_step(self, loop: Loop, metrics: list) -> None:
         """Redraws when `interval` seconds passed since the last redraw; else only reads the clock."""
@@ -269,49 +205,64 @@ class ProgressBar:
         self._redraw(loop, metrics, now, loop.loop_step + 1)
 
     def on_end(self, loop: Loop, metrics: list) -> None:
-        """Draws the final state, closes the display and prints the final line."""
-        now = self._clock()
-        step = loop.loop_step
+        """Draws the final state, closes the display and prints the final line.
+
+        The final line's rate is the bar's: steps per second since the first
+        step ended (from the start of the run when only one step ran).
+        """
         if self._renderer is None:  # Our on_start did not run for this run.
             self.on_start(loop, None)
         if metrics:
-            self._postfix = self._format_metrics(loop, metrics)
+            self._metrics = self._metric_text.items(loop, metrics)
+        now = self._clock()
+        step = loop.loop_step
         rate, _ = self._rate_eta(now, step, None, final=True)
-        self._renderer.final(step, step, rate, self._postfix)
+        status = render.Status(step, step, now - self._t_start, rate, 0.0, self._metrics)
+        self._renderer.final(status)
         self._renderer = None
         done = step - loop.start_step
         line = (
             f"Training done at step {step}: {done} step{'s' if done != 1 else ''} in "
-            f"{_format_duration(now - self._t_start)} ({_format_rate(rate)})"
+            f"{render.format_duration(now - self._t_start)} ({render.format_rate(rate)})"
         )
-        self.last_line = f"{line} | {self._postfix}" if self._postfix else line
-        print(self.last_line, file=self._file if self._file is not None else sys.stdout,
-              flush=True)
+        self.last_line = " | ".join([line, " ".join(self._metrics)]) if self._metrics else line
+        if self.output == "terminal":  # Wrapped as the bar's lines: the metrics below.
+            width = max(render.terminal_columns(self._out()) - 1, 20)
+            text = "\n".join(render.wrap_items([line + " |", *self._metrics], width))
+        else:
+            text = self.last_line
+        print(text, file=self._out(), flush=True)
 
     def write(self, text: str) -> None:
-        """Prints a line without breaking the bar (tqdm.write in a terminal)."""
-        file = self._file if self._file is not None else sys.stdout
+        """Prints a line without breaking the bar (above it in a terminal)."""
         if self._renderer is None:
-            print(text, file=file, flush=True)
+            print(text, file=self._out(), flush=True)
         else:
-            self._renderer.write(text, file)
+            self._renderer.write(text)
 
     # Drawing -----------------------------------------------------------------
+    def _out(self) -> TextIO:
+        return self._file if self._file is not None else sys.stdout
+
     def _redraw(self, loop: Any, metrics: list, now: float, step: int) -> None:
+        self._metrics = self._metric_text.items(loop, metrics)
         if self._t_first is None:
-            # Rates count from the end of the first step, so compilation is excluded.
+            # Rates count from the end of the first step (its values read: it ran), so the
+            # compilation is left out of the rate and the ETA.
+            now = self._clock()
             self._t_first, self._n_first = now, step
         self._next = now + self._period
-        self._postfix = self._format_metrics(loop, metrics)
-        total = loop.end_step if loop.end_step >= 0 else None
+        total = _total(loop)
         rate, eta = self._rate_eta(now, step, total)
-        self._renderer.update(step, total, rate, eta, self._postfix)
+        self._renderer.update(
+            render.Status(step, total, now - self._t_start, rate, eta, self._metrics)
+        )
         self.draws += 1
 
     def _rate_eta(
         self, now: float, step: int, total: int | None, final: bool = False
     ) -> tuple[float | None, float | None]:
-        """Steps/s since the first step (compilation excluded) and the ETA in seconds.
+        """Steps/s since the first step ended (compilation excluded) and the ETA in seconds.
 
         With a single step there is no such rate; the final line then counts
         from the start of the run.
@@ -325,25 +276,9 @@ class ProgressBar:
         eta = (total - step) / rate if rate and total is not None else None
         return rate, eta
 
-    def _format_metrics(self, loop: Any, metrics: list) -> str:
-        import jax
 
-        values = jax.device_get(list(metrics))  # One transfer for all the values.
-        objects = self._metric_objects
-        parts = []
-        for i, value in enumerate(values):
-            if objects is not None and i < len(objects):
-                metric = objects[i]
-                parts.append(f"{metric.short_name}={metric.pretty_print(value)}")
-            else:  # A loop driven by model.fit: [loss, *other logs], named by the bridge.
-                names = loop.shared_data.get(LOG_NAMES_KEY, ())
-                name = names[i] if i < len(names) else f"metric_{i}"
-                parts.append(f"{name}={float(value):.4g}")
-        # The last validation of the run (run_steps/run_epochs with validation_data).
-        for name, value in loop.shared_data.get(VAL_LOGS_KEY, {}).items():
-            if isinstance(value, float):
-                parts.append(f"{name}={value:.4g}")
-        return " ".join(parts)
+def _total(loop: Any) -> int | None:
+    return loop.end_step if loop.end_step >= 0 else None
 
 
 def attach_progress_bar(
@@ -355,20 +290,34 @@ def attach_progress_bar(
     priority: float = 0,
     clock: Callable[[], float] = time.perf_counter,
 ) -> ProgressBar:
-    """Attaches a progress bar with steps, steps/s, ETA and the train metrics to `loop`.
+    """Attaches a progress bar with steps, steps/s, ETA and the metrics to `loop`.
 
     The output kind is detected at the start of each run (`output="auto"`):
 
-    - in a Jupyter/Colab kernel, tqdm's widget when ipywidgets is installed,
-      else an HTML block updated in place (one output, not a line per update);
-    - in a terminal (`file` is a TTY), tqdm's bar redrawn in place;
+    - in a Jupyter/Colab kernel, an HTML block updated in place (one output,
+      not a line per update);
+    - in a terminal (`file` is a TTY), the bar on one line sized to the
+      terminal (80 columns fit) and the metrics on the lines below it,
+      redrawn in place;
     - otherwise (CI logs, pipes, captured output), a plain line now and then.
+
+    From the start of a run until its first step ends the bar says that the
+    first step is compiling. The rate is counted from the end of the first
+    step, so the compilation stays out of it and out of the ETA; the bar and
+    the final line show the same rate.
+
+    The metrics are named as Keras names them (what `loop.logs(metrics)`
+    holds, and `fit`'s progress bar shows): `loss` (the run's mean batch
+    loss), each train metric under its Keras name, and after a validation
+    the `val_*` values of the last one (`loop.shared_data["val_logs"]`).
+    Each value is formatted by its metric: losses with 3 decimals,
+    accuracies in percent.
 
     The bar redraws at most once per `interval` seconds (0.25 in a terminal,
     0.5 in a notebook, 5 for plain lines). Only then are the metric values
-    copied from the device and formatted (`short_name=pretty_print(value)`),
-    so other steps cost one clock read. At the end of every run it prints a
-    final line with the last step and the metrics, whatever the output kind.
+    copied from the device and formatted, so other steps cost one clock
+    read. At the end of every run it prints a final line with the last step,
+    the rate and the metrics, whatever the output kind.
 
     Attaching twice to the same loop returns the bar already attached (it is
     kept in `loop.shared_data[PROGRESS_BAR_KEY]`).
@@ -393,7 +342,7 @@ def attach_progress_bar(
         loop = ktl.Loop(trainer)
         ktl.commandline.attach_progress_bar(loop)
         loop.run_steps(train_ds, 1000)
-        # Training done at step 1000: 1000 steps in 00:04 (251 steps/s) | batch_loss=0.101 ...
+        # Training done at step 1000: 1000 steps in 00:04 (251 steps/s) | loss=0.101 ...
     """
     existing = loop.shared_data.get(PROGRESS_BAR_KEY)
     if existing is not None:

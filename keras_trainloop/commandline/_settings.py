@@ -1,15 +1,28 @@
-"""Hyperparameters from the command line: GoMLX's ParseContextSettings and its flag."""
+"""Hyperparameters from the command line: GoMLX's ParseContextSettings and its flag.
+
+Keras is not imported here: `create_context_settings_flag` takes the
+defaults as a dict too, so a script can build its parser and answer
+`--help` before Keras and JAX load; `ktl.Context` is imported when a
+context is given.
+"""
 
 from __future__ import annotations
 
 import argparse
 import numbers
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from keras_trainloop._describe import short_repr
-from keras_trainloop.context import ROOT_SCOPE, SCOPE_SEPARATOR, Context
+
+if TYPE_CHECKING:
+    from keras_trainloop.context import Context
 
 SETTINGS_SEPARATOR = ";"
+SCOPE_SEPARATOR = "/"
+"""`keras_trainloop.context.SCOPE_SEPARATOR`, repeated here so that the flag needs no Keras."""
+ROOT_SCOPE = "/"
+"""`keras_trainloop.context.ROOT_SCOPE` (likewise)."""
 
 
 def _parse_bool(text: str) -> bool:
@@ -126,6 +139,8 @@ def parse_context_settings(ctx: Context, settings: str) -> list[str]:
 
 def _check_arguments(ctx: Any, settings: Any) -> None:
     """Raises if `ctx` is not a Context or `settings` not a string."""
+    from keras_trainloop.context import Context
+
     if not isinstance(ctx, Context):
         raise TypeError(
             f"parse_context_settings() expects a ktl.Context. Received: ctx={short_repr(ctx)}. "
@@ -217,7 +232,7 @@ def _describe(value: Any) -> str:
 
 
 def create_context_settings_flag(
-    ctx: Context, parser: argparse.ArgumentParser, name: str = "set"
+    ctx: Context | Mapping[str, Any], parser: argparse.ArgumentParser, name: str = "set"
 ) -> argparse.Action:
     """Adds a `--set` option whose help lists the root-scope parameters and defaults.
 
@@ -225,8 +240,14 @@ def create_context_settings_flag(
     create the flag, parse the arguments, then apply the string with
     `apply_context_settings` (or `parse_context_settings`).
 
+    The defaults may also be given as a dict, the ones the context will
+    hold in its root scope: then neither Keras nor JAX is imported, so
+    `--help` answers at once; create the context after parsing, set the
+    same defaults in it, and apply the flag to it (same rules, same errors).
+
     Args:
-        ctx: the context holding the defaults (its root scope is listed).
+        ctx: the context holding the defaults (its root scope is listed), or
+            a mapping of the root-scope defaults.
         parser: the `argparse.ArgumentParser` to add the option to.
         name: the option's name without dashes (`"set"` gives `--set`).
 
@@ -238,9 +259,13 @@ def create_context_settings_flag(
         TypeError: `parser` is not an ArgumentParser or `name` not a string.
 
     Example:
+        defaults = {"learning_rate": 1e-3, "hidden": 128}
         parser = argparse.ArgumentParser()
-        flag = create_context_settings_flag(ctx, parser)
-        args = parser.parse_args()
+        flag = create_context_settings_flag(defaults, parser)
+        args = parser.parse_args()  # --help answers here, before Keras loads
+        ctx = ktl.Context()
+        for key, value in defaults.items():
+            ctx.set_param(key, value)
         apply_context_settings(ctx, args, flag)
     """
     if not isinstance(parser, argparse.ArgumentParser):
@@ -253,7 +278,10 @@ def create_context_settings_flag(
             f"create_context_settings_flag() expects a flag name like 'set'. Received: "
             f"name={name!r}. Fix: pass a non-empty string, e.g. name='set'."
         )
-    defaults = ctx.root().params().get(ROOT_SCOPE, {})
+    if isinstance(ctx, Mapping):
+        defaults = dict(ctx)
+    else:
+        defaults = ctx.root().params().get(ROOT_SCOPE, {})
     listed = "; ".join(f"{key}={_describe(value)}" for key, value in defaults.items())
     help_text = (
         'Set context parameters defining the model: a list of "param=value" separated by ";". '

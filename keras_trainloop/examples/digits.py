@@ -11,18 +11,20 @@ It attaches a progress bar, collects plot points (train and eval metrics at
 exponentially spaced steps), optionally checkpoints (a second run with the
 same --checkpoint resumes where the first stopped), and ends with an eval
 report and the plot's path.
+
+The arguments are parsed before Keras and JAX load (`--help` and usage
+errors answer at once); TensorFlow loads only with `--tfds`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import keras
-
-import keras_trainloop as ktl  # Selects Keras' JAX backend first.
+import keras_trainloop as ktl  # Selects Keras' JAX backend; loads nothing else yet.
+from keras_trainloop.commandline import create_context_settings_flag  # Needs no Keras.
 
 DEFAULTS = {
     "learning_rate": 1e-3,
@@ -35,16 +37,20 @@ DEFAULTS = {
 TRAIN_EXAMPLES = 1500
 
 
-def create_context() -> ktl.Context:
-    """A context holding the example's hyperparameters and their defaults."""
+def create_context(defaults: Mapping[str, Any] = DEFAULTS) -> ktl.Context:
+    """A context holding the example's hyperparameters and their defaults (loads Keras)."""
     ctx = ktl.Context()
-    for key, value in DEFAULTS.items():
+    for key, value in defaults.items():
         ctx.set_param(key, value)
     return ctx
 
 
-def make_model_fn(num_classes: int):
-    """An MLP over flattened images; integer pixels are scaled to [0, 1]."""
+def make_model_fn(num_classes: int, seed: int = 0):
+    """An MLP over flattened images; integer pixels are scaled to [0, 1].
+
+    `seed` fixes the initial weights and the dropout masks: each layer gets
+    its own seed from it (no global seed, which would load TensorFlow).
+    """
     import keras
 
     def model_fn(ctx: ktl.Context, spec: Any, inputs: list) -> list:
@@ -55,15 +61,20 @@ def make_model_fn(num_classes: int):
         x = keras.ops.reshape(x, (x.shape[0], -1))
         l2 = float(ctx.get_param("l2"))
         regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
-        for i in range(int(ctx.get_param("num_hidden_layers"))):
+        layers = int(ctx.get_param("num_hidden_layers"))
+        for i in range(layers):
             scope = ctx.in_scope(f"hidden_{i}")
-            x = scope.layer("dense", lambda: keras.layers.Dense(
+            x = scope.layer("dense", lambda i=i: keras.layers.Dense(
                 int(ctx.get_param("hidden")), activation="relu",
+                kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 2 * i),
                 kernel_regularizer=regularizer))(x)
             rate = float(ctx.get_param("dropout"))
             if rate > 0:
-                x = scope.layer("dropout", lambda r=rate: keras.layers.Dropout(r))(x)
-        return [ctx.layer("logits", lambda: keras.layers.Dense(num_classes))(x)]
+                x = scope.layer("dropout", lambda r=rate, i=i: keras.layers.Dropout(
+                    r, seed=seed + 2 * i + 1))(x)
+        return [ctx.layer("logits", lambda: keras.layers.Dense(
+            num_classes,
+            kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 2 * layers)))(x)]
 
     return model_fn
 
@@ -99,12 +110,18 @@ def tfds_datasets(name: str, data_dir: str | None, batch_size: int, seed: int):
     return train, train_eval, test, int(label.num_classes)
 
 
-def build_parser(ctx: ktl.Context) -> tuple[argparse.ArgumentParser, argparse.Action]:
+def build_parser(
+    defaults: Mapping[str, Any] = DEFAULTS,
+) -> tuple[argparse.ArgumentParser, argparse.Action]:
+    """The example's parser and its `--set` flag; needs neither Keras nor JAX."""
     parser = argparse.ArgumentParser(
         prog="python -m keras_trainloop.examples.digits",
         description="Train a classifier on scikit-learn's digits with keras-trainloop.",
     )
-    parser.add_argument("--steps", type=int, default=2000, help="train steps (default 2000)")
+    parser.add_argument("--steps", type=int, default=2000,
+                        help="total train steps, counted across resumed runs: a run resumed "
+                             "from --checkpoint at step N trains --steps minus N more "
+                             "(default 2000)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     parser.add_argument("--checkpoint", default=None,
                         help="directory to save checkpoints and plot points; resumes from it")
@@ -118,7 +135,7 @@ def build_parser(ctx: ktl.Context) -> tuple[argparse.ArgumentParser, argparse.Ac
                         help="train on this supervised TFDS dataset instead of sklearn digits")
     parser.add_argument("--data-dir", default=None, help="TFDS data_dir holding --tfds")
     parser.add_argument("--seed", type=int, default=0, help="data and weights seed")
-    flag = ktl.commandline.create_context_settings_flag(ctx, parser)
+    flag = create_context_settings_flag(defaults, parser)
     return parser, flag
 
 
@@ -129,16 +146,26 @@ def _check_args(args: argparse.Namespace) -> None:
                              f"Received: {getattr(args, name)}.")
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Runs the example; returns the eval report values and the plot path."""
+def _context_and_optimizer(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, flag: argparse.Action
+) -> tuple[ktl.Context, Any]:
+    """The context with the --set settings applied, and its optimizer; a bad setting (or an
+    unknown optimizer name) is a usage error, as argparse reports its own."""
     ctx = create_context()
-    parser, flag = build_parser(ctx)
-    args = parser.parse_args(argv)
-    _check_args(args)
     try:
         ktl.commandline.apply_context_settings(ctx, args, flag)
+        optimizer = ktl.optimizers.from_context(ctx)
     except ValueError as e:
         parser.error(str(e))
+    return ctx, optimizer
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Runs the example; returns the eval report values and the plot path."""
+    parser, flag = build_parser()
+    args = parser.parse_args(argv)  # Before Keras and JAX load: --help answers at once.
+    _check_args(args)
+    ctx, optimizer = _context_and_optimizer(parser, args, flag)
 
     if args.tfds:
         train, train_eval, test, num_classes = tfds_datasets(
@@ -146,11 +173,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     else:
         train, train_eval, test, num_classes = digits_datasets(args.batch_size, args.seed)
 
-    keras.utils.set_random_seed(args.seed)  # The weights' initial values: --seed fixes them.
     trainer = ktl.Trainer(
-        make_model_fn(num_classes),
+        make_model_fn(num_classes, args.seed),  # --seed fixes the weights' initial values.
         ktl.losses.sparse_categorical_cross_entropy_logits,
-        ktl.optimizers.from_context(ctx),
+        optimizer,
         train_metrics=[ktl.metrics.MovingAverageSparseCategoricalAccuracy()],
         eval_metrics=[ktl.metrics.SparseCategoricalAccuracy()],
         context=ctx,

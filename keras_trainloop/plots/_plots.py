@@ -35,6 +35,13 @@ PLOT_OUTPUTS = ("auto", "notebook", "file")
 
 _HOOK_NAME = "plots"
 _TYPE_ORDER = {"loss": 0, "accuracy": 1}
+_Y_LABELS = {"loss": "loss", "accuracy": "accuracy (%)"}
+_SCALES = {"accuracy": 100.0}  # Accuracies in percent, as the eval report prints them.
+_LINE_STYLES = ("-", "--", ":", "-.")
+_REGULARIZATION = "+Regularization"
+
+# {(series, metric name): {step: value}}: one curve each.
+_Curves = dict[tuple[str, str], dict[int, float]]
 
 
 def _sorted_types(points: Iterable[Point]) -> list[str]:
@@ -50,6 +57,13 @@ def plot_points(
     log_x: bool | None = None,
 ) -> Any:
     """Draws points: one subplot per metric type, one curve per metric and dataset.
+
+    Each subplot's y axis is labelled with its metric type; accuracies are
+    drawn in percent (as `report_eval` prints them). Each dataset (the
+    train metrics, and each eval dataset) keeps one colour in every
+    subplot; its metrics in one subplot differ by line style. A
+    "Loss+Regularization" curve equal to its "Loss" curve (no regularization
+    in the model) is left out, as a duplicate.
 
     Uses matplotlib's object API with the Agg canvas (no pyplot, no global
     state, no window), so it works the same in scripts, CI and notebooks.
@@ -81,12 +95,15 @@ def plot_points(
             "(attach_plots runs on a schedule and at the end of each run)."
         )
     types = _sorted_types(points)
+    colors = {series: f"C{i % 10}" for i, series in enumerate(dict.fromkeys(
+        p.series for p in points))}
     fig = Figure(figsize=(9, 3.2 * len(types)), layout="constrained")
     axes = fig.subplots(len(types), 1, squeeze=False)[:, 0]
     if log_x is None:
         log_x = _log_scale_fits([p.step for p in points])
     for ax, metric_type in zip(axes, types):
-        _draw_type(ax, metric_type, _curves(points, metric_type), log_x=log_x)
+        curves = _without_duplicates(_curves(points, metric_type))
+        _draw_type(ax, metric_type, curves, colors, log_x=log_x)
     if title:
         fig.suptitle(title)
     if path is not None:
@@ -99,25 +116,48 @@ def _log_scale_fits(steps: list[int]) -> bool:
     return min(steps) > 0 and max(steps) >= 20 * min(steps)
 
 
-def _curves(points: list[Point], metric_type: str) -> dict[str, dict[int, float]]:
-    """The points of `metric_type` as `{label: {step: value}}`, a repeated step's last value."""
-    curves: dict[str, dict[int, float]] = {}
+def _curves(points: list[Point], metric_type: str) -> _Curves:
+    """The points of `metric_type` by curve, a repeated step's last value."""
+    curves: _Curves = {}
     for p in points:
         if p.metric_type == metric_type:
-            curves.setdefault(p.label, {})[p.step] = p.value
+            curves.setdefault((p.series, p.metric_name), {})[p.step] = p.value
     return curves
 
 
-def _draw_type(ax: Any, metric_type: str, curves: dict[str, dict[int, float]], *,
+def _same_values(a: dict[int, float], b: dict[int, float]) -> bool:
+    return a.keys() == b.keys() and all(
+        math.isclose(a[step], b[step], rel_tol=1e-6, abs_tol=1e-12) for step in a
+    )
+
+
+def _without_duplicates(curves: _Curves) -> _Curves:
+    """`curves` less each "...Loss+Regularization" curve equal to its "...Loss" twin."""
+    kept = {}
+    for (series, name), values in curves.items():
+        twin = curves.get((series, name.replace(_REGULARIZATION, "")))
+        if _REGULARIZATION in name and twin is not None and _same_values(values, twin):
+            continue
+        kept[(series, name)] = values
+    return kept
+
+
+def _draw_type(ax: Any, metric_type: str, curves: _Curves, colors: dict[str, str], *,
                log_x: bool) -> None:
-    """Draws one subplot: a curve per label, steps in order."""
-    for label, values in curves.items():
+    """Draws one subplot: a curve per metric and series, the series' colour, steps in order."""
+    scale = _SCALES.get(metric_type, 1.0)
+    styles: dict[str, int] = {}  # Curves drawn per series: the next one's line style.
+    for (series, name), values in curves.items():
         xs = sorted(values)
-        ax.plot(xs, [values[x] for x in xs], marker="o", markersize=3, label=label)
+        style = _LINE_STYLES[styles.get(series, 0) % len(_LINE_STYLES)]
+        styles[series] = styles.get(series, 0) + 1
+        ax.plot(xs, [values[x] * scale for x in xs], marker="o", markersize=3,
+                color=colors[series], linestyle=style, label=f"{series}: {name}")
     if log_x:
         ax.set_xscale("log")
     ax.set_title(metric_type)
     ax.set_xlabel("step")
+    ax.set_ylabel(_Y_LABELS.get(metric_type, metric_type))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
 

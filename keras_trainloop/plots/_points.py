@@ -44,11 +44,14 @@ class Point:
     value: float
 
     @property
+    def series(self) -> str:
+        """What was measured on: "Train" (train metrics) or "Eval on <dataset>" (one colour each)."""
+        return "Train" if self.kind == TRAIN else f"Eval on {self.dataset}"
+
+    @property
     def label(self) -> str:
         """The curve's name: "Train: <metric>" or "Eval on <dataset>: <metric>" (as GoMLX)."""
-        if self.kind == TRAIN:
-            return f"Train: {self.metric_name}"
-        return f"Eval on {self.dataset}: {self.metric_name}"
+        return f"{self.series}: {self.metric_name}"
 
     def to_json(self) -> str:
         """One JSON line (without the newline)."""

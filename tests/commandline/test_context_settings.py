@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 
 import pytest
 
@@ -133,3 +135,37 @@ def test_flag_value_is_applied_to_the_context(ctx):
 def test_applying_an_unknown_flag_says_how_to_fix_it(ctx):
     with pytest.raises(AttributeError, match="no 'set' attribute"):
         apply_context_settings(ctx, argparse.Namespace(other=""), "set")
+
+
+def test_flag_from_a_dict_of_defaults_is_the_flag_from_the_context(ctx):
+    defaults = {"x": 11.0, "y": 7, "z": False, "s": "foo"}
+    from_ctx, from_dict = argparse.ArgumentParser(prog="t"), argparse.ArgumentParser(prog="t")
+    create_context_settings_flag(ctx, from_ctx)
+    action = create_context_settings_flag(defaults, from_dict)
+    assert from_dict.format_help() == from_ctx.format_help()
+
+    args = from_dict.parse_args(["--set", "y=3;a/z=true"])
+    assert apply_context_settings(ctx, args, action) == ["/y", "/a/z"]
+    with pytest.raises(ValueError, match="'y' must parse as a int"):  # the same errors
+        apply_context_settings(ctx, from_dict.parse_args(["--set", "y=1.5"]), action)
+
+
+def test_the_flag_is_created_without_importing_keras_or_jax():
+    code = (
+        "import argparse, sys\n"
+        "from keras_trainloop.commandline import create_context_settings_flag\n"
+        "create_context_settings_flag({'lr': 0.1}, argparse.ArgumentParser())\n"
+        "print([m for m in ('keras', 'jax', 'numpy') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_scope_constants_match_the_contexts():
+    from keras_trainloop import context
+    from keras_trainloop.commandline import _settings
+
+    assert (_settings.SCOPE_SEPARATOR, _settings.ROOT_SCOPE) == (
+        context.SCOPE_SEPARATOR, context.ROOT_SCOPE)

@@ -172,3 +172,67 @@ def test_notebook_output_redraws_one_image_in_place(
 def test_bad_arguments_are_rejected(make_trainer, kwargs, match):
     with pytest.raises(ValueError, match=match):
         attach_plots(ktl.Loop(make_trainer()), **kwargs)
+
+
+def _trained_points(make_trainer, make_train_ds, test_ds):
+    loop = ktl.Loop(make_trainer())
+    plots = attach_plots(loop, test_ds, every_n_steps=5)
+    loop.run_steps(make_train_ds(), 10)
+    return plots.points
+
+
+def _lines_by_label(ax):
+    return {line.get_label(): line for line in ax.get_lines()}
+
+
+def test_each_subplot_labels_its_y_axis():
+    points = _points([1, 2], "loss") + _points([1, 2], "accuracy") + _points([1, 2], "recall")
+    fig = plot_points(points)
+    assert [ax.get_ylabel() for ax in fig.axes] == ["loss", "accuracy (%)", "recall"]
+    assert all(ax.get_xlabel() == "step" for ax in fig.axes)
+
+
+def test_accuracy_is_drawn_in_percent_as_the_eval_report_prints_it():
+    points = [Point(s, "Mean Accuracy", "#acc", "accuracy", "test", "eval", v)
+              for s, v in [(10, 0.5), (20, 0.9625)]]
+    line = plot_points(points).axes[0].get_lines()[0]
+    assert list(line.get_ydata()) == pytest.approx([50.0, 96.25])
+
+
+def test_each_dataset_keeps_one_colour_in_every_subplot(
+    make_trainer, make_train_ds, test_ds
+):
+    fig = plot_points(_trained_points(make_trainer, make_train_ds, test_ds))
+    loss, accuracy = (_lines_by_label(ax) for ax in fig.axes)
+
+    def colour(lines, series):
+        colours = {line.get_color() for label, line in lines.items()
+                   if label.startswith(series + ":")}
+        assert len(colours) == 1, (series, colours)
+        return colours.pop()
+
+    for series in ("Train", "Eval on test"):
+        assert colour(loss, series) == colour(accuracy, series)
+    assert colour(loss, "Train") != colour(loss, "Eval on test")
+
+
+def test_loss_plus_regularization_equal_to_loss_is_drawn_once(
+    make_trainer, make_train_ds, test_ds
+):
+    points = _trained_points(make_trainer, make_train_ds, test_ds)  # no regularization
+    names = {p.metric_name for p in points}
+    assert {"Moving Average Loss+Regularization", "Mean Loss+Regularization"} <= names  # kept
+    labels = set(_lines_by_label(plot_points(points).axes[0]))
+    assert labels == {"Train: Moving Average Loss", "Eval on test: Mean Loss"}
+
+
+def test_loss_plus_regularization_that_differs_from_loss_is_drawn():
+    def point(name, step, value):
+        return Point(step, name, "#", "loss", "test", "eval", value)
+
+    points = [point("Mean Loss", 1, 1.0), point("Mean Loss+Regularization", 1, 1.25),
+              point("Mean Loss", 2, 0.5), point("Mean Loss+Regularization", 2, 0.5)]
+    lines = _lines_by_label(plot_points(points).axes[0])
+    assert set(lines) == {"Eval on test: Mean Loss", "Eval on test: Mean Loss+Regularization"}
+    assert lines["Eval on test: Mean Loss"].get_linestyle() != lines[
+        "Eval on test: Mean Loss+Regularization"].get_linestyle()
