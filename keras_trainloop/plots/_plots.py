@@ -235,7 +235,8 @@ class Plots:
         if output not in PLOT_OUTPUTS:
             raise ValueError(
                 f"output must be one of {', '.join(map(repr, PLOT_OUTPUTS))}. Received: "
-                f"output={output!r}."
+                f"output={output!r}. Fix: pass output='auto' (a notebook shows it inline, "
+                "else a PNG file)."
             )
         self.trainer = trainer
         self.eval_datasets = list(eval_datasets)
@@ -415,7 +416,8 @@ def attach_plots(
     if n_points is not None and every_n_steps is not None:
         raise ValueError(
             "Pass at most one of n_points and every_n_steps. Received: "
-            f"n_points={n_points!r}, every_n_steps={every_n_steps!r}."
+            f"n_points={n_points!r}, every_n_steps={every_n_steps!r}. Fix: keep one, e.g. "
+            "n_points=100."
         )
     if loop.trainer is None:
         raise TypeError(
