@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # What `__getattr__` loads on first use, spelled out for type
     from keras_trainloop.commandline._detect import (
         has_ipywidgets,
         in_notebook,
+        is_output_process,
         is_tty,
         resolve_output,
     )
@@ -54,6 +55,7 @@ if TYPE_CHECKING:  # What `__getattr__` loads on first use, spelled out for type
 _EXPORTS = {
     "has_ipywidgets": "keras_trainloop.commandline._detect",
     "in_notebook": "keras_trainloop.commandline._detect",
+    "is_output_process": "keras_trainloop.commandline._detect",
     "is_tty": "keras_trainloop.commandline._detect",
     "resolve_output": "keras_trainloop.commandline._detect",
     "DEFAULT_INTERVALS": "keras_trainloop.commandline._progress",
@@ -75,6 +77,7 @@ __all__ = [
     "create_context_settings_flag",
     "has_ipywidgets",
     "in_notebook",
+    "is_output_process",
     "is_tty",
     "parse_context_settings",
     "report_eval",

@@ -10,6 +10,20 @@ OUTPUTS = ("auto", "terminal", "notebook", "plain")
 """Values of the `output` argument of the UI plugins."""
 
 
+def is_output_process() -> bool:
+    """Whether this process prints and writes the job's output: process 0 (or the only one).
+
+    With several JAX processes every one runs the same steps and evaluations,
+    but one progress bar, report and plot is enough: the UI plugins print and
+    write on process 0 only. JAX is asked only when something already imported it.
+    """
+    if "jax" not in sys.modules:
+        return True
+    import jax
+
+    return jax.process_index() == 0
+
+
 def in_notebook() -> bool:
     """Whether this process is a Jupyter/Colab kernel (an IPython kernel shell is active).
 

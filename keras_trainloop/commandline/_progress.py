@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from keras_trainloop.commandline import _progress_render as render
-from keras_trainloop.commandline._detect import resolve_output
+from keras_trainloop.commandline._detect import is_output_process, resolve_output
 from keras_trainloop.data import Dataset
 from keras_trainloop.loop import LOG_NAMES_KEY, VAL_LOGS_KEY, Loop, Schedule
 
@@ -320,7 +320,8 @@ def attach_progress_bar(
     the rate and the metrics, whatever the output kind.
 
     Attaching twice to the same loop returns the bar already attached (it is
-    kept in `loop.shared_data[PROGRESS_BAR_KEY]`).
+    kept in `loop.shared_data[PROGRESS_BAR_KEY]`). With several JAX processes
+    only process 0 attaches it (the others get a bar that is not attached).
 
     Args:
         loop: the `ktl.Loop`.
@@ -348,6 +349,8 @@ def attach_progress_bar(
     if existing is not None:
         return existing
     bar = ProgressBar(output=output, file=file, interval=interval, clock=clock)
+    if not is_output_process():  # One bar per job: process 0's (the others' is not attached).
+        return bar
     loop.on_start(_HOOK_NAME, priority, bar.on_start)
     loop.on_step(_HOOK_NAME, priority, bar.on_step, schedule=bar.schedule)
     loop.on_end(_HOOK_NAME, priority, bar.on_end)

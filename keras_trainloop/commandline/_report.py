@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
+from keras_trainloop.commandline._detect import is_output_process
+
 if TYPE_CHECKING:
     from keras_trainloop.data import Dataset
     from keras_trainloop.trainer import Trainer
@@ -28,7 +30,8 @@ def report_eval(trainer: Trainer, *datasets: Dataset, file: TextIO | None = None
     Args:
         trainer: the `ktl.Trainer`.
         *datasets: finite datasets to evaluate, in order.
-        file: where to print; `sys.stdout` when None.
+        file: where to print; `sys.stdout` when None. With several JAX
+            processes all evaluate and only process 0 prints.
 
     Returns:
         One list per dataset with its eval metric values (Python floats for
@@ -45,6 +48,7 @@ def report_eval(trainer: Trainer, *datasets: Dataset, file: TextIO | None = None
         #     Mean Accuracy (#acc): 96.12%
     """
     out = file if file is not None else sys.stdout
+    printing = is_output_process()  # Every process evaluates (the steps are collective).
     metrics = trainer.eval_metrics
     results = []
     for ds in datasets:
@@ -53,7 +57,8 @@ def report_eval(trainer: Trainer, *datasets: Dataset, file: TextIO | None = None
         lines = [f"Results on {getattr(ds, 'name', type(ds).__name__)}:"]
         for metric, value in zip(metrics, host):
             lines.append(f"\t{metric.name} ({metric.short_name}): {metric.pretty_print(value)}")
-        print("\n".join(lines), file=out, flush=True)
+        if printing:
+            print("\n".join(lines), file=out, flush=True)
         ds.reset()
         results.append(host)
     return results

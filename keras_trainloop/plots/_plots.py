@@ -210,6 +210,7 @@ class Plots:
         points_file: the JSON-lines file, or None.
         png_path: the PNG path, or None.
         output: "notebook" or "file".
+        writes: whether this process writes and shows the plot (process 0 of a job).
 
     Raises:
         ValueError: an unknown `output`, or a corrupt points file (a line
@@ -230,7 +231,7 @@ class Plots:
         png_path: str | os.PathLike | None = None,
         output: str = "auto",
     ):
-        from keras_trainloop.commandline import in_notebook
+        from keras_trainloop.commandline import in_notebook, is_output_process
 
         if output not in PLOT_OUTPUTS:
             raise ValueError(
@@ -247,6 +248,8 @@ class Plots:
         self.train_dataset_name = TRAIN
         self._display_handle: Any = None
         self._last_step: int | None = None
+        # One plot per job: with several JAX processes only process 0 writes and shows it.
+        self.writes = is_output_process()
         if directory is not None:
             directory = os.path.abspath(os.path.expanduser(os.fspath(directory)))
             os.makedirs(directory, exist_ok=True)
@@ -257,7 +260,8 @@ class Plots:
                 self.points, torn = read_points(self.points_file)
                 if torn is not None:  # A write cut short: rewritten without the torn line.
                     warn_torn(torn)
-                    save_points(self.points, self.points_file, append=False)
+                    if self.writes:
+                        save_points(self.points, self.points_file, append=False)
 
     def truncate_after(self, step: int) -> int:
         """Drops points measured after `step` (a run resumed from an older checkpoint).
@@ -271,7 +275,7 @@ class Plots:
         dropped = len(self.points) - len(kept)
         if dropped:
             self.points = kept
-            if self.points_file is not None:
+            if self.points_file is not None and self.writes:
                 save_points(kept, self.points_file, append=False)
         return dropped
 
@@ -279,7 +283,7 @@ class Plots:
         """Adds points (appended to the points file, if any)."""
         points = list(points)
         self.points.extend(points)
-        if self.points_file is not None and points:
+        if self.points_file is not None and points and self.writes:
             save_points(points, self.points_file, append=True)
 
     def on_start(self, loop: Loop, ds: Dataset | None) -> None:
@@ -324,7 +328,7 @@ class Plots:
                 add(metric, value, name, EVAL)
         self.add_points(new)
         self._last_step = step
-        if self.output == "notebook" and self.points:
+        if self.output == "notebook" and self.points and self.writes:
             self._show()
         return new
 
@@ -340,7 +344,7 @@ class Plots:
 
     def finish(self) -> str | None:
         """Redraws the notebook plot and writes the PNG; returns the PNG path (None: no file)."""
-        if not self.points:
+        if not self.points or not self.writes:
             return None
         if self.output == "notebook":
             self._show()
