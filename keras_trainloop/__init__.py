@@ -41,17 +41,24 @@ if TYPE_CHECKING:  # What `__getattr__` loads on first use, spelled out for pyri
     from keras_trainloop import (
         checkpoints,
         commandline,
-        context,
+        context,  # noqa: F401 - a submodule, not in __all__
         data,
-        loop,
+        loop,  # noqa: F401
         losses,
         metrics,
         optimizers,
         plots,
-        trainer,
+        trainer,  # noqa: F401
     )
     from keras_trainloop.context import Context
-    from keras_trainloop.data import ArrayDataset, Dataset, IterableDataset, TFDataset, from_tfds
+    from keras_trainloop.data import (
+        ArrayDataset,
+        Dataset,
+        IterableDataset,
+        TFDataset,
+        as_dataset,
+        from_tfds,
+    )
     from keras_trainloop.loop import (
         HookError,
         Loop,
@@ -80,6 +87,7 @@ _EXPORTS = {
     "IterableDataset": "keras_trainloop.data",
     "TFDataset": "keras_trainloop.data",
     "from_tfds": "keras_trainloop.data",
+    "as_dataset": "keras_trainloop.data",
     "Context": "keras_trainloop.context",
     "Trainer": "keras_trainloop.trainer",
     "GraphType": "keras_trainloop.trainer",
@@ -114,6 +122,7 @@ __all__ = [
     "Trainer",
     "add_loss",
     "add_per_step_update_fn",
+    "as_dataset",
     "checkpoints",
     "commandline",
     "data",

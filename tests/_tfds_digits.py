@@ -9,7 +9,8 @@ examples) and "test" (the remaining 297); features: "image" (8x8x1 uint8,
 
 Example:
     data_dir = prepare_digits("/tmp/tfds")   # about 3 s, once
-    ds = ktl.from_tfds(DIGITS_NAME, split="train", batch_size=64, data_dir=data_dir)
+    ds = ktl.from_tfds(DIGITS_NAME, split="train", batch_size=64, data_dir=data_dir,
+                        download=False)
 
 Run as a script to prepare it into a directory:
 `python tests/_tfds_digits.py /tmp/tfds`.

@@ -59,6 +59,14 @@ KERAS_SRC_ALLOWED = {
         "Distribution, the base class of keras.distribution.DataParallel and "
         "ModelParallel, has no public name"
     ),
+    ("keras_trainloop.data._dispatch", "keras.src.trainers.data_adapters"): (
+        "is_tf_dataset/is_grain_dataset: how fit tells its inputs apart without importing "
+        "TensorFlow or grain; not exported"
+    ),
+    ("keras_trainloop.data._pydataset", "keras.src.trainers.data_adapters.py_dataset_adapter"): (
+        "PyDatasetAdapter: fit's reader of a keras.utils.PyDataset (workers, enqueuer, "
+        "shuffling); not exported"
+    ),
 }
 """(module, keras.src module) -> why no public Keras name does."""
 

@@ -9,7 +9,8 @@ import pytest
 import keras_trainloop as ktl
 
 PUBLIC = {
-    "Dataset", "ArrayDataset", "IterableDataset", "TFDataset", "from_tfds", "Context", "Trainer",
+    "Dataset", "ArrayDataset", "IterableDataset", "TFDataset", "from_tfds", "as_dataset",
+    "Context", "Trainer",
     "GraphType", "DEFAULT_MAX_EXECUTORS", "add_loss", "get_losses", "add_per_step_update_fn",
     "Loop", "HookError", "NonFiniteLossError", "every_n_steps", "n_times_during_loop",
     "periodic_callback", "exponential_callback",

@@ -110,6 +110,10 @@ class IterableDataset:
             ) from None
         where = f"element {self._count} of dataset {self.name!r}"
         self._count += 1
+        return self._batch(element, where)
+
+    def _batch(self, element: Any, where: str) -> tuple[Any, list[Any], list[Any]]:
+        """`(spec, inputs, labels)` of one element; `where` names it in error messages."""
         if isinstance(element, tuple):
             if len(element) != 2:
                 raise TypeError(

@@ -16,7 +16,8 @@ class Dataset(Protocol):
     Optional: `yield_batches(n) -> (spec, inputs, labels) | None`, the next `n`
     batches stacked on a new leading axis (or None, consuming nothing, when
     they cannot be stacked). `ktl.Loop` uses it to run `n` steps in one
-    compiled call; `ktl.ArrayDataset` and `ktl.TFDataset` have it.
+    compiled call; `ktl.ArrayDataset`, `ktl.TFDataset`, `ktl.data.GrainDataset`
+    and `ktl.data.PyDatasetSource` have it.
 
     Optional: `get_state() -> dict` and `set_state(state: dict)`, the names
     grain iterators and Keras use, for an exact resume. `get_state` returns
@@ -26,8 +27,8 @@ class Dataset(Protocol):
     arguments, `other` yields exactly the batches `ds` yields next, across
     pass ends, `reset()` and `yield_batches`. `set_state` checks the state
     before changing anything and raises `ValueError` for a state from a
-    dataset with other arguments. `ktl.ArrayDataset` and `ktl.TFDataset` have
-    them; datasets without them are still Datasets (`isinstance` checks only
+    dataset with other arguments. `ktl.ArrayDataset`, `ktl.TFDataset` and
+    `ktl.data.GrainDataset` have them; datasets without them are still Datasets (`isinstance` checks only
     the three members above), and a resumed run restarts their data order.
 
     Attributes:

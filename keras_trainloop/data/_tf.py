@@ -13,6 +13,7 @@ import warnings
 from typing import Any
 
 from keras_trainloop.data._common import check_batch_size, check_name, short_repr
+from keras_trainloop.data._shard import check_shard, shard_batches
 from keras_trainloop.data._stacking import BatchStacker
 from keras_trainloop.data._tf_chunks import ChunkReader, can_chunk, chunked, static_shapes
 from keras_trainloop.data._tf_elements import check_batched, side_extractor
@@ -91,6 +92,12 @@ class TFDataset:
         tf_dataset: a batched `tf.data.Dataset`.
         name: the dataset's name; defaults to "tf.data".
         spec: the `spec` returned with every batch (see above for its default).
+        shard: `(index, count)`: only every `count`-th batch from `index` on
+            (`tf_dataset.shard`; equally many per shard when the number of
+            batches is known); with several processes `ktl.data.process_shard()`.
+            Each process still reads the whole pipeline: for large data, shard
+            the files or examples before batching (`from_tfds(..., shard=)`).
+            The batch size is per process (global batch: batch size * count).
 
     Raises:
         TypeError: `tf_dataset` is not a `tf.data.Dataset`, its elements are not
@@ -105,7 +112,8 @@ class TFDataset:
         train = ktl.TFDataset(ds.prefetch(tf.data.AUTOTUNE), name="train")
     """
 
-    def __init__(self, tf_dataset: Any, *, name: str | None = None, spec: Any = None):
+    def __init__(self, tf_dataset: Any, *, name: str | None = None, spec: Any = None,
+                 shard: tuple[int, int] | None = None):
         if "tensorflow" not in sys.modules:  # Then it can not be a tf.data.Dataset.
             self._raise_not_a_dataset(tf_dataset)
         tf = _import_tf()
@@ -133,7 +141,7 @@ class TFDataset:
                 "first in each (inputs, labels) element."
             )
         check_batched(tf_dataset, input_leaves + label_leaves, element_spec)
-        self._dataset = tf_dataset
+        self._dataset = shard_batches(tf_dataset, check_shard(shard, "TFDataset"))
         self._get_inputs, self._get_labels = get_inputs, get_labels
         self.name = check_name("tf.data" if name is None else name)
         self._spec = input_keys if spec is None and input_keys is not None else spec
@@ -372,19 +380,30 @@ def from_tfds(
     seed: int | None = None,
     drop_remainder: bool = False,
     cache: bool | None = None,
+    download: bool = True,
+    shard: tuple[int, int] | None = None,
     **load_kwargs: Any,
 ) -> TFDataset:
-    """Reads a prepared TensorFlow Datasets dataset as `(image, label)`-style batches.
+    """Reads a TensorFlow Datasets dataset as `(image, label)`-style batches.
 
-    The dataset is loaded with `tfds.load(name, split=split, data_dir=data_dir,
-    as_supervised=True, download=False, try_gcs=False, **load_kwargs)`: it must
-    already be prepared in `data_dir`, and nothing is ever downloaded. The
-    pipeline then caches the decoded examples in memory (when they fit, see
-    `cache`), shuffles them with a seeded buffer (whole-dataset when cached,
-    `SHUFFLE_BUFFER_SIZE` otherwise; reshuffled each pass), repeats when
-    `loop_forever`, batches and prefetches (`tf.data.AUTOTUNE`). Values keep
-    their stored dtypes: images stay uint8 in 0..255, so rescale them in the
-    model (e.g. `keras.layers.Rescaling(1 / 255)`) or map the `tf_dataset`.
+    As `tfds.load`: a dataset missing from `data_dir` is downloaded and
+    prepared there first (`download=True`, the default;
+    `builder.download_and_prepare(**download_and_prepare_kwargs)`), and
+    `download=False` reads only what is already prepared in `data_dir`,
+    for offline machines and tests. The dataset is then loaded with
+    `tfds.load(name, split=split, data_dir=data_dir, as_supervised=True,
+    download=False, try_gcs=False, **load_kwargs)`. The pipeline caches the
+    decoded examples in memory (when they fit, see `cache`), shuffles them
+    with a seeded buffer (whole-dataset when cached, `SHUFFLE_BUFFER_SIZE`
+    otherwise; reshuffled each pass), repeats when `loop_forever`, batches
+    and prefetches (`tf.data.AUTOTUNE`). Values keep their stored dtypes:
+    images stay uint8 in 0..255, so rescale them in the model (e.g.
+    `keras.layers.Rescaling(1 / 255)`) or map the `tf_dataset`.
+
+    To prepare a dataset for an offline machine: on one with network access,
+    `tfds.builder(name, data_dir=DIR).download_and_prepare()` (or
+    `tfds build NAME --data_dir=DIR`), copy `DIR` over, then
+    `from_tfds(name, ..., data_dir=DIR, download=False)`.
 
     Args:
         name: the TFDS name, e.g. "mnist" or "mnist:3.*.*".
@@ -399,35 +418,56 @@ def from_tfds(
         drop_remainder: whether to drop the short last batch.
         cache: whether to cache the decoded examples in memory; `None` caches
             when their estimated size is at most `AUTO_CACHE_MAX_BYTES`.
+        download: whether to download and prepare the dataset into
+            `data_dir` when it is not prepared there (as `tfds.load`).
+        shard: `(index, count)`: read only this shard of `split`, one of
+            `count` equal parts (`tfds.even_splits(split, count,
+            drop_remainder=True)[index]`, as `tfds.split_for_jax_process`);
+            with several processes `ktl.data.process_shard()`. `batch_size` is
+            then per process: the global batch is `batch_size * count`.
         **load_kwargs: more arguments for `tfds.load` (e.g. `decoders`,
-            `read_config`, `builder_kwargs`), except those set here.
+            `read_config`, `builder_kwargs`, `download_and_prepare_kwargs`),
+            except those set here.
 
     Returns:
         A `TFDataset` named "{name}/{split}"; its `tf_dataset` is the pipeline.
 
     Raises:
-        ValueError: the dataset or split is not prepared in `data_dir`, the
-            dataset has no supervised keys, or `batch_size <= 0`.
+        ValueError: the dataset name is unknown, the dataset is not prepared
+            in `data_dir` and `download=False`, the split is not there, the
+            dataset has no supervised keys, or `batch_size <= 0`. The message
+            names the `data_dir` searched and how to prepare it offline.
+        RuntimeError: downloading or preparing failed (no network, say); the
+            message names the `data_dir` and how to prepare it offline, the
+            `__cause__` is TFDS' error.
         TypeError: `load_kwargs` holds an argument that `from_tfds` sets.
 
     Example:
         train = ktl.from_tfds("mnist", split="train", batch_size=64, data_dir="~/tfds",
                               shuffle=True, seed=0, loop_forever=True)
+        offline = ktl.from_tfds("mnist", split="test", batch_size=256, data_dir="~/tfds",
+                                download=False)
     """
     batch_size = check_batch_size(batch_size)
+    shard = check_shard(shard, "from_tfds")
     check_load_kwargs(load_kwargs)
     tf = _import_tf()
     tfds = _import_tfds()
+    read = split if shard is None else tfds.even_splits(split, shard[1], drop_remainder=True)[
+        shard[0]]
     if data_dir is not None:
         data_dir = os.path.expanduser(os.fspath(data_dir))
     default_dir = default_data_dir(tfds)
-    builder = prepared_builder(tfds, name, split, data_dir, default_dir,
-                                load_kwargs.get("builder_kwargs"))
-    num_examples = split_num_examples(builder, name, split, data_dir, default_dir)
+    builder = prepared_builder(
+        tfds, name, split, data_dir, default_dir, load_kwargs.get("builder_kwargs"),
+        download=bool(download),
+        prepare_kwargs=load_kwargs.pop("download_and_prepare_kwargs", None),
+    )
+    num_examples = split_num_examples(builder, name, split, data_dir, default_dir, read)
     if shuffle:
         shuffle_files(tfds, load_kwargs, seed)
     ds = tfds.load(
-        name, split=split, data_dir=data_dir, as_supervised=True, download=False,
+        name, split=read, data_dir=data_dir, as_supervised=True, download=False,
         try_gcs=False, **load_kwargs,
     )
     if cache is None:

@@ -161,3 +161,40 @@ def check_batched(dataset: Any, leaves: list[tuple[str, Any]], element_spec: Any
                 f"{leading[0]} with {leading[1]} (element_spec={element_spec!r}). "
                 "Fix: call .batch(batch_size) on the dataset of examples, not on its parts."
             )
+
+
+def _leaves(value: Any) -> tuple:
+    """One side's tensors as a flat tuple: a dict's values in key order, a tuple's items."""
+    if isinstance(value, dict):
+        return tuple(value.values())
+    if isinstance(value, (tuple, list)):
+        return tuple(value)
+    return (value,)
+
+
+def keras_pairs(dataset: Any) -> Any:
+    """`dataset` with Keras-style elements as TFDataset's `(inputs, labels)` pairs.
+
+    `model.fit` reads a tf.data element as `x`, `(x,)`, `(x, y)` or
+    `(x, y, sample_weight)`: `(x, y)` stays as it is; `x` and `(x,)` become
+    `(x, ())`; `(x, y, sample_weight)` becomes `(x, (*y, sample_weight))`
+    with `y`'s tensors flattened (a dict's in key order), so the weights
+    are the last label.
+
+    Raises:
+        TypeError: a tuple element of another length.
+    """
+    spec = dataset.element_spec
+    if not isinstance(spec, tuple):
+        return dataset.map(lambda x: (x, ()))
+    if len(spec) == 2:
+        return dataset
+    if len(spec) == 1:
+        return dataset.map(lambda x: (x, ()))
+    if len(spec) == 3:
+        return dataset.map(lambda x, y, weights: (x, _leaves(y) + _leaves(weights)))
+    raise TypeError(
+        "Each tf.data element must be x, (x,), (x, y) or (x, y, sample_weight), as model.fit "
+        f"reads them. Received: element_spec={spec!r}, a tuple of {len(spec)} items. Fix: "
+        "map it to (x, y) pairs, e.g. ds.map(lambda a, b, c, d: ((a, b), c))."
+    )

@@ -1,4 +1,4 @@
-"""The steps of `from_tfds`: checks of a prepared TFDS dataset, its size, cache and shuffling.
+"""The steps of `from_tfds`: a prepared (or downloaded) TFDS dataset, its size, cache, shuffling.
 
 TFDS itself is passed in (`tfds`), imported by `_tf` only when used.
 """
@@ -17,7 +17,7 @@ AUTO_CACHE_MAX_BYTES = 256 * 1024 * 1024
 SHUFFLE_BUFFER_SIZE = 10_000
 
 # tfds.load arguments that from_tfds sets itself.
-_RESERVED_LOAD_KWARGS = ("as_supervised", "download", "try_gcs", "with_info", "batch_size")
+_RESERVED_LOAD_KWARGS = ("as_supervised", "try_gcs", "with_info", "batch_size")
 
 
 def decoded_bytes(builder: Any, num_examples: int) -> int | None:
@@ -48,21 +48,42 @@ def _is_shape(value: tuple) -> bool:
     return all(dim is None or isinstance(dim, int) for dim in value)
 
 
+def _where(data_dir: str | None, default_dir: str) -> str:
+    return f"data_dir={data_dir!r}" if data_dir is not None else (
+        f"data_dir=None (TFDS' default, {default_dir!r})"
+    )
+
+
+def _offline_fix(name: str) -> str:
+    return (
+        f"prepare it offline: on a machine with network access run tfds.builder({name!r}, "
+        f"data_dir=DIR).download_and_prepare() (or `tfds build {name} --data_dir=DIR`), copy "
+        "DIR here and pass data_dir=DIR, download=False; or pass data_dir= pointing at a "
+        "directory that holds it."
+    )
+
+
 def _not_prepared(
     name: str, split: str, data_dir: str | None, default_dir: str, why: str, fix: str | None = None,
 ) -> ValueError:
-    where = f"data_dir={data_dir!r}" if data_dir is not None else (
-        f"data_dir=None (TFDS' default, {default_dir!r})"
-    )
     if fix is None:
-        fix = (
-            f"on a machine with network access run tfds.builder({name!r}, "
-            "data_dir=DIR).download_and_prepare() and copy DIR here, or pass data_dir= "
-            "pointing at a directory that holds it."
-        )
+        fix = _offline_fix(name)
     return ValueError(
-        f"from_tfds reads datasets already prepared on disk and never downloads. {why} "
-        f"Received: name={name!r}, split={split!r}, {where}. Fix: {fix}"
+        f"from_tfds found no prepared copy of the dataset. {why} Received: name={name!r}, "
+        f"split={split!r}, {_where(data_dir, default_dir)}. Fix: {fix}"
+    )
+
+
+def _download_failed(
+    name: str, split: str, data_dir: str | None, default_dir: str, searched: str,
+    error: Exception,
+) -> RuntimeError:
+    cause = " ".join(f"{type(error).__name__}: {error}".split())
+    return RuntimeError(
+        f"from_tfds could not download and prepare the dataset into {searched!r} (it was "
+        f"not prepared there): {cause}. Received: name={name!r}, split={split!r}, "
+        f"{_where(data_dir, default_dir)}, download=True. Fix: check the network "
+        f"connection and retry, or {_offline_fix(name)}"
     )
 
 
@@ -84,26 +105,47 @@ def default_data_dir(tfds: Any) -> str:
 
 def prepared_builder(
     tfds: Any, name: str, split: str, data_dir: str | None, default_dir: str,
-    builder_kwargs: dict[str, Any] | None,
+    builder_kwargs: dict[str, Any] | None, *, download: bool = False,
+    prepare_kwargs: dict[str, Any] | None = None,
 ) -> Any:
-    """The TFDS builder of `name`, or raises if the dataset is not prepared in `data_dir`."""
+    """The TFDS builder of `name`, prepared in `data_dir`: downloaded there if asked.
+
+    As `tfds.load`: a dataset missing from `data_dir` is downloaded and
+    prepared there when `download` (`builder.download_and_prepare(
+    **prepare_kwargs)`), else refused.
+
+    Raises:
+        ValueError: the name is unknown, or the dataset is missing and not `download`.
+        RuntimeError: downloading or preparing it failed (e.g. no network); the
+            original exception is the `__cause__`.
+    """
     try:
         builder = tfds.builder(name, data_dir=data_dir, try_gcs=False, **dict(builder_kwargs or {}))
     except tfds.core.registered.DatasetNotFoundError:
         raise _not_prepared(name, split, data_dir, default_dir,
                             "No dataset of this name is registered or on disk.") from None
-    if not builder.is_prepared():
+    if builder.is_prepared():
+        return builder
+    if not download:
         raise _not_prepared(name, split, data_dir, default_dir,
-                            f"It is not prepared there (looked in {builder.data_dir!r}).")
+                            f"It is not prepared there (looked in {builder.data_dir!r}) and "
+                            "download=False.")
+    try:
+        builder.download_and_prepare(**dict(prepare_kwargs or {}))
+    except Exception as error:  # Network, checksum, manual-download errors...
+        raise _download_failed(name, split, data_dir, default_dir, str(builder.data_dir),
+                               error) from error
     return builder
 
 
 def split_num_examples(
     builder: Any, name: str, split: str, data_dir: str | None, default_dir: str,
+    read: Any = None,
 ) -> int:
-    """Examples in `split`, or raises if it is not prepared or has no supervised keys."""
+    """Examples in `split` (or its part `read`, a shard), or raises if it is not prepared
+    or has no supervised keys."""
     try:
-        num_examples = builder.info.splits[split].num_examples
+        num_examples = builder.info.splits[split if read is None else read].num_examples
     except (ValueError, KeyError) as err:
         raise _not_prepared(
             name, split, data_dir, default_dir,

@@ -34,8 +34,9 @@ def test_public_names_and_protocol():
     from keras_trainloop import data
 
     assert sorted(data.__all__) == sorted([
-        "ArrayDataset", "Dataset", "IterableDataset", "TFDataset", "from_tfds",
-        "maybe_prefetch_to_device",
+        "ArrayDataset", "Dataset", "GeneratorDataset", "GrainDataset", "IterableDataset",
+        "PyDatasetSource", "TFDataset", "as_dataset", "from_tfds", "maybe_prefetch_to_device",
+        "process_shard",
     ])
     assert ktl.Dataset is data.Dataset and ktl.ArrayDataset is data.ArrayDataset
     assert isinstance(ktl.ArrayDataset(X, Y, batch_size=4), ktl.Dataset)

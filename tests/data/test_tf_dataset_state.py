@@ -191,7 +191,8 @@ def test_state_at_the_end_of_a_pass_ends_the_restored_pass_then_resets():
 def test_from_tfds_resumes_exactly(tfds_digits_dir):
     def make(**kwargs):
         return ktl.from_tfds("digits_local", split="train", batch_size=64,
-                             data_dir=tfds_digits_dir, shuffle=True, seed=0, **kwargs)
+                             data_dir=tfds_digits_dir, shuffle=True, seed=0,
+                             download=False, **kwargs)
 
     for kwargs, with_reset in (({}, True), ({"loop_forever": True}, False)):
         rng = np.random.default_rng(2)

@@ -112,7 +112,7 @@ def test_sources_that_may_yield_batches_are_not_refused(make):
 def test_from_tfds_pipelines_are_batched(tfds_digits_dir):
     for kwargs in ({}, {"shuffle": True, "seed": 0, "loop_forever": True}):
         ds = ktl.from_tfds("digits_local", split="test", batch_size=8,
-                           data_dir=tfds_digits_dir, **kwargs)
+                           data_dir=tfds_digits_dir, download=False, **kwargs)
         assert batching(ds.tf_dataset)[0] == BATCHED
         assert ds.yield_batch()[1][0].shape == (8, 8, 8, 1)
 
