@@ -12,6 +12,7 @@ from keras_trainloop.data._common import (
     is_array_like,
     short_repr,
 )
+from keras_trainloop.data._shard import check_shard, shard_arrays
 
 _STATE_VERSION = 1
 """Version of the `get_state` dict; `set_state` refuses others."""
@@ -120,6 +121,9 @@ class ArrayDataset:
         name: the dataset's name.
         spec: the `spec` returned with every batch. Defaults to `None`, or to
             the tuple of keys when `inputs` is a dict.
+        shard: `(index, count)`: every `count`-th example from `index` on, as many
+            per shard (`ktl.data.process_shard()` with several processes); `batch_size`
+            is then per process (the global batch: `batch_size * count`).
 
     Raises:
         TypeError: `inputs` is `None`, or an array is not array-like, or the
@@ -145,6 +149,7 @@ class ArrayDataset:
         drop_remainder: bool = False,
         name: str = "array",
         spec: Any = None,
+        shard: tuple[int, int] | None = None,
     ):
         input_arrays, input_keys = _to_numpy_list("inputs", inputs)
         label_arrays, _ = _to_numpy_list("labels", labels)
@@ -153,6 +158,8 @@ class ArrayDataset:
         self._arrays = input_arrays + label_arrays
         self._num_inputs = len(input_arrays)
         self._num_examples = self._check_num_examples(input_arrays, label_arrays)
+        self._arrays, self._num_examples = shard_arrays(
+            check_shard(shard, "ArrayDataset"), self._arrays, self._num_examples, "ArrayDataset")
         self._spec = input_keys if spec is None and input_keys is not None else spec
         self._loop_forever = bool(loop_forever)
         self._drop_remainder = bool(drop_remainder)

@@ -141,7 +141,8 @@ class TFDataset:
                 "first in each (inputs, labels) element."
             )
         check_batched(tf_dataset, input_leaves + label_leaves, element_spec)
-        self._dataset = shard_batches(tf_dataset, check_shard(shard, "TFDataset"))
+        tf_dataset = shard_batches(tf_dataset, check_shard(shard, "TFDataset"))
+        self._dataset = tf_dataset
         self._get_inputs, self._get_labels = get_inputs, get_labels
         self.name = check_name("tf.data" if name is None else name)
         self._spec = input_keys if spec is None and input_keys is not None else spec

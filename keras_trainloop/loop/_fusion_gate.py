@@ -23,13 +23,18 @@ inject them; the gate reads no clock. A `GateProbe` is one chunk of steps'
 use of the gate: the cap of each call from the spec of the one before, and
 which calls to time.
 
-With several processes fusion is off anyway (`trainer.can_fuse_steps`), so
-the gate's decisions, which depend on local timings, never need to agree
-across processes.
+With several processes the timings differ from process to process, but the
+decision must not (a fused call and single steps run different collectives):
+there the loop sets `agree` (loop/_agreement.py), and the gate decides only at
+fixed points of the probe, which every process reaches at the same call: after
+`HOST_CHECK_SINGLE` single steps (the compute-bound check), at the second timed
+fused call (the early no), and once `PROBE_FUSED` fused and `PROBE_SINGLE` single
+timings were taken; there process 0's verdict is every process's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 HOST_CHECK_SINGLE = 2
@@ -89,25 +94,34 @@ class _Probe:
         self.keep = True
 
 
-def _record_single(probe: _Probe, seconds: float, host_seconds: float | None) -> None:
-    """Adds a single step's timing; decides against fusion for a compute-bound step."""
-    probe.single.append(seconds)
-    if host_seconds is not None:
-        probe.host.append(host_seconds)
-    if len(probe.single) == HOST_CHECK_SINGLE and len(probe.host) == HOST_CHECK_SINGLE:
-        share = min(probe.host) / max(min(probe.single), 1e-12)
-        if share < MIN_HOST_SHARE:  # Compute-bound: nothing for fusion to remove.
-            probe.keep, probe.decided = False, True
+def _at_host_check(probe: _Probe) -> bool:
+    """Whether the single steps timed so far are the compute-bound check's."""
+    return not probe.fused and len(probe.single) == len(probe.host) == HOST_CHECK_SINGLE
 
 
-def _compare(probe: _Probe) -> None:
-    """Decides once enough fused and single timings were taken (or fused ones are far off)."""
+def _verdict(probe: _Probe) -> bool | None:
+    """The decision the timings so far make: True keep, False drop, None measure on."""
+    if not probe.fused:
+        if _at_host_check(probe):
+            share = min(probe.host) / max(min(probe.single), 1e-12)
+            if share < MIN_HOST_SHARE:  # Compute-bound: nothing for fusion to remove.
+                return False
+        return None
     single, fused = min(probe.single), min(probe.fused)
     if len(probe.fused) >= 2 and fused > single * EARLY_NO:
-        probe.keep, probe.decided = False, True
-    elif len(probe.fused) >= PROBE_FUSED and len(probe.single) >= PROBE_SINGLE:
-        probe.keep = fused <= single * TOLERANCE
-        probe.decided = True
+        return False
+    if len(probe.fused) >= PROBE_FUSED and len(probe.single) >= PROBE_SINGLE:
+        return fused <= single * TOLERANCE
+    return None
+
+
+def _at_fixed_point(probe: _Probe, num_steps: int) -> bool:
+    """Whether this timing is one where all processes decide together (see the module docs)."""
+    if num_steps == 1 and _at_host_check(probe):
+        return True
+    if num_steps > 1 and len(probe.fused) == 2:
+        return True
+    return len(probe.fused) >= PROBE_FUSED and len(probe.single) >= PROBE_SINGLE
 
 
 class FusionGate:
@@ -116,10 +130,16 @@ class FusionGate:
     Args:
         enabled: False: no probing, fusion always allowed (`decide` is then never
             consulted for timings).
+
+    Attributes:
+        agree: None (one process: decide from the local timings), or
+            `agree(verdict) -> verdict`, process 0's verdict on every process,
+            asked at the probe's fixed points only (set by loop/_agreement.py).
     """
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
+        self.agree: Callable[[bool | None], bool | None] | None = None
         self._probes: dict[Any, _Probe] = {}
 
     def _probe(self, spec: Any) -> _Probe:
@@ -166,11 +186,17 @@ class FusionGate:
             probe.compiled.add(num_steps)  # Its first call compiled: not timed.
             return
         if num_steps == 1:
-            _record_single(probe, seconds, host_seconds)
+            probe.single.append(seconds)
+            if host_seconds is not None:
+                probe.host.append(host_seconds)
         else:
             probe.fused.append(seconds / num_steps)
-        if probe.fused and not probe.decided:
-            _compare(probe)
+        agree = self.agree
+        if agree is not None and not _at_fixed_point(probe, num_steps):
+            return
+        verdict = _verdict(probe) if agree is None else agree(_verdict(probe))
+        if verdict is not None:
+            probe.keep, probe.decided = verdict, True
 
     def decisions(self) -> dict[Any, bool | None]:
         """Per spec seen: True (fused kept), False (single steps), None (still probing)."""

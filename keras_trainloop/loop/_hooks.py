@@ -223,6 +223,18 @@ class HookList:
         )
         return planned
 
+    def replace_schedules(self, replace: Callable[[Any, str], Any]) -> None:
+        """Gives each scheduled hook the schedule `replace(schedule, name)` (order, costs kept).
+
+        With several processes the loop wraps the time-based schedules this way
+        (loop/_agreement.py).
+        """
+        self.hooks = tuple(
+            hook if hook.schedule is None
+            else hook._replace(schedule=replace(hook.schedule, hook.name))
+            for hook in self.hooks
+        )
+
     def fire(self, loop: Any, arg: Any) -> None:
         """Calls every hook as `fn(loop, arg)` in order (scheduled ones when due).
 

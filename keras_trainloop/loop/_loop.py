@@ -134,14 +134,14 @@ class Loop(LoopEvents, KerasInterop):
     one call per step. A call runs a power of two of steps, at most
     `max_fused_steps`, so few functions are compiled. It needs a dataset
     with `yield_batches(n)` (`ktl.ArrayDataset` and `ktl.TFDataset` have
-    it) and a trainer with `train_steps` (one process:
-    `trainer.can_fuse_steps`); otherwise, and while a
-    hook without a schedule (`on_step(..., schedule=None)`) or a Keras
-    callback with batch hooks is registered, each step is its own call.
+    it) and a trainer with `train_steps` (`trainer.can_fuse_steps`); otherwise,
+    and while a hook without a schedule (`on_step(..., schedule=None)`) or a
+    Keras callback with batch hooks is registered, each step is its own call.
     Hooks registered by `ktl.every_n_steps` and the other schedule helpers
     carry their schedule; time-based ones (`periodic_callback`, the progress
-    bar) limit how long a call may take. `loop.plan(steps)` shows the steps
-    at which the hooks fire and the calls, before running anything.
+    bar) limit how long a call may take; with several processes they fire
+    at steps process 0 decides (loop/_agreement.py). `loop.plan(steps)` shows
+    the steps at which the hooks fire and the calls, before running anything.
 
     Args:
         trainer: a `ktl.Trainer` (or an object with the same `train_step`,
@@ -487,7 +487,7 @@ class Loop(LoopEvents, KerasInterop):
     def _device_feed(self, ds: Dataset) -> Dataset:
         """The dataset the steps read: `ds`, prefetched to the device unless it stacks."""
         fuse = can_fuse(ds, self.trainer, self._max_fused_steps)
-        return device_feed(ds, fuse, self._feeds)
+        return device_feed(ds, self.trainer, fuse, self._feeds)
 
     def __repr__(self) -> str:
         return (

@@ -14,6 +14,7 @@ import dataclasses
 from typing import Any
 
 from keras_trainloop._describe import short_repr
+from keras_trainloop.loop._agreement import unwrapped
 from keras_trainloop.loop._hooks import HookCost, HookList
 from keras_trainloop.loop._scheduled import end_call_due
 from keras_trainloop.loop._step_source import fusable_steps
@@ -144,7 +145,7 @@ def _end_hooks(on_end: HookList, on_step: HookList, fired: list[list[int]], star
                end: int) -> list[PlannedHook]:
     """The on_end hooks at the end of the run; `fired`: the steps of each on_step hook."""
     # A scheduled hook's end call (`end_of`) is skipped when its on_step hook just fired.
-    ran = {id(hook.schedule) for hook, steps in zip(on_step.hooks, fired)
+    ran = {id(unwrapped(hook.schedule)) for hook, steps in zip(on_step.hooks, fired)
            if hook.schedule is not None and steps[-1:] == [end - 1]}
     return [
         PlannedHook("OnEnd", hook.name,

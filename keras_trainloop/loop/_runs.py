@@ -1,7 +1,8 @@
 """A run from start to end: what `run_steps` and `run_epochs` do around the steps.
 
 - `begin`: resets the run's attributes and its loss check, builds the model first when
-  asked (`request_built_model`), fires `on_start`.
+  asked (`request_built_model`), fires `on_start`, and with several processes makes the
+  time-based decisions process 0's (loop/_agreement.py).
 - `run_steps`: chunks of steps (`StepLoop.run`) ending where a validation is due;
   `run_epochs`: one chunk per epoch, then `ds.reset()`, validation, `on_epoch_end`,
   the epoch's `history` entry.
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from keras_trainloop._describe import short_repr
+from keras_trainloop.loop._agreement import agree
 from keras_trainloop.loop._run_parts import (
     VAL_LOGS_KEY,
     FirstBatch,
@@ -198,6 +200,7 @@ def begin(loop: Any, ds: Any, feed: Any, end_step: int, epochs: int, sync_every:
     loop._feed = feed
     if loop._on_start.hooks:
         loop._on_start.fire(loop, ds)
+    agree(loop)  # Several processes: time-based decisions become process 0's.
     return loop._feed
 
 

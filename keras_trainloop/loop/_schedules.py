@@ -16,6 +16,11 @@ changed by what it is asked: `loop.plan` fires the hooks over snapshots with the
 run's own `HookList.fire`, so plan and run share one rule and planning changes
 no schedule. A stateless schedule is its own snapshot.
 
+With several processes, a time-based schedule (one whose `seconds_left` answers)
+is asked by the Loop only at steps every process agrees on, and process 0's answer
+is used everywhere (loop/_agreement.py): a clock read inside `due` alone would let
+the processes fire at different steps.
+
 The hooks that run on a schedule, and the registration functions (GoMLX's
 `every_n_steps` & co.), are in loop/_scheduled.py.
 """
@@ -214,6 +219,10 @@ class Periodic(Schedule):
 
     Its state is the time its clock started, set by `due` after a run's first
     step and by `called`; `snapshot()` is a copy holding the same time.
+
+    With several processes (a trainer under a distribution), the Loop asks it
+    at steps all processes agree on and follows process 0's clock, so every
+    process calls the function at the same steps (loop/_agreement.py).
 
     Args:
         period: seconds (> 0, finite) or a `datetime.timedelta`.

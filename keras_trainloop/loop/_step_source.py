@@ -9,7 +9,9 @@ many, down to one batch (`yield_batch`); the end of the data (`EOFError` from
 `train_steps`, `max_fused_steps=1`, or an `on_batch_begin` hook) every call is one step.
 
 `device_feed` picks the dataset the steps read: a stackable one as it is (each fused call
-is one host->device transfer), others through a device prefetcher kept per dataset.
+is one host->device transfer), others through a device prefetcher kept per dataset, which
+places each batch with the trainer's own `put_batch` (the distribution's batch layout;
+with several processes global arrays, so the step reads nothing back to the host).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def check_max_fused_steps(value: Any) -> int:
 
 
 def trainer_can_fuse(trainer: Any, max_fused_steps: int) -> bool:
-    """Whether `trainer` runs fused calls (`train_steps`, one process) and they are on."""
+    """Whether `trainer` runs fused calls (`train_steps`, `can_fuse_steps`) and they are on."""
     return (
         max_fused_steps > 1
         and callable(getattr(trainer, "train_steps", None))
@@ -124,20 +126,23 @@ class StepSource:
             return None
 
 
-def device_feed(ds: Any, fuse: bool, feeds: weakref.WeakKeyDictionary) -> Any:
+def device_feed(ds: Any, trainer: Any, fuse: bool, feeds: weakref.WeakKeyDictionary) -> Any:
     """The dataset the steps read: `ds`, or its device prefetcher (kept in `feeds`).
 
     One prefetcher per dataset is kept, so batches read ahead at the end of one
     run are the first of the next (see `maybe_prefetch_to_device`). A stackable
-    dataset (`fuse`) is read as it is: each fused call is one transfer.
+    dataset (`fuse`) is read as it is: each fused call is one transfer. The
+    prefetcher places batches with `trainer.put_batch` when the trainer has one.
     """
     if not isinstance(ds, Dataset) or fuse:
         return ds
+    put = getattr(trainer, "put_batch", None)
+    put = put if callable(put) else None
     try:
         feed = feeds.get(ds)
     except TypeError:  # Not hashable or weak-referenceable: no caching.
-        return maybe_prefetch_to_device(ds)
+        return maybe_prefetch_to_device(ds, put=put)
     if feed is None:
-        feed = maybe_prefetch_to_device(ds)
+        feed = maybe_prefetch_to_device(ds, put=put)
         feeds[ds] = feed
     return feed

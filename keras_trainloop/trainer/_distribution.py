@@ -130,6 +130,69 @@ def _local_data_shards(sharding: NamedSharding) -> int:
     })
 
 
+def _rows_by_process(sharding: NamedSharding) -> dict[int, tuple[int, ...]]:
+    """The row blocks of a batch's leading axis (0..blocks-1) that each process's devices hold."""
+    spec = sharding.spec
+    axes = spec[0] if len(spec) else None
+    names = () if axes is None else axes if isinstance(axes, tuple) else (axes,)
+    mesh = sharding.mesh
+    blocks = int(np.prod([mesh.shape[name] for name in names], dtype=np.int64))
+    rows = NamedSharding(mesh, PartitionSpec(axes))
+    held: dict[int, set[int]] = {}
+    for device, index in rows.devices_indices_map((blocks,)).items():
+        held.setdefault(device.process_index, set()).add(index[0].start or 0)
+    return {process: tuple(sorted(r)) for process, r in sorted(held.items())}
+
+
+def check_process_rows(distribution: Distribution, sharding: Any) -> None:
+    """Refuses a batch layout that processes feeding their own part would fill inconsistently.
+
+    Each process passes its own rows, which `jax.make_array_from_process_local_data`
+    puts on its devices; that is consistent only when no row block of the batch is held
+    by the devices of two processes (else each would fill it with its own, different
+    data) and every process holds as many blocks.
+    """
+    if not isinstance(sharding, NamedSharding):
+        return
+    what = _layout_problem(_rows_by_process(sharding))
+    if what is None:
+        return
+    raise ValueError(
+        "With several processes each one feeds its own part of the global batch, so the "
+        "batch's row blocks must be split over the processes, each block on one process's "
+        f"devices only. Received: {describe(distribution)} with batch layout "
+        f"{sharding.spec}, where {what} (a mesh axis other than the batch axis spans "
+        "processes): the processes would fill the same rows with different data. Fix: "
+        "lay the mesh out with the batch axis across the processes and the other axes "
+        "within one process, e.g. keras.distribution.DeviceMesh((jax.process_count() * k, "
+        "m), ('batch', 'model'), keras.distribution.list_devices()) with m dividing "
+        "jax.local_device_count() (list_devices() lists each process's devices together)."
+    )
+
+
+def _layout_problem(held: dict[int, tuple[int, ...]]) -> str | None:
+    """What is wrong with these row blocks per process for per-process feeding, or None."""
+    owners: dict[int, list[int]] = {}
+    for process, rows in held.items():
+        for row in rows:
+            owners.setdefault(row, []).append(process)
+    for row, processes in owners.items():
+        if len(processes) > 1:
+            return (f"row block {row} of the batch (of {len(owners)}) is on devices of "
+                    f"processes {processes}")
+    if len({len(rows) for rows in held.values()}) > 1:
+        counts = {process: len(rows) for process, rows in held.items()}
+        return f"the processes hold unequal numbers of row blocks {counts}"
+    return None
+
+
+def _from_process_part(sharding: Any, x: Any) -> Any:
+    """A global array with `sharding` from this process's part `x`; a global array as is."""
+    if isinstance(x, jax.Array) and (not x.is_fully_addressable or x.sharding == sharding):
+        return jax.device_put(x, sharding)  # Placed ahead (prefetched): nothing read back.
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+
 def _stacked_sharding(sharding: Any) -> Any:
     """The sharding of a batch's layout with a new, unsplit leading axis."""
     if isinstance(sharding, NamedSharding):
@@ -144,7 +207,10 @@ class BatchSharder:
     set of input and label shapes, then reused. In a single process each batch
     is one `jax.device_put` of the whole `(inputs, labels)` tree; with several
     processes (`jax.distributed.initialize`), each process passes its own part
-    of the global batch, as in Keras (`jax.make_array_from_process_local_data`).
+    of the global batch, as in Keras (`jax.make_array_from_process_local_data`),
+    and the layout must give each process's devices their own rows of the batch
+    (`check_process_rows`, refused otherwise); global arrays placed ahead (a
+    prefetcher calling `Trainer.put_batch`) are taken as they are.
 
     Args:
         distribution: the Keras distribution (`DataParallel`, `ModelParallel`, ...).
@@ -153,7 +219,7 @@ class BatchSharder:
     """
 
     def __init__(self, distribution: Distribution, multi_process: bool | None = None):
-        self._distribution = distribution
+        self.distribution = self._distribution = distribution
         self._shardings: dict[tuple, tuple[list, list]] = {}
         if multi_process is None:
             multi_process = jax.process_count() > 1
@@ -171,10 +237,7 @@ class BatchSharder:
         if shardings is None:
             shardings = self._new_shardings(spec, key)
         if self._multi_process:
-            return jax.tree.map(
-                lambda s, x: jax.make_array_from_process_local_data(s, np.asarray(x)),
-                shardings, (inputs, labels),
-            )
+            return jax.tree.map(_from_process_part, shardings, (inputs, labels))
         return jax.device_put((inputs, labels), shardings)
 
     def stacked(self, spec: Any, inputs: list, labels: list) -> tuple[list, list]:
@@ -190,10 +253,7 @@ class BatchSharder:
             shardings = self._new_shardings(spec, key)
         stacked = jax.tree.map(_stacked_sharding, shardings)
         if self._multi_process:
-            return jax.tree.map(
-                lambda s, x: jax.make_array_from_process_local_data(s, np.asarray(x)),
-                stacked, (inputs, labels),
-            )
+            return jax.tree.map(_from_process_part, stacked, (inputs, labels))
         return jax.device_put((inputs, labels), stacked)
 
     def _new_shardings(self, spec: Any, key: tuple) -> tuple[list, list]:
@@ -210,6 +270,8 @@ class BatchSharder:
                         "Fix: give it a batch axis (shape (batch_size, ...))."
                     )
                 sharding = _backend_sharding(distribution.get_data_layout(shape))
+                if self._multi_process:
+                    check_process_rows(distribution, sharding)
                 if isinstance(sharding, NamedSharding):
                     self._check_divisible(spec, where, shape, sharding)
                 out.append(sharding)

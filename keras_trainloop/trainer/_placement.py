@@ -82,6 +82,7 @@ class Placement:
         self.replicated: Any = None
         self.state_shardings: tuple[list, list, list] | None = None
         self.put_batch: Callable[[Any, list, list], tuple[list, list]] | None = None
+        self._last_sharder: Any = None
 
     @property
     def distribution(self) -> distribution_lib.Distribution | None:
@@ -99,18 +100,34 @@ class Placement:
 
     @property
     def can_fuse(self) -> bool:
-        """Whether fused steps can run: not with several processes (not supported yet)."""
-        return self.distribution is None or jax.process_count() == 1
+        """Whether fused steps can run: always. With several processes each passes its part
+        of the stacked batches (`BatchSharder.stacked`), and the Loop makes its call sizes
+        agree across the processes (loop/_agreement.py)."""
+        return True
 
-    def check_can_fuse(self, spec: Any) -> None:
-        """Raises unless fused steps can run (`can_fuse`)."""
-        if not self.can_fuse:
-            raise ValueError(
-                "train_steps() does not run with several processes yet. Received: "
-                f"spec={spec!r} on process {jax.process_index()} of {jax.process_count()}. "
-                "Fix: call train_step() once per batch (ktl.Loop does so itself when "
-                "trainer.can_fuse_steps is False)."
-            )
+    def _sharder(self, distribution: distribution_lib.Distribution) -> Any:
+        """The `BatchSharder` of `distribution` (one kept, so its shardings are computed once)."""
+        sharder = self._last_sharder
+        if sharder is None or sharder.distribution is not distribution:
+            sharder = self._last_sharder = distribution_lib.BatchSharder(distribution)
+        return sharder
+
+    def put_ahead(self, spec: Any, inputs: list, labels: list) -> tuple[list, list]:
+        """Places a batch where the steps read it, ahead of its step (device prefetching).
+
+        Under a distribution: split over its data axis (with several processes, global
+        arrays made from this process's part, so the step reads nothing back); on the
+        `in_device` device; else on the default device. Before the first step fixes the
+        policy, the one it would fix now. The step then finds the batch in place.
+        """
+        put = self.put_batch
+        if not self.fixed:
+            distribution = self.distribution
+            if distribution is not None:
+                put = self._sharder(distribution)
+        if put is None:
+            return jax.device_put((inputs, labels))
+        return put(spec, inputs, labels)
 
     def in_device(self, device_num: Any) -> None:
         """Runs the steps on `jax.local_devices()[device_num]`: this process's (checked first)."""
@@ -144,7 +161,7 @@ class Placement:
         self._distribution = distribution
         if distribution is not None:
             self.replicated = distribution_lib.replicated(distribution)
-            self.put_batch = distribution_lib.BatchSharder(distribution)
+            self.put_batch = self._sharder(distribution)
 
     def update_state_shardings(self, variable_groups: Sequence[list]) -> bool:
         """Takes the variables' shardings; True when their layout changed (re-jit needed)."""

@@ -169,11 +169,8 @@ class Trainer:
         return self._state.global_step
 
     def on_exec_creation(self, handler: Callable[[Executor, GraphType], None]) -> None:
-        """Registers `handler(executor, graph_type)`, called for each new executor.
-
-        It runs once the variables exist, before the executor's first step
-        (which uses values assigned to them then).
-        """
+        """Registers `handler(executor, graph_type)`, called for each new executor once the
+        variables exist, before its first step (which uses values assigned to them then)."""
         self._cache.on_creation(handler)
 
     @property
@@ -238,8 +235,14 @@ class Trainer:
 
     @property
     def can_fuse_steps(self) -> bool:
-        """Whether `train_steps` can run: not with several processes (not supported yet)."""
+        """Whether `train_steps` can run: yes, also with several processes."""
         return self._placement.can_fuse
+
+    def put_batch(self, spec: Any, inputs: Sequence[Any], labels: Sequence[Any]) -> tuple:
+        """`(inputs, labels)` placed where the steps read them (the Loop's device prefetcher
+        calls it ahead of the step): split over the distribution's data axis (several
+        processes: global arrays from this process's part), else on the device of the steps."""
+        return self._placement.put_ahead(spec, list(inputs), list(labels))
 
     def train_steps(
         self, spec: Any, inputs: Sequence[Any], labels: Sequence[Any]
@@ -257,12 +260,10 @@ class Trainer:
             batch losses (a device array of shape `(n,)`); nothing is copied.
 
         Raises:
-            ValueError: no shared leading axis of size >= 1, an error of
-                `train_step` for the first batch, or several processes.
+            ValueError: no shared leading axis >= 1, or `train_step`'s errors for x[0].
         """
         inputs = _inputs.as_array_list("inputs", inputs, spec)
         labels = _inputs.as_array_list("labels", labels, spec)
-        self._placement.check_can_fuse(spec)
         num_steps = _inputs.stacked_count(spec, inputs, labels)
         executor = self._compiler.executor(
             GraphType.TRAIN, spec, [x[0] for x in inputs], [y[0] for y in labels]
