@@ -19,7 +19,7 @@ Example:
 """
 
 from keras_trainloop.data._array import ArrayDataset
-from keras_trainloop.data._dispatch import as_dataset
+from keras_trainloop.data._dispatch import as_dataset, as_validation_data
 from keras_trainloop.data._generator import GeneratorDataset
 from keras_trainloop.data._grain import GrainDataset
 from keras_trainloop.data._iterable import IterableDataset
@@ -38,6 +38,7 @@ __all__ = [
     "PyDatasetSource",
     "TFDataset",
     "as_dataset",
+    "as_validation_data",
     "from_tfds",
     "maybe_prefetch_to_device",
     "process_shard",

@@ -37,8 +37,7 @@ from keras_trainloop.loop._plan import Plan, make_plan
 from keras_trainloop.loop._run_parts import (
     VAL_LOGS_KEY,
     check_count,
-    check_dataset,
-    check_validation,
+    checked_inputs,
     new_history,
 )
 from keras_trainloop.loop._step_loop import StepLoop
@@ -266,8 +265,8 @@ class Loop(LoopEvents, KerasInterop):
         """
         check_count("steps", steps, "run_steps")
         self._require_trainer("run_steps")
-        check_dataset(ds, "run_steps")
-        check_validation(validation_data, validation_freq, "run_steps")
+        ds, validation_data = checked_inputs(
+            self, "run_steps", ds, validation_data, validation_freq)
         if steps == 0:
             return []
         return _runs.run_steps(self, ds, steps, validation_data, validation_freq, SYNC_EVERY)
@@ -321,8 +320,8 @@ class Loop(LoopEvents, KerasInterop):
         """
         check_count("epochs", epochs, "run_epochs")
         self._require_trainer("run_epochs")
-        check_dataset(ds, "run_epochs", finite=True)
-        check_validation(validation_data, validation_freq, "run_epochs")
+        ds, validation_data = checked_inputs(
+            self, "run_epochs", ds, validation_data, validation_freq, finite=True)
         if epochs == 0:
             return []
         return _runs.run_epochs(self, ds, epochs, validation_data, validation_freq, SYNC_EVERY)

@@ -3,6 +3,8 @@ a built model)."""
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from typing import Any
 
 import keras
@@ -30,6 +32,51 @@ def check_count(name: str, value: Any, method: str) -> int:
 
 def _is_dataset(ds: Any) -> bool:
     return callable(getattr(ds, "yield_batch", None)) and callable(getattr(ds, "reset", None))
+
+
+def _adaptable(ds: Any) -> bool:
+    """A source `ktl.as_dataset` reads on its own (tf.data, PyDataset, grain, a generator).
+
+    Arrays are not: `run_steps(ds, ...)` has no place for their labels (wrap them with
+    `ktl.as_dataset(x, y)`), and the argument checks explain that.
+    """
+    if ds is None or _is_dataset(ds) or hasattr(ds, "__array__"):
+        return False
+    return not isinstance(ds, (tuple, list, dict, str, bytes, int, float))
+
+
+def adapt_inputs(loop: Any, ds: Any, validation_data: Any) -> tuple[Any, Any]:
+    """`ds` and `validation_data` as `ktl.Dataset`s when `fit` would take them.
+
+    A source given again to the same loop gets the same Dataset, so a second
+    `run_steps` continues its data instead of starting it over.
+    """
+    from keras_trainloop.data import as_dataset, as_validation_data
+
+    cache = loop.__dict__.setdefault("_adapted", weakref.WeakKeyDictionary())
+    if _adaptable(ds):
+        try:
+            adapted = cache.get(ds)
+        except TypeError:  # Not weak-referenceable: converted each time.
+            adapted = None
+        if adapted is None:
+            adapted = as_dataset(ds)
+            with contextlib.suppress(TypeError):
+                cache[ds] = adapted
+        ds = adapted
+    if isinstance(validation_data, (tuple, list)) or _adaptable(validation_data):
+        with contextlib.suppress(TypeError, ValueError):  # check_validation explains.
+            validation_data = as_validation_data(validation_data)
+    return ds, validation_data
+
+
+def checked_inputs(loop: Any, method: str, ds: Any, validation_data: Any, validation_freq: Any,
+                   *, finite: bool = False) -> tuple[Any, Any]:
+    """`adapt_inputs`, then the checks of `ds` and of the validation arguments."""
+    ds, validation_data = adapt_inputs(loop, ds, validation_data)
+    check_dataset(ds, method, finite=finite)
+    check_validation(validation_data, validation_freq, method)
+    return ds, validation_data
 
 
 def check_dataset(ds: Any, method: str, *, finite: bool = False) -> None:

@@ -178,3 +178,10 @@ def check_class_ids(spec: Any, labels: list, predictions: list | None) -> None:
             "number the classes from 0 (e.g. y - 1 for labels 1..n), or give the model's "
             "last layer one unit per class."
         )
+
+
+def as_eval_dataset(ds: Any) -> Any:
+    """`ds`, or what `model.evaluate`/`fit(validation_data=)` would read from it, as a Dataset."""
+    from keras_trainloop.data import Dataset, as_validation_data
+
+    return ds if isinstance(ds, Dataset) else as_validation_data(ds)

@@ -300,6 +300,7 @@ class Trainer:
         Raises:
             ValueError: `ds` yielded no batch.
         """
+        ds = _inputs.as_eval_dataset(ds)
         ds.reset()
         self._reset_eval_metrics()
         values = evaluate(self.eval_step, ds, _EVAL_SYNC_EVERY)

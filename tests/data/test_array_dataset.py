@@ -35,7 +35,7 @@ def test_public_names_and_protocol():
 
     assert sorted(data.__all__) == sorted([
         "ArrayDataset", "Dataset", "GeneratorDataset", "GrainDataset", "IterableDataset",
-        "PyDatasetSource", "TFDataset", "as_dataset", "from_tfds", "maybe_prefetch_to_device",
+        "PyDatasetSource", "TFDataset", "as_dataset", "as_validation_data", "from_tfds", "maybe_prefetch_to_device",
         "process_shard",
     ])
     assert ktl.Dataset is data.Dataset and ktl.ArrayDataset is data.ArrayDataset
