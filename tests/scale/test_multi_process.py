@@ -7,7 +7,7 @@ its observations as JSON, and the tests compare them with one process's results 
 each other. Each process runs under a timeout followed by SIGKILL: a collective that one
 process never reaches would hang the other for good.
 
-To run the same on a cluster, see README.md, "Scaling out".
+To run the same on a cluster, see docs/plugins/scaling-out.md.
 """
 
 from __future__ import annotations
