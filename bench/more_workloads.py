@@ -55,22 +55,25 @@ perf_counter = time.perf_counter
 process_time = time.process_time
 
 W4_BATCH = 128
-W4_TITLE = ("scikit-learn digits 8x8x1, convnet Conv32-Conv64-Flatten-Dense128-Dense10, "
-            "batch 128")
+W4_TITLE = "scikit-learn digits 8x8x1, convnet Conv32-Conv64-Flatten-Dense128-Dense10, batch 128"
 
 
 def _convnet(seed: int = 0) -> keras.Model:
     init = keras.initializers.GlorotUniform
-    return keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(32, 3, padding="same", activation="relu",
-                            kernel_initializer=init(seed)),
-        keras.layers.Conv2D(64, 3, padding="same", activation="relu",
-                            kernel_initializer=init(seed + 1)),
-        keras.layers.Flatten(),
-        keras.layers.Dense(128, activation="relu", kernel_initializer=init(seed + 2)),
-        keras.layers.Dense(10, kernel_initializer=init(seed + 3)),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(
+                32, 3, padding="same", activation="relu", kernel_initializer=init(seed)
+            ),
+            keras.layers.Conv2D(
+                64, 3, padding="same", activation="relu", kernel_initializer=init(seed + 1)
+            ),
+            keras.layers.Flatten(),
+            keras.layers.Dense(128, activation="relu", kernel_initializer=init(seed + 2)),
+            keras.layers.Dense(10, kernel_initializer=init(seed + 3)),
+        ]
+    )
 
 
 def _loss() -> keras.losses.Loss:
@@ -108,10 +111,14 @@ class _Stateless:
             return (new_tv, new_ntv, new_ov), loss
 
         self.step = step
-        self.state = jax.tree.map(jnp.copy, (
-            [v.value for v in model.trainable_variables],
-            [v.value for v in model.non_trainable_variables],
-            [v.value for v in opt.variables]))
+        self.state = jax.tree.map(
+            jnp.copy,
+            (
+                [v.value for v in model.trainable_variables],
+                [v.value for v in model.non_trainable_variables],
+                [v.value for v in opt.variables],
+            ),
+        )
 
 
 class _System:
@@ -196,16 +203,18 @@ class _Loop(_System):
         super().__init__(*args)
         self.cap = cap
         self.name = "L_default" if cap == 8 else "L_fused1"
-        self.what = ("ktl.Loop, default (fusion gate)" if cap == 8
-                     else "ktl.Loop(max_fused_steps=1)") + ", ArrayDataset(shuffle, numpy)"
+        self.what = (
+            "ktl.Loop, default (fusion gate)" if cap == 8 else "ktl.Loop(max_fused_steps=1)"
+        ) + ", ArrayDataset(shuffle, numpy)"
 
     def build(self):
         model = _convnet()
         model.set_weights(self.weights)
         self.trainer = ktl.Trainer(model, _loss(), keras.optimizers.Adam(1e-3))
         self.loop = ktl.Loop(self.trainer, max_fused_steps=self.cap)
-        self.ds = ktl.ArrayDataset(self.x, self.y, batch_size=W4_BATCH, shuffle=True, seed=0,
-                                   loop_forever=True)
+        self.ds = ktl.ArrayDataset(
+            self.x, self.y, batch_size=W4_BATCH, shuffle=True, seed=0, loop_forever=True
+        )
 
     def run(self, n):
         t0, c0 = perf_counter(), process_time()
@@ -217,11 +226,18 @@ def w4_section(steps: int, reps: int, log: Callable[[str], None]) -> str:
     """W4 side by side: build, one untimed warm-up run each, then `reps` rotating repetitions."""
     x, y = _digits()
     weights = _convnet().get_weights()
-    batches = [jax.device_put((x[i:i + W4_BATCH], y[i:i + W4_BATCH]))
-               for i in range(0, len(x), W4_BATCH)]
-    systems = [_A(weights, x, y, batches), _AScan(weights, x, y, batches, unroll=1),
-               _AScan(weights, x, y, batches, unroll=True), _Fit(weights, x, y, batches),
-               _Loop(weights, x, y, batches, cap=8), _Loop(weights, x, y, batches, cap=1)]
+    batches = [
+        jax.device_put((x[i : i + W4_BATCH], y[i : i + W4_BATCH]))
+        for i in range(0, len(x), W4_BATCH)
+    ]
+    systems = [
+        _A(weights, x, y, batches),
+        _AScan(weights, x, y, batches, unroll=1),
+        _AScan(weights, x, y, batches, unroll=True),
+        _Fit(weights, x, y, batches),
+        _Loop(weights, x, y, batches, cap=8),
+        _Loop(weights, x, y, batches, cap=1),
+    ]
     load0 = os.getloadavg()
     first: dict[str, float] = {}
     for s in systems:
@@ -239,14 +255,18 @@ def w4_section(steps: int, reps: int, log: Callable[[str], None]) -> str:
             wall[s.name].append(dt / done)
         log(f"  W4 rep {r + 1}/{reps}, load {os.getloadavg()[0]:.2f}")
     a = wall["A"]
-    rows = ["| system | ms/step median | ratio to A (paired) | build + warm-up (s) |",
-            "|---|---:|---:|---:|"]
+    rows = [
+        "| system | ms/step median | ratio to A (paired) | build + warm-up (s) |",
+        "|---|---:|---:|---:|",
+    ]
     ratios = {}
     for s in systems:
         ratio = statistics.median(ra / rs for ra, rs in zip(a, wall[s.name]))
         ratios[s.name] = ratio
-        rows.append(f"| {s.name} | {statistics.median(wall[s.name]) * 1e3:.2f} | {ratio:.2f} "
-                    f"| {first[s.name]:.1f} |")
+        rows.append(
+            f"| {s.name} | {statistics.median(wall[s.name]) * 1e3:.2f} | {ratio:.2f} "
+            f"| {first[s.name]:.1f} |"
+        )
     loop = next(s for s in systems if s.name == "L_default")
     decisions = loop.loop.fusion_decisions()
     goal = ratios["L_default"] >= 1.0
@@ -254,18 +274,22 @@ def w4_section(steps: int, reps: int, log: Callable[[str], None]) -> str:
     lines = [
         f"## W4: {W4_TITLE}",
         "",
-        (f"{steps} steps per system per repetition, {reps} rotating repetitions; load "
-         f"{load0[0]:.2f} -> {os.getloadavg()[0]:.2f}."),
+        (
+            f"{steps} steps per system per repetition, {reps} rotating repetitions; load "
+            f"{load0[0]:.2f} -> {os.getloadavg()[0]:.2f}."
+        ),
         "",
         *rows,
         "",
         *[f"- {s.name}: {s.what}" for s in systems],
         "",
-        (f"The Loop's fusion decision per spec: {decisions} (True: fused calls kept). "
-         f"Issue 13 goals: default Loop >= 1.0x A: {'met' if goal else 'not met'} "
-         f"({ratios['L_default']:.2f}x); never meaningfully slower than max_fused_steps=1 "
-         f"(>= 0.97 of it): {'met' if no_trap else 'not met'} "
-         f"({ratios['L_default'] / ratios['L_fused1']:.2f})."),
+        (
+            f"The Loop's fusion decision per spec: {decisions} (True: fused calls kept). "
+            f"Issue 13 goals: default Loop >= 1.0x A: {'met' if goal else 'not met'} "
+            f"({ratios['L_default']:.2f}x); never meaningfully slower than max_fused_steps=1 "
+            f"(>= 0.97 of it): {'met' if no_trap else 'not met'} "
+            f"({ratios['L_default'] / ratios['L_fused1']:.2f})."
+        ),
         "",
     ]
     return "\n".join(lines)
@@ -277,15 +301,24 @@ W5_TITLE = "W1's digits MLP 64-128-10, batch 64, fed by tf.data (shuffle.batch.r
 
 
 def _w5_pipeline(tf, x, y):
-    return (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=0).batch(64)
-            .repeat().prefetch(tf.data.AUTOTUNE))
+    return (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .shuffle(len(x), seed=0)
+        .batch(64)
+        .repeat()
+        .prefetch(tf.data.AUTOTUNE)
+    )
 
 
 def _mlp() -> keras.Model:
     init = keras.initializers.GlorotUniform
-    return keras.Sequential([keras.Input((64,)),
-                             keras.layers.Dense(128, "relu", kernel_initializer=init(0)),
-                             keras.layers.Dense(10, kernel_initializer=init(1))])
+    return keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(128, "relu", kernel_initializer=init(0)),
+            keras.layers.Dense(10, kernel_initializer=init(1)),
+        ]
+    )
 
 
 def w5_section(steps: int, reps: int, log: Callable[[str], None]) -> str:
@@ -310,9 +343,13 @@ def w5_section(steps: int, reps: int, log: Callable[[str], None]) -> str:
         return opt.stateless_apply(ov, grads, tv)
 
     jstep = jax.jit(step, donate_argnums=0)
-    holder = {"state": jax.tree.map(jnp.copy, ([v.value for v in model.trainable_variables],
-                                              [v.value for v in opt.variables])),
-              "it": _w5_pipeline(tf, x, y).as_numpy_iterator()}
+    holder = {
+        "state": jax.tree.map(
+            jnp.copy,
+            ([v.value for v in model.trainable_variables], [v.value for v in opt.variables]),
+        ),
+        "it": _w5_pipeline(tf, x, y).as_numpy_iterator(),
+    }
 
     def a_iter(n):
         t0 = perf_counter()
@@ -366,23 +403,28 @@ def w5_section(steps: int, reps: int, log: Callable[[str], None]) -> str:
     ratios = {}
     for name in names:
         ratios[name] = statistics.median(ra / rs for ra, rs in zip(a, wall[name]))
-        rows.append(f"| {name} | {statistics.median(wall[name]) * 1e6:.1f} "
-                    f"| {ratios[name]:.2f} |")
-    return "\n".join([
-        f"## W5: {W5_TITLE}",
-        "",
-        (f"{steps} steps per system per repetition, {reps} rotating repetitions; load "
-         f"{load0[0]:.2f} -> {os.getloadavg()[0]:.2f}."),
-        "",
-        *rows,
-        "",
-        (f"Host feed of one stacked call of 8 batches (`TFDataset.yield_batches(8)`): "
-         f"{feed_us:.0f} µs (the previous stacking on the host: ~1.9 ms, issue 13). Issue 13 "
-         f"goals: Loop >= 2.5x A_iter: {'met' if ratios['L_default'] >= 2.5 else 'not met'} "
-         f"({ratios['L_default']:.2f}x); feed >= 4x cheaper than 1.9 ms: "
-         f"{'met' if feed_us <= 1900 / 4 else 'not met'}."),
-        "",
-    ])
+        rows.append(f"| {name} | {statistics.median(wall[name]) * 1e6:.1f} | {ratios[name]:.2f} |")
+    return "\n".join(
+        [
+            f"## W5: {W5_TITLE}",
+            "",
+            (
+                f"{steps} steps per system per repetition, {reps} rotating repetitions; load "
+                f"{load0[0]:.2f} -> {os.getloadavg()[0]:.2f}."
+            ),
+            "",
+            *rows,
+            "",
+            (
+                f"Host feed of one stacked call of 8 batches (`TFDataset.yield_batches(8)`): "
+                f"{feed_us:.0f} µs (the previous stacking on the host: ~1.9 ms, issue 13). Issue 13 "
+                f"goals: Loop >= 2.5x A_iter: {'met' if ratios['L_default'] >= 2.5 else 'not met'} "
+                f"({ratios['L_default']:.2f}x); feed >= 4x cheaper than 1.9 ms: "
+                f"{'met' if feed_us <= 1900 / 4 else 'not met'}."
+            ),
+            "",
+        ]
+    )
 
 
 def _synthetic_mlp(dims: tuple[int, ...], examples: int) -> tuple[np.ndarray, np.ndarray, Any]:
@@ -410,8 +452,7 @@ def _w6_child(system: str) -> None:
         model.fit(xs, ys, batch_size=W6_BATCH, epochs=1, verbose=0)
     else:
         trainer = ktl.Trainer(model, _loss(), keras.optimizers.Adam(1e-3))
-        ds = ktl.ArrayDataset(x, y, batch_size=W6_BATCH, shuffle=True, seed=0,
-                              loop_forever=True)
+        ds = ktl.ArrayDataset(x, y, batch_size=W6_BATCH, shuffle=True, seed=0, loop_forever=True)
         ktl.Loop(trainer).run_steps(ds, W6_STEPS)
         assert trainer.global_step == W6_STEPS
 
@@ -432,15 +473,19 @@ def w6_section(log: Callable[[str], None]) -> str:
     loop, fit = statistics.median(results["ktl.Loop"]), statistics.median(results["keras.fit"])
     rows = ["| system | process start to 200 steps done, s (median of 3) |", "|---|---:|"]
     rows += [f"| {s} | {statistics.median(v):.1f} |" for s, v in results.items()]
-    return "\n".join([
-        f"## W6: cold start, MLP {'-'.join(map(str, W6_DIMS))}, batch {W6_BATCH}, Adam",
-        "",
-        *rows,
-        "",
-        (f"Loop speed relative to keras.fit (fit's time / the Loop's): {fit / loop:.2f}x. "
-         f"Issue 13 goal >= 1.1x: {'met' if fit / loop >= 1.1 else 'not met'}."),
-        "",
-    ])
+    return "\n".join(
+        [
+            f"## W6: cold start, MLP {'-'.join(map(str, W6_DIMS))}, batch {W6_BATCH}, Adam",
+            "",
+            *rows,
+            "",
+            (
+                f"Loop speed relative to keras.fit (fit's time / the Loop's): {fit / loop:.2f}x. "
+                f"Issue 13 goal >= 1.1x: {'met' if fit / loop >= 1.1 else 'not met'}."
+            ),
+            "",
+        ]
+    )
 
 
 # W8: peak memory ------------------------------------------------------------------------------
@@ -481,7 +526,7 @@ def _w8_child(system: str) -> None:
         fn = jax.jit(step, donate_argnums=0)
         for i in range(W8_STEPS):
             s = (i % 2) * W8_BATCH
-            state = fn(state, x[s:s + W8_BATCH], y[s:s + W8_BATCH])
+            state = fn(state, x[s : s + W8_BATCH], y[s : s + W8_BATCH])
         jax.block_until_ready(state)
     with open("/proc/self/status") as f:
         peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
@@ -503,18 +548,24 @@ def w8_section(log: Callable[[str], None]) -> str:
     rows = ["| system | peak RSS MB (median of 2 processes) |", "|---|---:|"]
     rows += [f"| {s} | {statistics.median(v):.0f} |" for s, v in results.items()]
     loop, fit = statistics.median(results["ktl.Loop"]), statistics.median(results["keras.fit"])
-    return "\n".join([
-        f"## W8: peak memory, MLP {'-'.join(map(str, W8_DIMS))}, batch {W8_BATCH}, Adam",
-        "",
-        (f"Each system trains {W8_STEPS} steps in a fresh process; peak RSS (VmHWM) of the "
-         "whole process, imports included."),
-        "",
-        *rows,
-        "",
-        (f"Issue 13 goal (Loop peak <= keras.fit's): {'met' if loop <= fit else 'not met'} "
-         f"({loop:.0f} vs {fit:.0f} MB)."),
-        "",
-    ])
+    return "\n".join(
+        [
+            f"## W8: peak memory, MLP {'-'.join(map(str, W8_DIMS))}, batch {W8_BATCH}, Adam",
+            "",
+            (
+                f"Each system trains {W8_STEPS} steps in a fresh process; peak RSS (VmHWM) of the "
+                "whole process, imports included."
+            ),
+            "",
+            *rows,
+            "",
+            (
+                f"Issue 13 goal (Loop peak <= keras.fit's): {'met' if loop <= fit else 'not met'} "
+                f"({loop:.0f} vs {fit:.0f} MB)."
+            ),
+            "",
+        ]
+    )
 
 
 if __name__ == "__main__" and "--w8-child" in sys.argv:

@@ -98,13 +98,39 @@ class Workload:
 
 
 WORKLOADS = {
-    "W1": Workload("W1", "scikit-learn digits, MLP 64-128-10, batch 64", (64, 128, 10), 64,
-                   1792, steps=1792, reps=15, quick_steps=224, quick_reps=3),
-    "W2": Workload("W2", "synthetic, MLP 512-1024-1024-10, batch 256", (512, 1024, 1024, 10), 256,
-                   4096, steps=96, reps=6, quick_steps=32, quick_reps=3),
-    "W3": Workload("W3", "synthetic, MLP 1024-4096-4096-10, batch 1024",
-                   (1024, 4096, 4096, 10), 1024, 4096, steps=4, reps=4,
-                   quick_steps=2, quick_reps=2),
+    "W1": Workload(
+        "W1",
+        "scikit-learn digits, MLP 64-128-10, batch 64",
+        (64, 128, 10),
+        64,
+        1792,
+        steps=1792,
+        reps=15,
+        quick_steps=224,
+        quick_reps=3,
+    ),
+    "W2": Workload(
+        "W2",
+        "synthetic, MLP 512-1024-1024-10, batch 256",
+        (512, 1024, 1024, 10),
+        256,
+        4096,
+        steps=96,
+        reps=6,
+        quick_steps=32,
+        quick_reps=3,
+    ),
+    "W3": Workload(
+        "W3",
+        "synthetic, MLP 1024-4096-4096-10, batch 1024",
+        (1024, 4096, 4096, 10),
+        1024,
+        4096,
+        steps=4,
+        reps=4,
+        quick_steps=2,
+        quick_reps=2,
+    ),
 }
 
 
@@ -142,9 +168,13 @@ def make_keras_model(dims: tuple[int, ...]) -> keras.Sequential:
     layers = [keras.Input((dims[0],))]
     for i, width in enumerate(dims[1:]):
         last = i == len(dims) - 2
-        layers.append(keras.layers.Dense(
-            width, activation=None if last else "relu",
-            kernel_initializer=keras.initializers.GlorotUniform(seed=i)))
+        layers.append(
+            keras.layers.Dense(
+                width,
+                activation=None if last else "relu",
+                kernel_initializer=keras.initializers.GlorotUniform(seed=i),
+            )
+        )
     return keras.Sequential(layers)
 
 
@@ -175,7 +205,7 @@ def make_data(w: Workload) -> Data:
     x, y = load_data(w)
     weights = make_keras_model(w.dims).get_weights()
     b = w.batch
-    batches = [jax.device_put((x[i:i + b], y[i:i + b])) for i in range(0, len(x) - b + 1, b)]
+    batches = [jax.device_put((x[i : i + b], y[i : i + b])) for i in range(0, len(x) - b + 1, b)]
     jax.block_until_ready(batches)
     return Data(w, x, y, weights, batches)
 
@@ -199,6 +229,7 @@ class DeviceBatches:
 
 
 # The hand-written JAX step (A, A_scan) ---------------------------------------------------------
+
 
 def _mlp(params, x):
     for w, b in params[:-1]:
@@ -226,6 +257,7 @@ def jax_params(weights: list[np.ndarray]) -> list[tuple[jax.Array, jax.Array]]:
 
 
 # Systems ----------------------------------------------------------------------------------------
+
 
 class System:
     """One way of training. `first()` runs the first step (compile); `run(n)` n steps."""
@@ -302,7 +334,9 @@ class JaxScan(System):
         self.what = f"A's step in lax.scan, one dispatch per {self.data.nb} steps"
 
     def first(self):
-        self.params, self.opt_state, loss = self.chunk(self.params, self.opt_state, self.xs, self.ys)
+        self.params, self.opt_state, loss = self.chunk(
+            self.params, self.opt_state, self.xs, self.ys
+        )
         jax.block_until_ready(loss)
 
     def run(self, n):
@@ -335,37 +369,42 @@ class KerasFit(System):
         super().__init__(data)
         self.spe = steps_per_execution
         self.name = f"B{steps_per_execution}"
-        self.what = (f"keras.fit(steps_per_execution={steps_per_execution}), numpy arrays, "
-                     "one epoch of n batches")
+        self.what = (
+            f"keras.fit(steps_per_execution={steps_per_execution}), numpy arrays, "
+            "one epoch of n batches"
+        )
         self._fit_data: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.fit_overheads: list[float] = []
 
     def build(self):
         self.model = make_keras_model(self.data.w.dims)
         self.model.set_weights(self.data.weights)
-        self.model.compile(optimizer=keras_adam(), loss=keras_loss(),
-                           steps_per_execution=self.spe)
+        self.model.compile(optimizer=keras_adam(), loss=keras_loss(), steps_per_execution=self.spe)
 
     def _xy(self, n):
         """n batches of the data set, repeated as needed (one fit epoch = n steps)."""
         if n not in self._fit_data:
             b, x, y = self.data.w.batch, self.data.x, self.data.y
             copies = math.ceil(n * b / len(x))
-            self._fit_data[n] = (np.concatenate([x] * copies)[: n * b],
-                                 np.concatenate([y] * copies)[: n * b])
+            self._fit_data[n] = (
+                np.concatenate([x] * copies)[: n * b],
+                np.concatenate([y] * copies)[: n * b],
+            )
         return self._fit_data[n]
 
     def first(self):
         b = self.data.w.batch
-        self.model.fit(self.data.x[:b], self.data.y[:b], batch_size=b, epochs=1, verbose=0,
-                       shuffle=False)
+        self.model.fit(
+            self.data.x[:b], self.data.y[:b], batch_size=b, epochs=1, verbose=0, shuffle=False
+        )
 
     def run(self, n):
         x, y = self._xy(n)
         timer = _EpochTimer()
         t0 = perf_counter()
-        self.model.fit(x, y, batch_size=self.data.w.batch, epochs=1, verbose=0, shuffle=True,
-                       callbacks=[timer])
+        self.model.fit(
+            x, y, batch_size=self.data.w.batch, epochs=1, verbose=0, shuffle=True, callbacks=[timer]
+        )
         wall = perf_counter() - t0
         epoch = timer.t1 - timer.t0
         self.fit_overheads.append(wall - epoch)
@@ -381,17 +420,22 @@ class KtlLoop(System):
         self.hooks, self.on_device = hooks, on_device
         self.max_fused_steps = max_fused_steps
         self.name = f"L{int(hooks)}_{'dev' if on_device else 'np'}"
-        feed = ("pre-made device batches, one call per step" if on_device
-                else "ArrayDataset(shuffle, loop_forever), numpy")
+        feed = (
+            "pre-made device batches, one call per step"
+            if on_device
+            else "ArrayDataset(shuffle, loop_forever), numpy"
+        )
         if not on_device:
             if max_fused_steps == 1:
                 self.name += "1"
                 feed += ", one call per step (max_fused_steps=1)"
             else:
                 feed += f", up to {max_fused_steps} steps fused per call"
-        self.what = (("Loop + progress bar + every_n_steps(100) float(loss) + "
-                      "exponential_callback" if hooks else "Loop.run_steps, no hooks")
-                     + f"; {feed}")
+        self.what = (
+            "Loop + progress bar + every_n_steps(100) float(loss) + exponential_callback"
+            if hooks
+            else "Loop.run_steps, no hooks"
+        ) + f"; {feed}"
 
     def build(self):
         model = make_keras_model(self.data.w.dims)
@@ -401,17 +445,35 @@ class KtlLoop(System):
         if self.on_device:
             self.ds = DeviceBatches(self.data.device_batches)
         else:
-            self.ds = ktl.ArrayDataset(self.data.x, self.data.y, batch_size=self.data.w.batch,
-                                       shuffle=True, seed=0, loop_forever=True)
+            self.ds = ktl.ArrayDataset(
+                self.data.x,
+                self.data.y,
+                batch_size=self.data.w.batch,
+                shuffle=True,
+                seed=0,
+                loop_forever=True,
+            )
         self.read_losses: list[float] = []
         self.exp_steps: list[int] = []
         if self.hooks:
             self._devnull = open(os.devnull, "w")  # noqa: SIM115 (open for all runs)
             ktl.commandline.attach_progress_bar(self.loop, output="plain", file=self._devnull)
-            ktl.every_n_steps(self.loop, 100, "read_loss", 0,
-                              lambda loop, metrics: self.read_losses.append(float(metrics[0])))
-            ktl.exponential_callback(self.loop, 100, 1.2, False, "exp", 0,
-                                     lambda loop, metrics: self.exp_steps.append(loop.loop_step))
+            ktl.every_n_steps(
+                self.loop,
+                100,
+                "read_loss",
+                0,
+                lambda loop, metrics: self.read_losses.append(float(metrics[0])),
+            )
+            ktl.exponential_callback(
+                self.loop,
+                100,
+                1.2,
+                False,
+                "exp",
+                0,
+                lambda loop, metrics: self.exp_steps.append(loop.loop_step),
+            )
 
     def first(self):
         self.loop.run_steps(self.ds, 1)
@@ -424,8 +486,12 @@ class KtlLoop(System):
 
 def make_systems(data: Data) -> list[System]:
     return [
-        JaxLoop(data), JaxScan(data), KerasFit(data, 1), KerasFit(data, 32),
-        KtlLoop(data, hooks=False, on_device=False), KtlLoop(data, hooks=False, on_device=True),
+        JaxLoop(data),
+        JaxScan(data),
+        KerasFit(data, 1),
+        KerasFit(data, 32),
+        KtlLoop(data, hooks=False, on_device=False),
+        KtlLoop(data, hooks=False, on_device=True),
         KtlLoop(data, hooks=True, on_device=False),
         KtlLoop(data, hooks=True, on_device=False, max_fused_steps=1),
         KtlLoop(data, hooks=True, on_device=True),
@@ -433,6 +499,7 @@ def make_systems(data: Data) -> list[System]:
 
 
 # Host memory --------------------------------------------------------------------------------
+
 
 def _status_kb(field: str) -> int:
     with open("/proc/self/status") as f:
@@ -465,6 +532,7 @@ def peak_mb() -> float:
 
 # Harness -----------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class Result:
     name: str
@@ -482,8 +550,9 @@ class Result:
         return [1 / t for t in self.secs_per_step]
 
 
-def measure(systems: list[System], steps: int, reps: int, log: Callable[[str], None]
-            ) -> list[Result]:
+def measure(
+    systems: list[System], steps: int, reps: int, log: Callable[[str], None]
+) -> list[Result]:
     info: dict[str, dict[str, float]] = {}
     for s in systems:
         gc.collect()
@@ -495,8 +564,10 @@ def measure(systems: list[System], steps: int, reps: int, log: Callable[[str], N
         t2 = perf_counter()
         s.run(steps)  # warm-up repetition, not measured
         info[s.name] = {"build": t1 - t0, "first": t2 - t1, "setup_mb": rss_mb() - before}
-        log(f"  {s.name:7s} build {t1 - t0:6.2f}s  first step {t2 - t1:6.2f}s  "
-            f"warm-up {perf_counter() - t2:6.2f}s")
+        log(
+            f"  {s.name:7s} build {t1 - t0:6.2f}s  first step {t2 - t1:6.2f}s  "
+            f"warm-up {perf_counter() - t2:6.2f}s"
+        )
     wall: dict[str, list[float]] = {s.name: [] for s in systems}
     cpu: dict[str, list[float]] = {s.name: [] for s in systems}
     peaks: dict[str, float] = {s.name: 0.0 for s in systems}
@@ -511,11 +582,21 @@ def measure(systems: list[System], steps: int, reps: int, log: Callable[[str], N
             wall[s.name].append(dt / done)
             cpu[s.name].append(dc / done)
         a = statistics.median(wall["A"]) * 1e6
-        log(f"  rep {r + 1}/{reps} (A median so far {a:.1f} µs/step, "
-            f"load {os.getloadavg()[0]:.2f})")
+        log(
+            f"  rep {r + 1}/{reps} (A median so far {a:.1f} µs/step, load {os.getloadavg()[0]:.2f})"
+        )
     return [
-        Result(s.name, s.what, wall[s.name], cpu[s.name], info[s.name]["first"],
-               info[s.name]["build"], info[s.name]["setup_mb"], peaks[s.name], s.extra())
+        Result(
+            s.name,
+            s.what,
+            wall[s.name],
+            cpu[s.name],
+            info[s.name]["first"],
+            info[s.name]["build"],
+            info[s.name]["setup_mb"],
+            peaks[s.name],
+            s.extra(),
+        )
         for s in systems
     ]
 
@@ -546,9 +627,11 @@ def _us(x: float, sign: bool = False) -> str:
 def table(results: list[Result]) -> str:
     a = next(r for r in results if r.name == "A")
     rows = [
-        ("| system | steps/s median | min-max | IQR | ratio to A | µs/step | µs added vs A "
-         "| CPU µs/step | CPU µs added vs A | CPU ratio to A | first step (s) | setup RSS MB "
-         "| run peak MB |"),
+        (
+            "| system | steps/s median | min-max | IQR | ratio to A | µs/step | µs added vs A "
+            "| CPU µs/step | CPU µs added vs A | CPU ratio to A | first step (s) | setup RSS MB "
+            "| run peak MB |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
@@ -570,6 +653,7 @@ def table(results: list[Result]) -> str:
 
 
 # Profile of the loop path (W1) ---------------------------------------------------------------
+
 
 def _timed_loop(body: Callable[[int], Any], n: int) -> tuple[float, float]:
     """Runs body(i) n times, then waits for the device; returns (wall, CPU) µs per step."""
@@ -616,8 +700,11 @@ class _CapturedStep:
             ex.fn = fn
         args, out = seen["args"], seen["out"]
         state, values = out
-        if not (isinstance(state, (tuple, list)) and len(state) == len(args) - 2
-                and isinstance(values, list)):
+        if not (
+            isinstance(state, (tuple, list))
+            and len(state) == len(args) - 2
+            and isinstance(values, list)
+        ):
             raise TypeError("unexpected executor call shape")
         self.fn, self.state = fn, tuple(state)
         self.num_args = len(jax.tree.leaves(args))
@@ -629,8 +716,9 @@ class _CapturedStep:
         return values
 
 
-def profile_w1(data: Data, steps: int, reps: int, log: Callable[[str], None]
-               ) -> tuple[str, dict[str, Any]]:
+def profile_w1(
+    data: Data, steps: int, reps: int, log: Callable[[str], None]
+) -> tuple[str, dict[str, Any]]:
     """Where a Loop step's time goes on W1: a ladder of rungs from A to L1, micro-timings
     of the host-only parts, and a cProfile of L1_np. Rungs that need library internals
     which changed are skipped (and said so)."""
@@ -661,18 +749,32 @@ def profile_w1(data: Data, steps: int, reps: int, log: Callable[[str], None]
         return ktl.Trainer(model, keras_loss(), keras_adam())
 
     rungs: list[tuple[str, str, Callable[[int], tuple[float, float]]]] = [
-        ("A", "jit step + optax, device batches",
-         lambda n: _timed_loop(functools.partial(a_body, src=batches), n)),
-        ("A_np", "A fed numpy batches (host->device inside the jit call)",
-         lambda n: _timed_loop(functools.partial(a_body, src=np_batches), n)),
-        ("A_wait16", "A waiting for the device every 16 steps (as the Loop does)",
-         lambda n: _timed_loop(functools.partial(a_body, src=batches, wait_every=16), n)),
+        (
+            "A",
+            "jit step + optax, device batches",
+            lambda n: _timed_loop(functools.partial(a_body, src=batches), n),
+        ),
+        (
+            "A_np",
+            "A fed numpy batches (host->device inside the jit call)",
+            lambda n: _timed_loop(functools.partial(a_body, src=np_batches), n),
+        ),
+        (
+            "A_wait16",
+            "A waiting for the device every 16 steps (as the Loop does)",
+            lambda n: _timed_loop(functools.partial(a_body, src=batches, wait_every=16), n),
+        ),
     ]
     captured = None
     try:
         captured = _CapturedStep(new_trainer(), x0, y0)
-        rungs.append(("T_exec", "the Trainer's jitted executor called directly, device batches",
-                      lambda n: _timed_loop(lambda i: captured(*batches[i % nb]), n)))
+        rungs.append(
+            (
+                "T_exec",
+                "the Trainer's jitted executor called directly, device batches",
+                lambda n: _timed_loop(lambda i: captured(*batches[i % nb]), n),
+            )
+        )
     except Exception as e:  # noqa: BLE001 (internals changed: report, go on)
         skipped.append(f"T_exec, T_scan ({type(e).__name__}: {e})")
 
@@ -685,19 +787,35 @@ def profile_w1(data: Data, steps: int, reps: int, log: Callable[[str], None]
         return tr.train_step(spec, inputs, labels)
 
     rungs += [
-        ("T_step", "trainer.train_step(None, [x], [y]), device batches",
-         lambda n: _timed_loop(lambda i: tr.train_step(None, [batches[i % nb][0]],
-                                                       [batches[i % nb][1]]), n)),
-        ("T_step_np", "ArrayDataset.yield_batch() + trainer.train_step",
-         lambda n: _timed_loop(train_step_np, n)),
+        (
+            "T_step",
+            "trainer.train_step(None, [x], [y]), device batches",
+            lambda n: _timed_loop(
+                lambda i: tr.train_step(None, [batches[i % nb][0]], [batches[i % nb][1]]), n
+            ),
+        ),
+        (
+            "T_step_np",
+            "ArrayDataset.yield_batch() + trainer.train_step",
+            lambda n: _timed_loop(train_step_np, n),
+        ),
     ]
 
     loops = {}
-    for key, hooks, dev in [("L0_dev", False, True), ("L0_np", False, False),
-                            ("L1_dev", True, True), ("L1_np", True, False)]:
+    for key, hooks, dev in [
+        ("L0_dev", False, True),
+        ("L0_np", False, False),
+        ("L1_dev", True, True),
+        ("L1_np", True, False),
+    ]:
         lp = ktl.Loop(new_trainer())
-        ds = DeviceBatches(batches) if dev else ktl.ArrayDataset(
-            data.x, data.y, batch_size=b, shuffle=True, seed=0, loop_forever=True)
+        ds = (
+            DeviceBatches(batches)
+            if dev
+            else ktl.ArrayDataset(
+                data.x, data.y, batch_size=b, shuffle=True, seed=0, loop_forever=True
+            )
+        )
         if hooks:
             devnull = open(os.devnull, "w")  # noqa: SIM115
             ktl.commandline.attach_progress_bar(lp, output="plain", file=devnull)
@@ -720,12 +838,21 @@ def profile_w1(data: Data, steps: int, reps: int, log: Callable[[str], None]
             finally:
                 loop_module.SYNC_EVERY = saved
             return dt / n * 1e6, dc / n * 1e6
+
         return run
 
     rungs.append(("L0_dev", "Loop.run_steps, device batches", loop_rung("L0_dev")))
     if isinstance(getattr(loop_module, "SYNC_EVERY", None), int):
-        rungs.append(("L0_dev_nosync", ("L0_dev with the every-16-steps wait disabled "
-                      "(module constant SYNC_EVERY patched)"), loop_rung("L0_dev", nosync=True)))
+        rungs.append(
+            (
+                "L0_dev_nosync",
+                (
+                    "L0_dev with the every-16-steps wait disabled "
+                    "(module constant SYNC_EVERY patched)"
+                ),
+                loop_rung("L0_dev", nosync=True),
+            )
+        )
     else:
         skipped.append("L0_dev_nosync (no SYNC_EVERY in keras_trainloop.loop._loop)")
     rungs += [
@@ -743,8 +870,9 @@ def profile_w1(data: Data, steps: int, reps: int, log: Callable[[str], None]
         dt, dc, done = a_scan.run(n)
         return dt / done * 1e6, dc / done * 1e6
 
-    rungs.append(("A_scan", f"A's step in lax.scan, {nb} steps per dispatch (compute only)",
-                  a_scan_rung))
+    rungs.append(
+        ("A_scan", f"A's step in lax.scan, {nb} steps per dispatch (compute only)", a_scan_rung)
+    )
     if captured is not None:
         scan_step = _CapturedStep(new_trainer(), x0, y0)
         xs = jnp.stack([x for x, _ in batches])
@@ -755,6 +883,7 @@ def profile_w1(data: Data, steps: int, reps: int, log: Callable[[str], None]
             def body(state, batch):
                 state, values = scan_step.fn(*state, [batch[0]], [batch[1]])
                 return tuple(state), values[0]
+
             return jax.lax.scan(body, state, (xs, ys))
 
         def t_scan_rung(n):
@@ -766,8 +895,13 @@ def profile_w1(data: Data, steps: int, reps: int, log: Callable[[str], None]
             done = chunks * nb
             return (perf_counter() - t0) / done * 1e6, (process_time() - c0) / done * 1e6
 
-        rungs.append(("T_scan", (f"the Trainer's step in lax.scan, {nb} steps per dispatch "
-                      "(compute only)"), t_scan_rung))
+        rungs.append(
+            (
+                "T_scan",
+                (f"the Trainer's step in lax.scan, {nb} steps per dispatch (compute only)"),
+                t_scan_rung,
+            )
+        )
 
     for _, _, fn in rungs:  # warm-up: compiles A_np's numpy path and the scans
         fn(steps)
@@ -796,7 +930,8 @@ def profile_w1(data: Data, steps: int, reps: int, log: Callable[[str], None]
         lines.append(
             f"| {key} | {what} | {med(wall[key]):.1f} | {added(wall[key], wall['A']):+.1f} "
             f"| {min(wall[key]):.1f} | {med(cpu[key]):.1f} "
-            f"| {added(cpu[key], cpu['A']):+.1f} |")
+            f"| {added(cpu[key], cpu['A']):+.1f} |"
+        )
 
     # Host-only parts, µs per call.
     n_micro = 20000
@@ -804,17 +939,28 @@ def profile_w1(data: Data, steps: int, reps: int, log: Callable[[str], None]
     jax.block_until_ready(metrics)
     dev_ds = DeviceBatches(batches)
     micro: list[tuple[str, Callable[[], Any], int]] = [
-        ("ArrayDataset.yield_batch() (shuffled gather of a batch of 64)", ads.yield_batch,
-         n_micro),
+        ("ArrayDataset.yield_batch() (shuffled gather of a batch of 64)", ads.yield_batch, n_micro),
         ("DeviceBatches.yield_batch()", dev_ds.yield_batch, n_micro),
-        ("time.perf_counter() + list.append (the per-step duration record)",
-         lambda: [].append(perf_counter()), n_micro),
-        ("float(metrics[0]) on a ready value (one device->host read)",
-         lambda: float(metrics[0]), 2000),
-        ("jax.device_get(metrics) (the progress bar's read at a redraw)",
-         lambda: jax.device_get(list(metrics)), 2000),
-        ("jax.block_until_ready(metrics) on ready values", lambda: jax.block_until_ready(
-            metrics), n_micro),
+        (
+            "time.perf_counter() + list.append (the per-step duration record)",
+            lambda: [].append(perf_counter()),
+            n_micro,
+        ),
+        (
+            "float(metrics[0]) on a ready value (one device->host read)",
+            lambda: float(metrics[0]),
+            2000,
+        ),
+        (
+            "jax.device_get(metrics) (the progress bar's read at a redraw)",
+            lambda: jax.device_get(list(metrics)),
+            2000,
+        ),
+        (
+            "jax.block_until_ready(metrics) on ready values",
+            lambda: jax.block_until_ready(metrics),
+            n_micro,
+        ),
     ]
     if callable(getattr(tr, "nonfinite_step", None)):
         micro.append(("trainer.nonfinite_step() (read at every sync)", tr.nonfinite_step, 2000))
@@ -830,19 +976,36 @@ def profile_w1(data: Data, steps: int, reps: int, log: Callable[[str], None]
             finally:
                 lp1.loop_step = saved
 
-        micro.append((("L1's on_step hooks fired, none due (bar's clock read + 2 schedule "
-                      "checks)"), fire_none_due, 0))
+        micro.append(
+            (
+                ("L1's on_step hooks fired, none due (bar's clock read + 2 schedule checks)"),
+                fire_none_due,
+                0,
+            )
+        )
     else:
         skipped.append("on_step fire micro-timing (no loop._on_step.fire)")
     executor_lookup = getattr(tr, "_executor", None)
     if callable(executor_lookup):
-        micro.append(("Trainer's per-call Python: executor lookup and checks (_executor)",
-                      lambda: executor_lookup(ktl.GraphType.TRAIN, None, [x0], [y0]), n_micro))
+        micro.append(
+            (
+                "Trainer's per-call Python: executor lookup and checks (_executor)",
+                lambda: executor_lookup(ktl.GraphType.TRAIN, None, [x0], [y0]),
+                n_micro,
+            )
+        )
     for key in ("L0_dev", "L1_dev", "L1_np"):
         lp, ds = loops[key]
-        micro.append(((f"{key}: `run_steps(ds, 1)`: one step plus the per-run setup and end "
-                      "(metric reset, on_start/on_end hooks, final wait)"),
-                      functools.partial(lp.run_steps, ds, 1), 200))
+        micro.append(
+            (
+                (
+                    f"{key}: `run_steps(ds, 1)`: one step plus the per-run setup and end "
+                    "(metric reset, on_start/on_end hooks, final wait)"
+                ),
+                functools.partial(lp.run_steps, ds, 1),
+                200,
+            )
+        )
     lines += ["", "| part (host side) | µs per call |", "|---|---:|"]
     for name, fn, n in micro:
         try:
@@ -855,11 +1018,14 @@ def profile_w1(data: Data, steps: int, reps: int, log: Callable[[str], None]
     n_a_args = len(jax.tree.leaves(a_args))
     a_out = jstep(*a_args)
     st["p"], st["o"], _ = a_out
-    lines += ["", "| jit call | leaves in | leaves out |", "|---|---:|---:|",
-              f"| A's step | {n_a_args} | {len(jax.tree.leaves(a_out))} |"]
+    lines += [
+        "",
+        "| jit call | leaves in | leaves out |",
+        "|---|---:|---:|",
+        f"| A's step | {n_a_args} | {len(jax.tree.leaves(a_out))} |",
+    ]
     if captured is not None:
-        lines.append(f"| the Trainer's executor | {captured.num_args} "
-                     f"| {captured.num_results} |")
+        lines.append(f"| the Trainer's executor | {captured.num_args} | {captured.num_results} |")
 
     # cProfile of L1_np: which Python functions run per step (the profiler inflates
     # Python-level calls, so read the shares, not the absolute numbers).
@@ -868,28 +1034,35 @@ def profile_w1(data: Data, steps: int, reps: int, log: Callable[[str], None]
     prof.enable()
     lp.run_steps(ds, steps)
     prof.disable()
-    rows = sorted(((tt, nc, func) for func, (_, nc, tt, _, _) in
-                   pstats.Stats(prof).stats.items()), reverse=True)
+    rows = sorted(
+        ((tt, nc, func) for func, (_, nc, tt, _, _) in pstats.Stats(prof).stats.items()),
+        reverse=True,
+    )
     total_tt = sum(r[0] for r in rows)
     lines += [
         "",
-        (f"cProfile of L1_np `run_steps({steps})`, own time per step (the profiler inflates "
-         f"Python calls: read the shares; {total_tt / steps * 1e6:.1f} µs/step in all under "
-         "the profiler):"),
+        (
+            f"cProfile of L1_np `run_steps({steps})`, own time per step (the profiler inflates "
+            f"Python calls: read the shares; {total_tt / steps * 1e6:.1f} µs/step in all under "
+            "the profiler):"
+        ),
         "",
         "| function | calls/step | own µs/step | share |",
         "|---|---:|---:|---:|",
     ]
     for tt, nc, (file, lineno, fname) in rows[:14]:
         where = f"{os.path.basename(file)}:{lineno}({fname})" if file != "~" else fname
-        lines.append(f"| `{where}` | {nc / steps:.2f} | {tt / steps * 1e6:.2f} "
-                     f"| {100 * tt / total_tt:.0f}% |")
+        lines.append(
+            f"| `{where}` | {nc / steps:.2f} | {tt / steps * 1e6:.2f} "
+            f"| {100 * tt / total_tt:.0f}% |"
+        )
     if skipped:
         lines += ["", "Skipped (library internals changed): " + "; ".join(skipped) + "."]
     return "\n".join(lines), {"wall_us": wall, "cpu_us": cpu, "skipped": skipped}
 
 
 # Report --------------------------------------------------------------------------------------
+
 
 def machine_info() -> dict[str, str]:
     cpu = platform.processor() or "?"
@@ -908,9 +1081,11 @@ def machine_info() -> dict[str, str]:
         "memory": f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
         "os": platform.platform(),
         "python": platform.python_version(),
-        "versions": (f"jax {jax.__version__}, jaxlib {jax.lib.__version__}, keras "
-                     f"{keras.__version__}, optax {optax.__version__}, numpy {np.__version__}, "
-                     f"keras-trainloop {ktl.__version__}"),
+        "versions": (
+            f"jax {jax.__version__}, jaxlib {jax.lib.__version__}, keras "
+            f"{keras.__version__}, optax {optax.__version__}, numpy {np.__version__}, "
+            f"keras-trainloop {ktl.__version__}"
+        ),
         "devices": ", ".join(str(d) for d in jax.devices()),
     }
 
@@ -967,10 +1142,14 @@ def report(sections: list[str], started: str, command: str, source: str) -> str:
         f"- Command: `{command}`",
         f"- Machine: {m['cpu']}, {m['memory']} RAM; {m['os']}; Python {m['python']}",
         f"- Versions: {m['versions']}",
-        (f"- keras_trainloop source measured: sha256 of its .py files {source} (the "
-         "working tree when the run started)"),
-        (f"- JAX devices: {m['devices']} (CPU backend). No GPU machine was lent to this task, "
-        "so there is no GPU column."),
+        (
+            f"- keras_trainloop source measured: sha256 of its .py files {source} (the "
+            "working tree when the run started)"
+        ),
+        (
+            f"- JAX devices: {m['devices']} (CPU backend). No GPU machine was lent to this task, "
+            "so there is no GPU column."
+        ),
         "",
         NOTES,
     ]
@@ -979,32 +1158,56 @@ def report(sections: list[str], started: str, command: str, source: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workloads", default="W1,W2,W3,W4,W5,W6,W8",
-                   help="comma-separated: W1,W2,W3 (MLPs), W4 (convnet), W5 (tf.data), "
-                        "W6 (cold start), W8 (peak memory)")
+    p.add_argument(
+        "--workloads",
+        default="W1,W2,W3,W4,W5,W6,W8",
+        help="comma-separated: W1,W2,W3 (MLPs), W4 (convnet), W5 (tf.data), "
+        "W6 (cold start), W8 (peak memory)",
+    )
     p.add_argument("--reps", type=int, default=None, help="measured repetitions (per workload)")
     p.add_argument("--steps", type=int, default=None, help="steps per system per repetition")
     p.add_argument("--quick", action="store_true", help="few steps and reps (smoke test)")
-    p.add_argument("--profile", choices=["on", "off", "only"], default="on",
-                   help="profile the Loop's step on W1 (when W1 runs); 'only': just that")
+    p.add_argument(
+        "--profile",
+        choices=["on", "off", "only"],
+        default="on",
+        help="profile the Loop's step on W1 (when W1 runs); 'only': just that",
+    )
     p.add_argument("--raw", default=None, help="also write every repetition's numbers (JSON)")
-    p.add_argument("--pinned-profile", choices=["on", "off"], default="on",
-                   help="repeat the W1 profile in a child process pinned to one core")
-    p.add_argument("--pin", type=int, default=None, metavar="CORE",
-                   help="run this process on one CPU core (all its threads)")
-    p.add_argument("--output", default=None,
-                   help="markdown file to write ('-': print only). Default bench/RESULTS.md, "
-                        "or '-' with --quick")
+    p.add_argument(
+        "--pinned-profile",
+        choices=["on", "off"],
+        default="on",
+        help="repeat the W1 profile in a child process pinned to one core",
+    )
+    p.add_argument(
+        "--pin",
+        type=int,
+        default=None,
+        metavar="CORE",
+        help="run this process on one CPU core (all its threads)",
+    )
+    p.add_argument(
+        "--output",
+        default=None,
+        help="markdown file to write ('-': print only). Default bench/RESULTS.md, "
+        "or '-' with --quick",
+    )
     args = p.parse_args(argv)
     names = [n.strip().upper() for n in args.workloads.split(",") if n.strip()]
     unknown = [n for n in names if n not in WORKLOADS and n not in EXTRA_WORKLOADS]
     if unknown:
-        p.error(f"unknown workload(s) {unknown}; choose from "
-                f"{sorted(WORKLOADS) + sorted(EXTRA_WORKLOADS)}")
+        p.error(
+            f"unknown workload(s) {unknown}; choose from "
+            f"{sorted(WORKLOADS) + sorted(EXTRA_WORKLOADS)}"
+        )
     if args.profile == "only":
         names = ["W1"]
-    output = args.output or ("-" if args.quick else os.path.join(os.path.dirname(
-        os.path.abspath(__file__)), "RESULTS.md"))
+    output = args.output or (
+        "-"
+        if args.quick
+        else os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+    )
     command = " ".join(["python bench/run.py", *(sys.argv[1:] if argv is None else argv)])
     started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     source = _source_digest()
@@ -1044,10 +1247,16 @@ def main(argv: list[str] | None = None) -> None:
             results = []
         else:
             results = measure(make_systems(data), steps, reps, log)
-            raw[name] = {"steps": steps, "reps": reps, "systems": {
-                r.name: dataclasses.asdict(r) for r in results}}
-            sections.append(workload_section(name, w, data, steps, reps, results, load0,
-                                             os.getloadavg(), perf_counter() - t0))
+            raw[name] = {
+                "steps": steps,
+                "reps": reps,
+                "systems": {r.name: dataclasses.asdict(r) for r in results},
+            }
+            sections.append(
+                workload_section(
+                    name, w, data, steps, reps, results, load0, os.getloadavg(), perf_counter() - t0
+                )
+            )
             print(sections[-1], flush=True)
         if name == "W1" and args.profile != "off":
             log("W1 profile of the loop path")
@@ -1057,17 +1266,21 @@ def main(argv: list[str] | None = None) -> None:
             raw["W1_profile"] = prof_raw
             load1 = os.getloadavg()
             pinned = "" if args.pin is None else f", process pinned to core {args.pin}"
-            psec = "\n".join([
-                f"## Where a Loop step's time goes (W1{pinned})",
-                "",
-                (f"A ladder from A to L1, {steps} steps per rung per repetition, "
-                 f"{prof_reps} interleaved repetitions (load {load0[0]:.2f} -> "
-                 f"{load1[0]:.2f}). Wall and process-CPU µs per step, medians; `vs A` are "
-                 "paired by repetition; `min` is the least disturbed repetition."),
-                "",
-                prof,
-                "",
-            ])
+            psec = "\n".join(
+                [
+                    f"## Where a Loop step's time goes (W1{pinned})",
+                    "",
+                    (
+                        f"A ladder from A to L1, {steps} steps per rung per repetition, "
+                        f"{prof_reps} interleaved repetitions (load {load0[0]:.2f} -> "
+                        f"{load1[0]:.2f}). Wall and process-CPU µs per step, medians; `vs A` are "
+                        "paired by repetition; `min` is the least disturbed repetition."
+                    ),
+                    "",
+                    prof,
+                    "",
+                ]
+            )
             sections.append(psec)
             print(psec, flush=True)
             if args.pin is None and args.pinned_profile == "on":
@@ -1076,8 +1289,10 @@ def main(argv: list[str] | None = None) -> None:
         del results, data
         gc.collect()
     if not peak_reset_ok:
-        sections.append("Note: /proc/self/clear_refs was not writable; run peaks are "
-                        "ru_maxrss-based (process-wide high-water marks).\n")
+        sections.append(
+            "Note: /proc/self/clear_refs was not writable; run peaks are "
+            "ru_maxrss-based (process-wide high-water marks).\n"
+        )
     sections.append(f"Total benchmark time: {perf_counter() - t_all:.0f} s.")
     text = report(sections, started, command, source)
     if output != "-":
@@ -1102,55 +1317,92 @@ def pinned_profile(steps: int, reps: int, log: Callable[[str], None]) -> str:
     core = max(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "pinned.md")
-        cmd = [sys.executable, os.path.abspath(__file__), "--profile", "only", "--pin",
-               str(core), "--steps", str(steps), "--reps", str(reps), "--output", out]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--profile",
+            "only",
+            "--pin",
+            str(core),
+            "--steps",
+            str(steps),
+            "--reps",
+            str(reps),
+            "--output",
+            out,
+        ]
         log("W1 profile, pinned to one core: " + " ".join(cmd[1:]))
-        done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True, check=False)
+        done = subprocess.run(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False
+        )
         if done.returncode != 0 or not os.path.exists(out):
-            return ("## W1 profile pinned to one core\n\nFailed (exit code "
-                    f"{done.returncode}): {done.stderr[-2000:]}\n")
+            return (
+                "## W1 profile pinned to one core\n\nFailed (exit code "
+                f"{done.returncode}): {done.stderr[-2000:]}\n"
+            )
         with open(out) as f:
             text = f.read()
     start = text.index("## Where a Loop step's time goes")
     end = text.find("Total benchmark time:", start)
-    return text[start:end if end >= 0 else None].rstrip() + "\n"
+    return text[start : end if end >= 0 else None].rstrip() + "\n"
 
 
-def workload_section(name: str, w: Workload, data: Data, steps: int, reps: int,
-                     results: list[Result], load0: tuple, load1: tuple, secs: float) -> str:
+def workload_section(
+    name: str,
+    w: Workload,
+    data: Data,
+    steps: int,
+    reps: int,
+    results: list[Result],
+    load0: tuple,
+    load1: tuple,
+    secs: float,
+) -> str:
     a = next(r for r in results if r.name == "A")
     a_us = statistics.median(a.secs_per_step) * 1e6
     a_par = statistics.median(c / t for c, t in zip(a.cpu_per_step, a.secs_per_step))
     sec = [
         f"## {name}: {w.title}",
         "",
-        (f"{steps} steps per system per repetition ({data.nb} batches per pass), {reps} "
-         f"measured repetitions; A at {a_us:,.1f} µs/step, using {a_par:.2f} CPU-seconds per "
-         "second (1: one core busy at a time; 2: both cores busy). Load average (1/5/15 "
-         f"min) {load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f} at the start, {load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f} at the "
-         f"end; {secs:.0f} s."),
+        (
+            f"{steps} steps per system per repetition ({data.nb} batches per pass), {reps} "
+            f"measured repetitions; A at {a_us:,.1f} µs/step, using {a_par:.2f} CPU-seconds per "
+            "second (1: one core busy at a time; 2: both cores busy). Load average (1/5/15 "
+            f"min) {load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f} at the start, {load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f} at the "
+            f"end; {secs:.0f} s."
+        ),
         "",
         table(results),
         "",
     ]
     sec += [f"- {r.name}: {r.what}" for r in results]
-    overheads = [f"{r.name} {r.extra['fit_call_overhead_ms']:.1f} ms" for r in results
-                 if "fit_call_overhead_ms" in r.extra]
-    sec += ["", "keras.fit call overhead outside the timed epoch (median per call): "
-            + ", ".join(overheads) + ".", ""]
+    overheads = [
+        f"{r.name} {r.extra['fit_call_overhead_ms']:.1f} ms"
+        for r in results
+        if "fit_call_overhead_ms" in r.extra
+    ]
+    sec += [
+        "",
+        "keras.fit call overhead outside the timed epoch (median per call): "
+        + ", ".join(overheads)
+        + ".",
+        "",
+    ]
     floor = FLOORS.get(name)
     if floor is not None:
         checks = []
         for r in results:
             if r.name.startswith("L1"):
                 wall = statistics.median(ra / rb for ra, rb in zip(r.rates, a.rates))
-                cpu = statistics.median(
-                    ca / c for c, ca in zip(r.cpu_per_step, a.cpu_per_step))
-                verdict = "meets it" if min(wall, cpu) >= floor else (
-                    "meets it by CPU time only" if cpu >= floor else "below")
-                checks.append(f"{r.name} {wall:.2f}x by wall time, {cpu:.2f}x by CPU time: "
-                              f"{verdict}")
+                cpu = statistics.median(ca / c for c, ca in zip(r.cpu_per_step, a.cpu_per_step))
+                verdict = (
+                    "meets it"
+                    if min(wall, cpu) >= floor
+                    else ("meets it by CPU time only" if cpu >= floor else "below")
+                )
+                checks.append(
+                    f"{r.name} {wall:.2f}x by wall time, {cpu:.2f}x by CPU time: {verdict}"
+                )
         sec += [f"Issue 6 floor (L1 >= {floor}x A on {name}): " + "; ".join(checks) + ".", ""]
     goal = FUSED_GOALS.get(name)
     fused = next((r for r in results if r.name == "L1_np"), None)
@@ -1158,12 +1410,20 @@ def workload_section(name: str, w: Workload, data: Data, steps: int, reps: int,
         wall = statistics.median(ra / rb for ra, rb in zip(fused.rates, a.rates))
         cpu = statistics.median(ca / c for c, ca in zip(fused.cpu_per_step, a.cpu_per_step))
         scan = next((r for r in results if r.name == "A_scan"), None)
-        limit = (f"; A_scan (the same step fused by hand) is at "
-                 f"{statistics.median(ra / rb for ra, rb in zip(scan.rates, a.rates)):.2f}x"
-                 if scan is not None else "")
+        limit = (
+            f"; A_scan (the same step fused by hand) is at "
+            f"{statistics.median(ra / rb for ra, rb in zip(scan.rates, a.rates)):.2f}x"
+            if scan is not None
+            else ""
+        )
         verdict = "meets it" if wall >= goal else "below it"
-        sec += [(f"Issue 8 goal (fused L1 >= {goal}x A on {name}): L1_np {wall:.2f}x by wall "
-                 f"time, {cpu:.2f}x by CPU time: {verdict}{limit}."), ""]
+        sec += [
+            (
+                f"Issue 8 goal (fused L1 >= {goal}x A on {name}): L1_np {wall:.2f}x by wall "
+                f"time, {cpu:.2f}x by CPU time: {verdict}{limit}."
+            ),
+            "",
+        ]
     return "\n".join(sec)
 
 

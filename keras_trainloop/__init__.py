@@ -104,8 +104,16 @@ _EXPORTS = {
 }
 # Submodules, loaded on first use: `ktl.loop.EveryNSteps` works in a fresh process.
 _SUBMODULES = (
-    "data", "losses", "metrics", "optimizers", "commandline", "checkpoints", "plots",
-    "context", "trainer", "loop",
+    "data",
+    "losses",
+    "metrics",
+    "optimizers",
+    "commandline",
+    "checkpoints",
+    "plots",
+    "context",
+    "trainer",
+    "loop",
 )
 
 __all__ = [

@@ -41,7 +41,9 @@ def _fit_extra(extra: jax.Array, shape: tuple[int, ...]) -> jax.Array | None:
 
 
 def weights_and_mask(
-    shape: Sequence[int], extras: Sequence[Any], fn_name: str,
+    shape: Sequence[int],
+    extras: Sequence[Any],
+    fn_name: str,
 ) -> tuple[jax.Array | None, jax.Array | None]:
     """Finds the optional weights and mask among the extra labels, as GoMLX does.
 

@@ -193,7 +193,11 @@ class Context:
                 )
             return existing
         created = self._store.layer.add_weight(
-            shape=shape, initializer=initializer, dtype=dtype, trainable=trainable, name=name,
+            shape=shape,
+            initializer=initializer,
+            dtype=dtype,
+            trainable=trainable,
+            name=name,
         )
         variables[key] = created
         return created

@@ -85,7 +85,9 @@ def _float_dtype(x: jax.Array) -> Any:
 
 
 def weighted_masked_mean(
-    terms: jax.Array, weights: jax.Array | None, mask: jax.Array | None,
+    terms: jax.Array,
+    weights: jax.Array | None,
+    mask: jax.Array | None,
 ) -> jax.Array:
     """Mean of `terms * weights` over the unmasked terms (0 when all are masked).
 
@@ -229,7 +231,10 @@ def binary_cross_entropy_logits(labels: list, predictions: list) -> jax.Array:
 
 
 def _categorical(
-    labels: list, predictions: list, fn_name: str, log_probs: Callable[[jax.Array], jax.Array],
+    labels: list,
+    predictions: list,
+    fn_name: str,
+    log_probs: Callable[[jax.Array], jax.Array],
 ) -> jax.Array:
     labels, predictions = _first(labels, predictions, fn_name)
     prediction = jnp.asarray(predictions[0])
@@ -268,7 +273,9 @@ def categorical_cross_entropy(labels: list, predictions: list) -> jax.Array:
         loss = categorical_cross_entropy([one_hot], [keras.ops.softmax(logits)])
     """
     return _categorical(
-        labels, predictions, "categorical_cross_entropy",
+        labels,
+        predictions,
+        "categorical_cross_entropy",
         lambda p: jnp.log(jnp.clip(p, EPSILON, 1.0 - EPSILON)),
     )
 
@@ -291,7 +298,9 @@ def categorical_cross_entropy_logits(labels: list, predictions: list) -> jax.Arr
         loss = categorical_cross_entropy_logits([one_hot], [logits])
     """
     return _categorical(
-        labels, predictions, "categorical_cross_entropy_logits",
+        labels,
+        predictions,
+        "categorical_cross_entropy_logits",
         functools.partial(jax.nn.log_softmax, axis=-1),
     )
 
@@ -349,8 +358,12 @@ def _keras_loss_names() -> list[str]:
     names = []
     for name in dir(keras.losses):
         value = getattr(keras.losses, name)
-        if (not name.startswith("_") and callable(value) and not isinstance(value, type)
-                and name not in ("get", "serialize", "deserialize")):
+        if (
+            not name.startswith("_")
+            and callable(value)
+            and not isinstance(value, type)
+            and name not in ("get", "serialize", "deserialize")
+        ):
             names.append(name)
     return sorted(names)
 
@@ -433,4 +446,3 @@ def as_loss_fn(obj: Any) -> LossFn | None:
         f"A loss must be {_ACCEPTED}. Received: loss={obj!r} of type {type(obj).__name__}. "
         "Fix: pass one of those."
     )
-

@@ -63,12 +63,16 @@ def known_optimizers() -> dict[str, type]:
     table = {}
     for attr in dir(keras.optimizers):
         cls = getattr(keras.optimizers, attr)
-        if (not isinstance(cls, type) or not issubclass(cls, keras.optimizers.Optimizer)
-                or cls is keras.optimizers.Optimizer):
+        if (
+            not isinstance(cls, type)
+            or not issubclass(cls, keras.optimizers.Optimizer)
+            or cls is keras.optimizers.Optimizer
+        ):
             continue
         params = list(inspect.signature(cls.__init__).parameters.values())[1:]
-        if all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-               for p in params):
+        if all(
+            p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params
+        ):
             table[cls.__name__.lower()] = cls
     return table
 
@@ -180,7 +184,8 @@ def from_context(ctx: Any) -> keras.optimizers.Optimizer:
         if learning_rate is None:
             learning_rate = _default_learning_rate(name)
         kwargs["learning_rate"] = cosine_annealing(
-            learning_rate, steps,
+            learning_rate,
+            steps,
             min_learning_rate=ctx.get_param(PARAM_COSINE_MIN_LEARNING_RATE, 0.0),
         )
     return get(name, **kwargs)
@@ -229,7 +234,7 @@ def global_step(trainer_or_optimizer: Any) -> int:
 
 def _check_number(name: str, value: Any, minimum: float, integer: bool = False) -> None:
     kind = "an integer" if integer else "a number"
-    valid = (isinstance(value, int) if integer else isinstance(value, (int, float)))
+    valid = isinstance(value, int) if integer else isinstance(value, (int, float))
     valid = valid and not isinstance(value, bool) and math.isfinite(value) and value >= minimum
     if not valid:
         raise ValueError(
@@ -265,8 +270,13 @@ class CosineAnnealing(keras.optimizers.schedules.LearningRateSchedule):
         optimizer = keras.optimizers.AdamW(learning_rate=schedule)
     """
 
-    def __init__(self, learning_rate: float, steps: int, min_learning_rate: float = 0.0,
-                 warmup_steps: int = 0):
+    def __init__(
+        self,
+        learning_rate: float,
+        steps: int,
+        min_learning_rate: float = 0.0,
+        warmup_steps: int = 0,
+    ):
         _check_number("learning_rate", learning_rate, 0.0)
         _check_number("steps", steps, 1, integer=True)
         _check_number("min_learning_rate", min_learning_rate, 0.0)
@@ -307,7 +317,10 @@ class CosineAnnealing(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def cosine_annealing(
-    learning_rate: float, steps: int, min_learning_rate: float = 0.0, warmup_steps: int = 0,
+    learning_rate: float,
+    steps: int,
+    min_learning_rate: float = 0.0,
+    warmup_steps: int = 0,
 ) -> CosineAnnealing:
     """A cosine learning-rate schedule with restarts every `steps` steps.
 

@@ -52,8 +52,7 @@ FACADE_LAYER = "plugins"
 
 KERAS_SRC_ALLOWED = {
     ("keras_trainloop.trainer._keras_state", "keras.src.backend.common.stateless_scope"): (
-        "get_stateless_scope/in_stateless_scope: Keras exports only the class, "
-        "keras.StatelessScope"
+        "get_stateless_scope/in_stateless_scope: Keras exports only the class, keras.StatelessScope"
     ),
     ("keras_trainloop.trainer._distribution", "keras.src.distribution.distribution_lib"): (
         "Distribution, the base class of keras.distribution.DataParallel and "
@@ -211,11 +210,13 @@ def layer_violations(imp: Import) -> list[str]:
         return []  # test_every_module_has_a_layer reports it.
     if LAYERS.index(theirs) <= LAYERS.index(own):
         return []
-    return [imp.violation(
-        f"layer rule: {own} ({imp.module}) imports {theirs} ({imp.target}) at run time. "
-        f"Fix: depend downwards only ({' <- '.join(LAYERS)}); for a type, import it under "
-        "`if TYPE_CHECKING:`; for a behaviour, let the higher layer register it."
-    )]
+    return [
+        imp.violation(
+            f"layer rule: {own} ({imp.module}) imports {theirs} ({imp.target}) at run time. "
+            f"Fix: depend downwards only ({' <- '.join(LAYERS)}); for a type, import it under "
+            "`if TYPE_CHECKING:`; for a behaviour, let the higher layer register it."
+        )
+    ]
 
 
 def private_violations(imp: Import) -> list[str]:
@@ -227,11 +228,13 @@ def private_violations(imp: Import) -> list[str]:
         if part.startswith("_") and not part.startswith("__"):
             owner = ".".join(parts[:i])
             if not _in_package(imp.module, owner):
-                return [imp.violation(
-                    f"private module rule: {imp.module} imports {'.'.join(parts[: i + 1])}, "
-                    f"private to {owner}. Fix: import it from {owner}'s public surface "
-                    f"(export it in {owner.replace('.', '/')}/__init__.py)."
-                )]
+                return [
+                    imp.violation(
+                        f"private module rule: {imp.module} imports {'.'.join(parts[: i + 1])}, "
+                        f"private to {owner}. Fix: import it from {owner}'s public surface "
+                        f"(export it in {owner.replace('.', '/')}/__init__.py)."
+                    )
+                ]
             return []
     return []
 
@@ -243,11 +246,13 @@ def keras_src_violations(collector: _Collector) -> list[str]:
         if _in_package(imp.target, "keras.src") and (
             (imp.module, imp.target) not in KERAS_SRC_ALLOWED
         ):
-            found.append(imp.violation(
-                f"keras.src rule: {imp.target} is Keras' private code. Fix: use the public "
-                "name (keras.*); where none exists, add (module, keras.src module) with the "
-                "reason to KERAS_SRC_ALLOWED in tests/test_layering.py."
-            ))
+            found.append(
+                imp.violation(
+                    f"keras.src rule: {imp.target} is Keras' private code. Fix: use the public "
+                    "name (keras.*); where none exists, add (module, keras.src module) with the "
+                    "reason to KERAS_SRC_ALLOWED in tests/test_layering.py."
+                )
+            )
     for line, text in collector.keras_src_uses:
         found.append(
             f"{collector.path}:{line}: `{text}...`: keras.src rule: private Keras code used as "
@@ -261,11 +266,13 @@ def _report(violations: list[str]) -> str:
 
 
 def test_every_module_has_a_layer():
-    unclassified = sorted({
-        f"{c.path}: {c.module.split('.')[1]!r}"
-        for c in MODULES
-        if c.module != PACKAGE and layer_of(c.module) is None
-    })
+    unclassified = sorted(
+        {
+            f"{c.path}: {c.module.split('.')[1]!r}"
+            for c in MODULES
+            if c.module != PACKAGE and layer_of(c.module) is None
+        }
+    )
     assert not unclassified, (
         "Modules in no layer (fix: add them to LAYER_OF in tests/test_layering.py):\n"
         + "\n".join(unclassified)
@@ -289,66 +296,143 @@ def test_keras_src_only_where_keras_has_no_public_name():
 
 def test_keras_src_allowlist_has_no_stale_entries():
     used = {(imp.module, imp.target) for c in MODULES for imp in c.imports}
-    stale = sorted(f"{module}: {target}" for module, target in KERAS_SRC_ALLOWED
-                   if (module, target) not in used)
+    stale = sorted(
+        f"{module}: {target}"
+        for module, target in KERAS_SRC_ALLOWED
+        if (module, target) not in used
+    )
     assert not stale, "Unused KERAS_SRC_ALLOWED entries (fix: remove them):\n" + "\n".join(stale)
 
 
 # The checker itself, on small sources: (importing module, source, the rule it breaks or None).
 _TC = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    "
 CASES = [
-    pytest.param("keras_trainloop.trainer._x", "from keras_trainloop.data import Dataset", None,
-                 id="lower_layer"),
-    pytest.param("keras_trainloop.trainer._x", "from keras_trainloop.loop import Loop",
-                 "layer rule", id="higher_layer"),
-    pytest.param("keras_trainloop.trainer._x", "def f():\n    import keras_trainloop.loop",
-                 "layer rule", id="higher_layer_inside_a_function"),
-    pytest.param("keras_trainloop.trainer._x", _TC + "from keras_trainloop.loop import Loop",
-                 None, id="higher_layer_for_types"),
-    pytest.param("keras_trainloop.trainer._x",
-                 "if TYPE_CHECKING:\n    pass\nelse:\n    from keras_trainloop.loop import Loop",
-                 "layer rule", id="higher_layer_in_type_checking_else"),
-    pytest.param("keras_trainloop.loop._x", "from ..trainer import Trainer", None,
-                 id="relative_lower_layer"),
-    pytest.param("keras_trainloop.data._x", "from ..trainer import Trainer", "layer rule",
-                 id="relative_higher_layer"),
-    pytest.param("keras_trainloop.context", "importlib.import_module('keras_trainloop.loop')",
-                 "layer rule", id="import_module_higher_layer"),
-    pytest.param("keras_trainloop.data._x", "import keras_trainloop as ktl", "layer rule",
-                 id="facade_below_plugins"),
-    pytest.param("keras_trainloop.examples.x", "import keras_trainloop as ktl", None,
-                 id="facade_from_plugins"),
-    pytest.param("keras_trainloop.plots._x",
-                 "from keras_trainloop.commandline._detect import in_notebook",
-                 "private module rule", id="other_plugins_private_module"),
-    pytest.param("keras_trainloop.plots._x", "from keras_trainloop.commandline import _detect",
-                 "private module rule", id="other_plugins_private_module_by_name"),
-    pytest.param("keras_trainloop.plots._x",
-                 _TC + "from keras_trainloop.checkpoints._checkpoint import Checkpoint",
-                 "private module rule", id="other_plugins_private_module_for_types"),
-    pytest.param("keras_trainloop.plots._x",
-                 "from keras_trainloop.commandline import in_notebook", None,
-                 id="other_plugins_public_surface"),
-    pytest.param("keras_trainloop.plots._x", "from keras_trainloop.plots._points import Point",
-                 None, id="own_packages_private_module"),
-    pytest.param("keras_trainloop.plots", "from keras_trainloop.plots._points import Point",
-                 None, id="own_init_private_module"),
-    pytest.param("keras_trainloop.metrics._x", "from keras_trainloop._labels import as_list",
-                 None, id="parent_packages_private_module"),
-    pytest.param("keras_trainloop.trainer._x", "from keras.src.losses import Loss",
-                 "keras.src rule", id="keras_src_import"),
-    pytest.param("keras_trainloop.trainer._x", "x = keras.src.losses.Loss", "keras.src rule",
-                 id="keras_src_attribute"),
-    pytest.param("keras_trainloop.trainer._keras_state",
-                 "from keras.src.backend.common.stateless_scope import in_stateless_scope", None,
-                 id="keras_src_allowed"),
+    pytest.param(
+        "keras_trainloop.trainer._x",
+        "from keras_trainloop.data import Dataset",
+        None,
+        id="lower_layer",
+    ),
+    pytest.param(
+        "keras_trainloop.trainer._x",
+        "from keras_trainloop.loop import Loop",
+        "layer rule",
+        id="higher_layer",
+    ),
+    pytest.param(
+        "keras_trainloop.trainer._x",
+        "def f():\n    import keras_trainloop.loop",
+        "layer rule",
+        id="higher_layer_inside_a_function",
+    ),
+    pytest.param(
+        "keras_trainloop.trainer._x",
+        _TC + "from keras_trainloop.loop import Loop",
+        None,
+        id="higher_layer_for_types",
+    ),
+    pytest.param(
+        "keras_trainloop.trainer._x",
+        "if TYPE_CHECKING:\n    pass\nelse:\n    from keras_trainloop.loop import Loop",
+        "layer rule",
+        id="higher_layer_in_type_checking_else",
+    ),
+    pytest.param(
+        "keras_trainloop.loop._x", "from ..trainer import Trainer", None, id="relative_lower_layer"
+    ),
+    pytest.param(
+        "keras_trainloop.data._x",
+        "from ..trainer import Trainer",
+        "layer rule",
+        id="relative_higher_layer",
+    ),
+    pytest.param(
+        "keras_trainloop.context",
+        "importlib.import_module('keras_trainloop.loop')",
+        "layer rule",
+        id="import_module_higher_layer",
+    ),
+    pytest.param(
+        "keras_trainloop.data._x",
+        "import keras_trainloop as ktl",
+        "layer rule",
+        id="facade_below_plugins",
+    ),
+    pytest.param(
+        "keras_trainloop.examples.x",
+        "import keras_trainloop as ktl",
+        None,
+        id="facade_from_plugins",
+    ),
+    pytest.param(
+        "keras_trainloop.plots._x",
+        "from keras_trainloop.commandline._detect import in_notebook",
+        "private module rule",
+        id="other_plugins_private_module",
+    ),
+    pytest.param(
+        "keras_trainloop.plots._x",
+        "from keras_trainloop.commandline import _detect",
+        "private module rule",
+        id="other_plugins_private_module_by_name",
+    ),
+    pytest.param(
+        "keras_trainloop.plots._x",
+        _TC + "from keras_trainloop.checkpoints._checkpoint import Checkpoint",
+        "private module rule",
+        id="other_plugins_private_module_for_types",
+    ),
+    pytest.param(
+        "keras_trainloop.plots._x",
+        "from keras_trainloop.commandline import in_notebook",
+        None,
+        id="other_plugins_public_surface",
+    ),
+    pytest.param(
+        "keras_trainloop.plots._x",
+        "from keras_trainloop.plots._points import Point",
+        None,
+        id="own_packages_private_module",
+    ),
+    pytest.param(
+        "keras_trainloop.plots",
+        "from keras_trainloop.plots._points import Point",
+        None,
+        id="own_init_private_module",
+    ),
+    pytest.param(
+        "keras_trainloop.metrics._x",
+        "from keras_trainloop._labels import as_list",
+        None,
+        id="parent_packages_private_module",
+    ),
+    pytest.param(
+        "keras_trainloop.trainer._x",
+        "from keras.src.losses import Loss",
+        "keras.src rule",
+        id="keras_src_import",
+    ),
+    pytest.param(
+        "keras_trainloop.trainer._x",
+        "x = keras.src.losses.Loss",
+        "keras.src rule",
+        id="keras_src_attribute",
+    ),
+    pytest.param(
+        "keras_trainloop.trainer._keras_state",
+        "from keras.src.backend.common.stateless_scope import in_stateless_scope",
+        None,
+        id="keras_src_allowed",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("module", "source", "rule"), CASES)
 def test_checker_reports_each_rule_with_file_line_and_import(module, source, rule):
     collector = collect(source, module, is_package=module == "keras_trainloop.plots")
-    found = [v for imp in collector.imports for v in layer_violations(imp) + private_violations(imp)]
+    found = [
+        v for imp in collector.imports for v in layer_violations(imp) + private_violations(imp)
+    ]
     found += keras_src_violations(collector)
     if rule is None:
         assert not found

@@ -36,8 +36,12 @@ def _data(seed=0):
     regression = rng.normal(size=(B, 3)).astype(np.float32)
     regression_pred = rng.normal(size=(B, 3)).astype(np.float32)
     return {
-        "logits": logits, "class_ids": class_ids, "one_hot": one_hot, "binary": binary,
-        "binary_logits": binary_logits, "regression": regression,
+        "logits": logits,
+        "class_ids": class_ids,
+        "one_hot": one_hot,
+        "binary": binary,
+        "binary_logits": binary_logits,
+        "regression": regression,
         "regression_pred": regression_pred,
     }
 
@@ -46,34 +50,57 @@ def _data(seed=0):
 def _cases():
     return [
         pytest.param(
-            L.mean_squared_error, lambda d: (d["regression"], d["regression_pred"]),
-            lambda d: (d["regression"] - d["regression_pred"]) ** 2, id="mean_squared_error"),
+            L.mean_squared_error,
+            lambda d: (d["regression"], d["regression_pred"]),
+            lambda d: (d["regression"] - d["regression_pred"]) ** 2,
+            id="mean_squared_error",
+        ),
         pytest.param(
-            L.mean_absolute_error, lambda d: (d["regression"], d["regression_pred"]),
-            lambda d: np.abs(d["regression"] - d["regression_pred"]), id="mean_absolute_error"),
+            L.mean_absolute_error,
+            lambda d: (d["regression"], d["regression_pred"]),
+            lambda d: np.abs(d["regression"] - d["regression_pred"]),
+            id="mean_absolute_error",
+        ),
         pytest.param(
-            L.binary_cross_entropy, lambda d: (d["binary"], _sigmoid(d["binary_logits"])),
-            lambda d: -(d["binary"] * np.log(_sigmoid(d["binary_logits"]))
-                        + (1 - d["binary"]) * np.log(1 - _sigmoid(d["binary_logits"]))),
-            id="binary_cross_entropy"),
+            L.binary_cross_entropy,
+            lambda d: (d["binary"], _sigmoid(d["binary_logits"])),
+            lambda d: (
+                -(
+                    d["binary"] * np.log(_sigmoid(d["binary_logits"]))
+                    + (1 - d["binary"]) * np.log(1 - _sigmoid(d["binary_logits"]))
+                )
+            ),
+            id="binary_cross_entropy",
+        ),
         pytest.param(
-            L.binary_cross_entropy_logits, lambda d: (d["binary"], d["binary_logits"]),
-            lambda d: -(d["binary"] * np.log(_sigmoid(d["binary_logits"]))
-                        + (1 - d["binary"]) * np.log(1 - _sigmoid(d["binary_logits"]))),
-            id="binary_cross_entropy_logits"),
+            L.binary_cross_entropy_logits,
+            lambda d: (d["binary"], d["binary_logits"]),
+            lambda d: (
+                -(
+                    d["binary"] * np.log(_sigmoid(d["binary_logits"]))
+                    + (1 - d["binary"]) * np.log(1 - _sigmoid(d["binary_logits"]))
+                )
+            ),
+            id="binary_cross_entropy_logits",
+        ),
         pytest.param(
-            L.categorical_cross_entropy, lambda d: (d["one_hot"], _softmax(d["logits"])),
+            L.categorical_cross_entropy,
+            lambda d: (d["one_hot"], _softmax(d["logits"])),
             lambda d: -np.sum(d["one_hot"] * np.log(_softmax(d["logits"])), -1),
-            id="categorical_cross_entropy"),
+            id="categorical_cross_entropy",
+        ),
         pytest.param(
-            L.categorical_cross_entropy_logits, lambda d: (d["one_hot"], d["logits"]),
+            L.categorical_cross_entropy_logits,
+            lambda d: (d["one_hot"], d["logits"]),
             lambda d: -np.sum(d["one_hot"] * np.log(_softmax(d["logits"])), -1),
-            id="categorical_cross_entropy_logits"),
+            id="categorical_cross_entropy_logits",
+        ),
         pytest.param(
             L.sparse_categorical_cross_entropy_logits,
             lambda d: (d["class_ids"][:, None], d["logits"]),
             lambda d: -np.log(_softmax(d["logits"])[np.arange(B), d["class_ids"]]),
-            id="sparse_categorical_cross_entropy_logits"),
+            id="sparse_categorical_cross_entropy_logits",
+        ),
     ]
 
 
@@ -187,21 +214,42 @@ def test_binary_cross_entropy_clips_certain_mistakes():
 def test_low_precision_predictions_are_computed_in_float32():
     d = _data()
     value = L.categorical_cross_entropy_logits(
-        [d["one_hot"]], [jnp.asarray(d["logits"], jnp.bfloat16)])
+        [d["one_hot"]], [jnp.asarray(d["logits"], jnp.bfloat16)]
+    )
     assert value.dtype == jnp.float32
 
 
 @pytest.mark.parametrize(
     ("loss_fn", "labels", "predictions", "match"),
     [
-        pytest.param(L.mean_squared_error, np.zeros((B, 3)), np.zeros((B, 2)),
-                     r"same shape.*labels\[0\]\.shape=\(6, 3\)", id="mse_shapes"),
-        pytest.param(L.categorical_cross_entropy_logits, np.zeros((B, C)), np.zeros((B, C + 1)),
-                     "same shape", id="categorical_shapes"),
-        pytest.param(L.binary_cross_entropy_logits, np.zeros((B, 2)), np.zeros((B, 1)),
-                     "same number of elements", id="binary_logits_sizes"),
-        pytest.param(L.sparse_categorical_cross_entropy_logits, np.zeros((B, C)),
-                     np.zeros((B, C)), "class ids shaped", id="sparse_given_one_hot"),
+        pytest.param(
+            L.mean_squared_error,
+            np.zeros((B, 3)),
+            np.zeros((B, 2)),
+            r"same shape.*labels\[0\]\.shape=\(6, 3\)",
+            id="mse_shapes",
+        ),
+        pytest.param(
+            L.categorical_cross_entropy_logits,
+            np.zeros((B, C)),
+            np.zeros((B, C + 1)),
+            "same shape",
+            id="categorical_shapes",
+        ),
+        pytest.param(
+            L.binary_cross_entropy_logits,
+            np.zeros((B, 2)),
+            np.zeros((B, 1)),
+            "same number of elements",
+            id="binary_logits_sizes",
+        ),
+        pytest.param(
+            L.sparse_categorical_cross_entropy_logits,
+            np.zeros((B, C)),
+            np.zeros((B, C)),
+            "class ids shaped",
+            id="sparse_given_one_hot",
+        ),
     ],
 )
 def test_shape_mismatch_raises_at_trace_time(loss_fn, labels, predictions, match):
@@ -213,10 +261,14 @@ def test_shape_mismatch_raises_at_trace_time(loss_fn, labels, predictions, match
     ("extras", "match"),
     [
         pytest.param([np.ones(B + 1, np.float32)], r"labels\[1\].*does not fit", id="bad_shape"),
-        pytest.param([np.ones(B, bool), np.ones(B, bool)], r"labels\[2\].*mask was already",
-                     id="two_masks"),
-        pytest.param([np.ones(B, np.float32), np.ones(B, np.float32)],
-                     r"weights array was already", id="two_weights"),
+        pytest.param(
+            [np.ones(B, bool), np.ones(B, bool)], r"labels\[2\].*mask was already", id="two_masks"
+        ),
+        pytest.param(
+            [np.ones(B, np.float32), np.ones(B, np.float32)],
+            r"weights array was already",
+            id="two_weights",
+        ),
     ],
 )
 def test_unknown_extra_labels_raise(extras, match):
@@ -275,12 +327,16 @@ def test_keras_loss_rejects_more_than_a_sample_weight():
 @pytest.mark.parametrize(
     ("obj", "error", "match"),
     [
-        pytest.param(42, TypeError, r"keras\.losses\.Loss.*Received: loss=42 of type int",
-                     id="number"),
-        pytest.param(keras.losses.MeanSquaredError, TypeError, r"MeanSquaredError\(\)",
-                     id="class"),
-        pytest.param("no_such_loss", ValueError, r"loss='no_such_loss'.*mean_squared_error",
-                     id="unknown_name"),
+        pytest.param(
+            42, TypeError, r"keras\.losses\.Loss.*Received: loss=42 of type int", id="number"
+        ),
+        pytest.param(keras.losses.MeanSquaredError, TypeError, r"MeanSquaredError\(\)", id="class"),
+        pytest.param(
+            "no_such_loss",
+            ValueError,
+            r"loss='no_such_loss'.*mean_squared_error",
+            id="unknown_name",
+        ),
     ],
 )
 def test_as_loss_fn_rejects_bad_values(obj, error, match):

@@ -103,8 +103,9 @@ def test_moving_average_skips_zero_weight_batches():
     assert float(value) == 2.0
 
 
-@pytest.mark.parametrize("weight", [0, -0.1, 1.5, "0.1"], ids=["zero", "negative", "above_one",
-                                                              "string"])
+@pytest.mark.parametrize(
+    "weight", [0, -0.1, 1.5, "0.1"], ids=["zero", "negative", "above_one", "string"]
+)
 def test_moving_average_rejects_bad_new_example_weight(weight):
     with pytest.raises(ValueError, match=f"Received: new_example_weight={weight!r}"):
         M.MovingAverageMetric("m", "m", "m", _batch_mean, weight)
@@ -152,8 +153,10 @@ def test_jitted_update_traces_once_across_steps():
 def _classification_batches(seed=0, sizes=(5, 3, 7)):
     rng = np.random.default_rng(seed)
     return [
-        ([rng.integers(0, 3, size=(n,)).astype(np.int32)],
-         [rng.normal(size=(n, 3)).astype(np.float32)])
+        (
+            [rng.integers(0, 3, size=(n,)).astype(np.int32)],
+            [rng.normal(size=(n, 3)).astype(np.float32)],
+        )
         for n in sizes
     ]
 
@@ -292,12 +295,19 @@ def test_binary_accuracies_treat_the_threshold_as_a_miss(metric_cls, predictions
         (M.SparseCategoricalAccuracy, "Mean Accuracy", "#acc", M.MeanMetric),
         (M.BinaryAccuracy, "Mean Accuracy", "#acc", M.MeanMetric),
         (M.BinaryLogitsAccuracy, "Mean Accuracy", "#acc", M.MeanMetric),
-        (M.MovingAverageSparseCategoricalAccuracy, "Moving Average Accuracy", "~acc",
-         M.MovingAverageMetric),
-        (M.MovingAverageBinaryAccuracy, "Moving Average Accuracy", "~acc",
-         M.MovingAverageMetric),
-        (M.MovingAverageBinaryLogitsAccuracy, "Moving Average Accuracy", "~acc",
-         M.MovingAverageMetric),
+        (
+            M.MovingAverageSparseCategoricalAccuracy,
+            "Moving Average Accuracy",
+            "~acc",
+            M.MovingAverageMetric,
+        ),
+        (M.MovingAverageBinaryAccuracy, "Moving Average Accuracy", "~acc", M.MovingAverageMetric),
+        (
+            M.MovingAverageBinaryLogitsAccuracy,
+            "Moving Average Accuracy",
+            "~acc",
+            M.MovingAverageMetric,
+        ),
     ],
     ids=lambda v: getattr(v, "__name__", None),
 )
@@ -334,8 +344,16 @@ def test_sparse_accuracy_needs_labels():
         ("loss", float("nan"), "nan"),
         ("auc", np.array([0.5, 0.25]), "[0.5, 0.25]"),
     ],
-    ids=["loss", "loss_device_array", "accuracy", "accuracy_one", "general", "general_large",
-         "nan", "vector"],
+    ids=[
+        "loss",
+        "loss_device_array",
+        "accuracy",
+        "accuracy_one",
+        "general",
+        "general_large",
+        "nan",
+        "vector",
+    ],
 )
 def test_pretty_print_format_follows_metric_type(metric_type, value, expected):
     metric = M.MeanMetric("m", "m", metric_type, _batch_mean)
@@ -349,13 +367,20 @@ def test_factories_name_functions_like_gomlx():
 
     names = [
         (m.name, m.short_name, m.metric_type, type(m))
-        for m in (M.mean(mean_absolute_error), M.moving_average(mean_absolute_error),
-                  M.per_batch(mean_absolute_error))
+        for m in (
+            M.mean(mean_absolute_error),
+            M.moving_average(mean_absolute_error),
+            M.per_batch(mean_absolute_error),
+        )
     ]
     assert names == [
         ("Mean mean_absolute_error", "#mae", "mean_absolute_error", M.MeanMetric),
-        ("Moving Average mean_absolute_error", "~mae", "mean_absolute_error",
-         M.MovingAverageMetric),
+        (
+            "Moving Average mean_absolute_error",
+            "~mae",
+            "mean_absolute_error",
+            M.MovingAverageMetric,
+        ),
         ("Batch mean_absolute_error", "mae", "mean_absolute_error", M.BatchMetric),
     ]
 
@@ -374,11 +399,22 @@ def test_as_metric_returns_metrics_as_is():
 @pytest.mark.parametrize(
     ("obj", "keras_cls", "name", "short_name", "metric_type"),
     [
-        pytest.param(keras.metrics.SparseCategoricalAccuracy(),
-                     keras.metrics.SparseCategoricalAccuracy, "sparse_categorical_accuracy",
-                     "sca", "accuracy", id="instance"),
-        pytest.param("binary_accuracy", keras.metrics.BinaryAccuracy, "binary_accuracy",
-                     "binary_acc", "accuracy", id="accuracy_name"),
+        pytest.param(
+            keras.metrics.SparseCategoricalAccuracy(),
+            keras.metrics.SparseCategoricalAccuracy,
+            "sparse_categorical_accuracy",
+            "sca",
+            "accuracy",
+            id="instance",
+        ),
+        pytest.param(
+            "binary_accuracy",
+            keras.metrics.BinaryAccuracy,
+            "binary_accuracy",
+            "binary_acc",
+            "accuracy",
+            id="accuracy_name",
+        ),
         pytest.param("auc", keras.metrics.AUC, "auc", "auc", "auc", id="auc_name"),
     ],
 )
@@ -448,7 +484,8 @@ def test_keras_metric_rejects_non_keras_metric():
 
 
 @pytest.mark.parametrize(
-    "metric_cls", [M.MeanMetric, M.MovingAverageMetric, M.BatchMetric],
+    "metric_cls",
+    [M.MeanMetric, M.MovingAverageMetric, M.BatchMetric],
     ids=lambda cls: cls.__name__,
 )
 def test_metric_without_fn_is_fed_by_accumulate_only(metric_cls):
@@ -489,8 +526,9 @@ def _keras_values(keras_metric, batches):
     """The Keras metric's cumulative result after each batch (stateful API)."""
     values = []
     for labels, predictions in batches:
-        keras_metric.update_state(*labels[:1], predictions[0],
-                                  sample_weight=labels[1] if len(labels) > 1 else None)
+        keras_metric.update_state(
+            *labels[:1], predictions[0], sample_weight=labels[1] if len(labels) > 1 else None
+        )
         values.append(float(keras_metric.result()))
     return values
 
@@ -500,8 +538,9 @@ def _keras_values(keras_metric, batches):
     ("kind", "keras_cls"),
     [
         pytest.param("sparse", keras.metrics.SparseCategoricalAccuracy, id="sparse_ids"),
-        pytest.param("sparse_column", keras.metrics.SparseCategoricalAccuracy,
-                     id="sparse_ids_column"),
+        pytest.param(
+            "sparse_column", keras.metrics.SparseCategoricalAccuracy, id="sparse_ids_column"
+        ),
         pytest.param("one_hot", keras.metrics.CategoricalAccuracy, id="one_hot"),
         pytest.param("binary", keras.metrics.BinaryAccuracy, id="binary"),
     ],
@@ -518,8 +557,10 @@ def test_accuracy_name_picks_the_keras_accuracy_compile_would(kind, keras_cls, j
 def test_accuracy_name_reads_sample_weight_from_second_label():
     batches = _accuracy_batches("sparse", seed=2, sizes=(6, 4))
     rng = np.random.default_rng(5)
-    weighted = [([labels[0], rng.uniform(size=len(labels[0])).astype(np.float32)], predictions)
-                for labels, predictions in batches]
+    weighted = [
+        ([labels[0], rng.uniform(size=len(labels[0])).astype(np.float32)], predictions)
+        for labels, predictions in batches
+    ]
     expected = _keras_values(keras.metrics.SparseCategoricalAccuracy(), weighted)
     np.testing.assert_allclose(_run(M.as_metric("accuracy"), weighted), expected, rtol=1e-6)
 
@@ -528,7 +569,9 @@ def test_accuracy_name_reads_sample_weight_from_second_label():
 def test_accuracy_names_keep_the_name_as_given(identifier):
     metric = M.as_metric(identifier)
     assert (metric.name, metric.keras_name, metric.short_name, metric.metric_type) == (
-        identifier, identifier, "acc" if identifier.lower() == "accuracy" else identifier,
+        identifier,
+        identifier,
+        "acc" if identifier.lower() == "accuracy" else identifier,
         "accuracy",
     )
     batches = _accuracy_batches("one_hot", seed=4)
@@ -554,13 +597,16 @@ def test_trainer_eval_with_accuracy_name_matches_keras_sparse_categorical_accura
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 8)).astype(np.float32)
     y = rng.integers(0, 4, size=(40,)).astype(np.int32)
-    model = keras.Sequential([
-        keras.Input((8,)),
-        keras.layers.Dense(16, activation="relu"),
-        keras.layers.Dense(4, activation="softmax"),
-    ])
-    trainer = ktl.Trainer(model, "sparse_categorical_crossentropy", "adam",
-                          eval_metrics=["accuracy"])
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(4, activation="softmax"),
+        ]
+    )
+    trainer = ktl.Trainer(
+        model, "sparse_categorical_crossentropy", "adam", eval_metrics=["accuracy"]
+    )
     values = trainer.eval(ktl.ArrayDataset(x, y, batch_size=16))  # Batches of 16, 16 and 8.
     names = [m.name for m in trainer.eval_metrics]
     assert names[-1] == "accuracy"
@@ -579,8 +625,10 @@ def test_trainer_eval_with_accuracy_name_matches_keras_sparse_categorical_accura
 )
 def test_keras_metric_names_average_keras_functions_under_the_name_given(identifier, keras_fn):
     rng = np.random.default_rng(1)
-    batches = [([rng.normal(size=(n, 2)).astype(np.float32)],
-                [rng.normal(size=(n, 2)).astype(np.float32)]) for n in (4, 2, 5)]
+    batches = [
+        ([rng.normal(size=(n, 2)).astype(np.float32)], [rng.normal(size=(n, 2)).astype(np.float32)])
+        for n in (4, 2, 5)
+    ]
     metric = M.as_metric(identifier)
     assert (metric.name, metric.keras_name) == (identifier, identifier)
     per_example = np.concatenate([np.asarray(keras_fn(lab[0], pred[0])) for lab, pred in batches])
@@ -618,21 +666,37 @@ def myRelativeError(labels, predictions):  # A camelCase name on purpose.
 @pytest.mark.parametrize(
     ("make", "keras_name"),
     [
-        pytest.param(lambda: M.MeanMetric("Mean Accuracy", "#acc", "accuracy", _batch_mean),
-                     "mean_accuracy", id="mean"),
-        pytest.param(lambda: M.MovingAverageMetric("Moving Average Loss", "~loss", "loss"),
-                     "moving_average_loss", id="moving_average"),
-        pytest.param(lambda: M.BatchMetric("Batch Loss+Regularization", "l", "loss"),
-                     "batch_loss_regularization", id="batch"),
+        pytest.param(
+            lambda: M.MeanMetric("Mean Accuracy", "#acc", "accuracy", _batch_mean),
+            "mean_accuracy",
+            id="mean",
+        ),
+        pytest.param(
+            lambda: M.MovingAverageMetric("Moving Average Loss", "~loss", "loss"),
+            "moving_average_loss",
+            id="moving_average",
+        ),
+        pytest.param(
+            lambda: M.BatchMetric("Batch Loss+Regularization", "l", "loss"),
+            "batch_loss_regularization",
+            id="batch",
+        ),
         pytest.param(M.SparseCategoricalAccuracy, "mean_accuracy", id="gomlx_accuracy"),
-        pytest.param(M.MovingAverageBinaryLogitsAccuracy, "moving_average_accuracy",
-                     id="gomlx_moving_accuracy"),
+        pytest.param(
+            M.MovingAverageBinaryLogitsAccuracy,
+            "moving_average_accuracy",
+            id="gomlx_moving_accuracy",
+        ),
         pytest.param(lambda: M.as_metric(_my_err), "_my_err", id="function"),
-        pytest.param(lambda: M.as_metric(myRelativeError), "my_relative_error",
-                     id="camel_case_function"),
+        pytest.param(
+            lambda: M.as_metric(myRelativeError), "my_relative_error", id="camel_case_function"
+        ),
         pytest.param(lambda: M.mean(_my_err), "mean_my_err", id="mean_of_function"),
-        pytest.param(lambda: M.moving_average("mse"), "moving_average_mean_squared_error",
-                     id="moving_average_of_keras_name"),
+        pytest.param(
+            lambda: M.moving_average("mse"),
+            "moving_average_mean_squared_error",
+            id="moving_average_of_keras_name",
+        ),
     ],
 )
 def test_ktl_metrics_keras_name_is_snake_case_of_name(make, keras_name):
@@ -642,14 +706,20 @@ def test_ktl_metrics_keras_name_is_snake_case_of_name(make, keras_name):
 @pytest.mark.parametrize(
     ("make", "keras_name"),
     [
-        pytest.param(lambda: M.MeanMetric("Mean x", "#x", "x", _batch_mean, keras_name="val_x"),
-                     "val_x", id="mean"),
-        pytest.param(lambda: M.KerasMetric(keras.metrics.AUC(), keras_name="roc"), "roc",
-                     id="keras"),
-        pytest.param(lambda: M.SparseCategoricalAccuracy(keras_name="acc"), "acc",
-                     id="gomlx_accuracy"),
-        pytest.param(lambda: M.moving_average(_my_err, keras_name="err"), "err",
-                     id="moving_average_factory"),
+        pytest.param(
+            lambda: M.MeanMetric("Mean x", "#x", "x", _batch_mean, keras_name="val_x"),
+            "val_x",
+            id="mean",
+        ),
+        pytest.param(
+            lambda: M.KerasMetric(keras.metrics.AUC(), keras_name="roc"), "roc", id="keras"
+        ),
+        pytest.param(
+            lambda: M.SparseCategoricalAccuracy(keras_name="acc"), "acc", id="gomlx_accuracy"
+        ),
+        pytest.param(
+            lambda: M.moving_average(_my_err, keras_name="err"), "err", id="moving_average_factory"
+        ),
         pytest.param(lambda: M.mean("mse"), "mse", id="mean_of_keras_name"),
     ],
 )

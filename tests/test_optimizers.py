@@ -54,15 +54,28 @@ def test_get_builds_from_config_dict():
 @pytest.mark.parametrize(
     ("args", "kwargs", "error", "match"),
     [
-        pytest.param(("nope",), {}, ValueError,
-                     r"Received: optimizer='nope'.*'adam'.*'adamw'.*'sgd'", id="unknown_name"),
-        pytest.param(("adam",), {"no_such_option": 1}, ValueError,
-                     r"Received: kwargs=\{'no_such_option': 1\}", id="unknown_option"),
-        pytest.param((keras.optimizers.SGD(),), {"learning_rate": 0.1}, ValueError,
-                     "Options apply only when the optimizer is built from a name",
-                     id="options_with_instance"),
-        pytest.param((3,), {}, TypeError, r"Received: optimizer=3 of type int",
-                     id="number"),
+        pytest.param(
+            ("nope",),
+            {},
+            ValueError,
+            r"Received: optimizer='nope'.*'adam'.*'adamw'.*'sgd'",
+            id="unknown_name",
+        ),
+        pytest.param(
+            ("adam",),
+            {"no_such_option": 1},
+            ValueError,
+            r"Received: kwargs=\{'no_such_option': 1\}",
+            id="unknown_option",
+        ),
+        pytest.param(
+            (keras.optimizers.SGD(),),
+            {"learning_rate": 0.1},
+            ValueError,
+            "Options apply only when the optimizer is built from a name",
+            id="options_with_instance",
+        ),
+        pytest.param((3,), {}, TypeError, r"Received: optimizer=3 of type int", id="number"),
     ],
 )
 def test_get_rejects_bad_arguments(args, kwargs, error, match):
@@ -99,7 +112,10 @@ def test_from_context_sets_cosine_schedule():
     schedule = optimizer._learning_rate
     assert isinstance(schedule, O.CosineAnnealing)
     assert schedule.get_config() == {
-        "learning_rate": 0.1, "steps": 100, "min_learning_rate": 0.01, "warmup_steps": 0,
+        "learning_rate": 0.1,
+        "steps": 100,
+        "min_learning_rate": 0.01,
+        "warmup_steps": 0,
     }
 
 
@@ -157,8 +173,14 @@ def _cosine_reference(step, lr, steps, min_lr=0.0, warmup=0):
 
 @pytest.mark.parametrize(
     ("step", "expected"),
-    [(0, 1.0), (25, 0.5 + 0.5 * math.cos(math.pi / 4)), (50, 0.5), (99, None), (100, 1.0),
-     (150, 0.5)],
+    [
+        (0, 1.0),
+        (25, 0.5 + 0.5 * math.cos(math.pi / 4)),
+        (50, 0.5),
+        (99, None),
+        (100, 1.0),
+        (150, 0.5),
+    ],
     ids=["start", "quarter", "half", "last", "restart", "second_half"],
 )
 def test_cosine_annealing_values_follow_gomlx_formula(step, expected):
@@ -178,9 +200,9 @@ def test_cosine_annealing_with_min_and_warmup_matches_reference(step):
 def test_cosine_annealing_warmup_rises_to_learning_rate():
     schedule = O.cosine_annealing(0.4, 10, warmup_steps=4)
     values = [float(schedule(s)) for s in range(6)]
-    np.testing.assert_allclose(values, [0.1, 0.2, 0.3, 0.4, 0.4, _cosine_reference(5, 0.4, 10,
-                                                                                   warmup=4)],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        values, [0.1, 0.2, 0.3, 0.4, 0.4, _cosine_reference(5, 0.4, 10, warmup=4)], rtol=1e-6
+    )
 
 
 def test_cosine_annealing_drives_the_optimizer_learning_rate():
@@ -195,7 +217,10 @@ def test_cosine_annealing_survives_optimizer_serialization():
     schedule = restored._learning_rate
     assert isinstance(schedule, O.CosineAnnealing)
     assert schedule.get_config() == {
-        "learning_rate": 0.1, "steps": 50, "min_learning_rate": 0.001, "warmup_steps": 5,
+        "learning_rate": 0.1,
+        "steps": 50,
+        "min_learning_rate": 0.001,
+        "warmup_steps": 5,
     }
 
 

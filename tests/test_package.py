@@ -9,12 +9,33 @@ import pytest
 import keras_trainloop as ktl
 
 PUBLIC = {
-    "Dataset", "ArrayDataset", "IterableDataset", "TFDataset", "from_tfds", "as_dataset",
-    "Context", "Trainer",
-    "GraphType", "DEFAULT_MAX_EXECUTORS", "add_loss", "get_losses", "add_per_step_update_fn",
-    "Loop", "HookError", "NonFiniteLossError", "every_n_steps", "n_times_during_loop",
-    "periodic_callback", "exponential_callback",
-    "data", "losses", "metrics", "optimizers", "commandline", "checkpoints", "plots",
+    "Dataset",
+    "ArrayDataset",
+    "IterableDataset",
+    "TFDataset",
+    "from_tfds",
+    "as_dataset",
+    "Context",
+    "Trainer",
+    "GraphType",
+    "DEFAULT_MAX_EXECUTORS",
+    "add_loss",
+    "get_losses",
+    "add_per_step_update_fn",
+    "Loop",
+    "HookError",
+    "NonFiniteLossError",
+    "every_n_steps",
+    "n_times_during_loop",
+    "periodic_callback",
+    "exponential_callback",
+    "data",
+    "losses",
+    "metrics",
+    "optimizers",
+    "commandline",
+    "checkpoints",
+    "plots",
 }
 
 
@@ -29,8 +50,10 @@ def _type_checking_names():
     """{name: module it is imported from (None: declared)} under the root's `if TYPE_CHECKING:`."""
     tree = ast.parse(Path(ktl.__file__).read_text())
     block = next(
-        node for node in tree.body
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Name)
+        node
+        for node in tree.body
+        if isinstance(node, ast.If)
+        and isinstance(node.test, ast.Name)
         and node.test.id == "TYPE_CHECKING"
     )
     names = {}
@@ -55,7 +78,11 @@ def run_python(code, **env):
     clean = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     clean.update(env)
     return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=clean, timeout=120,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=clean,
+        timeout=120,
         check=False,
     )
 
@@ -74,8 +101,14 @@ def test_import_selects_jax_backend_and_loads_no_tensorflow():
 
 @pytest.mark.parametrize(
     "expression",
-    ["ktl.loop.EveryNSteps(10)", "ktl.trainer.Trainer", "ktl.context.Context()",
-     "ktl.commandline.attach_progress_bar", "ktl.checkpoints.Checkpoint", "ktl.plots.Plots"],
+    [
+        "ktl.loop.EveryNSteps(10)",
+        "ktl.trainer.Trainer",
+        "ktl.context.Context()",
+        "ktl.commandline.attach_progress_bar",
+        "ktl.checkpoints.Checkpoint",
+        "ktl.plots.Plots",
+    ],
 )
 def test_documented_submodules_resolve_in_a_fresh_process(expression):
     out = run_python(f"import keras_trainloop as ktl\nprint({expression})\n")

@@ -189,7 +189,9 @@ class Checkpoint:
         self._manager = ocp.CheckpointManager(
             directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, enable_async_checkpointing=self._async, create=True,
+                max_to_keep=keep,
+                enable_async_checkpointing=self._async,
+                create=True,
             ),
             item_names=(_STATE_ITEM, _METADATA_ITEM),
         )
@@ -294,8 +296,10 @@ class Checkpoint:
         self._manager.save(
             step,
             args=ocp.args.Composite(
-                **{_STATE_ITEM: ocp.args.StandardSave(state),
-                   _METADATA_ITEM: ocp.args.JsonSave(metadata)}
+                **{
+                    _STATE_ITEM: ocp.args.StandardSave(state),
+                    _METADATA_ITEM: ocp.args.JsonSave(metadata),
+                }
             ),
             force=True,
         )

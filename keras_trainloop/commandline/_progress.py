@@ -67,8 +67,10 @@ class _MetricText:
 
             names = loop.shared_data.get(LOG_NAMES_KEY, ())
             values = jax.device_get(list(metrics))  # One transfer for all the values.
-            named = [(names[i] if i < len(names) else f"metric_{i}", value)
-                     for i, value in enumerate(values)]
+            named = [
+                (names[i] if i < len(names) else f"metric_{i}", value)
+                for i, value in enumerate(values)
+            ]
         named += list(loop.shared_data.get(VAL_LOGS_KEY, {}).items())
         return tuple(self._item(name, value) for name, value in named if _is_scalar(value))
 

@@ -229,7 +229,9 @@ class TerminalRenderer:
 
 def _html(status: Status) -> str:
     if status.total:
-        bar = f'<progress value="{status.step}" max="{status.total}" style="width: 30em"></progress>'
+        bar = (
+            f'<progress value="{status.step}" max="{status.total}" style="width: 30em"></progress>'
+        )
     else:
         bar = '<progress style="width: 30em"></progress>'
     where = _where(status)
@@ -237,11 +239,12 @@ def _html(status: Status) -> str:
     if status.compiling:
         stats = f"{where} · {COMPILING}"
     else:
-        stats = (f"{where} · {format_duration(status.elapsed)} · {format_rate(status.rate)} · "
-                 f"ETA {format_duration(status.eta)}")
+        stats = (
+            f"{where} · {format_duration(status.elapsed)} · {format_rate(status.rate)} · "
+            f"ETA {format_duration(status.eta)}"
+        )
     metrics = html.escape(" ".join(status.metrics))
-    return (f'<div style="font-family: monospace">{bar} {html.escape(stats)}'
-            f"<br>{metrics}</div>")
+    return f'<div style="font-family: monospace">{bar} {html.escape(stats)}<br>{metrics}</div>'
 
 
 class HTMLRenderer:

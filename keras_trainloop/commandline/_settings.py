@@ -70,7 +70,7 @@ def _value_parser(default: Any):
         if len(parsers) != 1 or None in parsers.values():
             kinds = " and ".join(sorted(parsers))
             return None, f"{type(default).__name__} of {kinds}"
-        (kind, parse_element), = parsers.items()
+        ((kind, parse_element),) = parsers.items()
         container = type(default)
 
         def parse_list(text: str):
@@ -149,13 +149,16 @@ def _check_arguments(ctx: Any, settings: Any) -> None:
     if not isinstance(settings, str):
         raise TypeError(
             "parse_context_settings() expects the settings as a string like "
-            f"\"key=value;scope/key=value\". Received: settings={short_repr(settings)}. "
+            f'"key=value;scope/key=value". Received: settings={short_repr(settings)}. '
             "Fix: join the settings with ';' into one string."
         )
 
 
 def _parse_setting(
-    ctx: Context, defaults: dict[str, Any], setting: str, settings: str,
+    ctx: Context,
+    defaults: dict[str, Any],
+    setting: str,
+    settings: str,
 ) -> tuple[Context, str, Any]:
     """`(scope to set in, key, parsed value)` of one non-empty setting, or raises naming it."""
     scopes, key, text = _split_setting(setting, settings)

@@ -159,12 +159,15 @@ class ArrayDataset:
         self._num_inputs = len(input_arrays)
         self._num_examples = self._check_num_examples(input_arrays, label_arrays)
         self._arrays, self._num_examples = shard_arrays(
-            check_shard(shard, "ArrayDataset"), self._arrays, self._num_examples, "ArrayDataset")
+            check_shard(shard, "ArrayDataset"), self._arrays, self._num_examples, "ArrayDataset"
+        )
         self._spec = input_keys if spec is None and input_keys is not None else spec
         self._loop_forever = bool(loop_forever)
         self._drop_remainder = bool(drop_remainder)
-        if self._drop_remainder and not self._loop_forever and (
-            self._num_examples < self._batch_size
+        if (
+            self._drop_remainder
+            and not self._loop_forever
+            and (self._num_examples < self._batch_size)
         ):
             raise ValueError(
                 "With drop_remainder=True a pass needs at least batch_size examples, "
@@ -433,23 +436,28 @@ class ArrayDataset:
                 "ArrayDataset (its 'dataset' entry is 'ArrayDataset')."
             )
         if state.get("version") != _STATE_VERSION:
-            raise self._bad_state(state, f"version={state.get('version')!r}, expected "
-                                  f"{_STATE_VERSION}", "start without the saved state, or "
-                                  "resume with the keras_trainloop version that saved it")
+            raise self._bad_state(
+                state,
+                f"version={state.get('version')!r}, expected {_STATE_VERSION}",
+                "start without the saved state, or "
+                "resume with the keras_trainloop version that saved it",
+            )
         self._check_arguments(state)
         pass_index, offset = state.get("pass"), state.get("offset")
         if not _is_int(pass_index) or pass_index < 0:
             raise self._bad_state(state, f"pass={pass_index!r}", "pass a non-negative integer")
         if not _is_int(offset) or not 0 <= offset <= self._num_examples:
-            raise self._bad_state(state, f"offset={offset!r}",
-                                  f"pass an integer in [0, {self._num_examples}]")
+            raise self._bad_state(
+                state, f"offset={offset!r}", f"pass an integer in [0, {self._num_examples}]"
+            )
         return pass_index, offset, self._state_generator(state)
 
     def _check_arguments(self, state: dict[str, Any]) -> None:
         """Raises naming the arguments in which `state`'s dataset differs from this one."""
         differs = [
             f"{key}={state.get(key)!r} in the state but {value!r} here"
-            for key, value in self._arguments().items() if state.get(key) != value
+            for key, value in self._arguments().items()
+            if state.get(key) != value
         ]
         if differs:
             raise ValueError(
@@ -464,15 +472,19 @@ class ArrayDataset:
         rng_state = state.get("rng")
         if self._rng is None:
             if rng_state is not None:
-                raise self._bad_state(state, f"rng={short_repr(rng_state)}",
-                                      "pass rng=None for an unshuffled dataset")
+                raise self._bad_state(
+                    state, f"rng={short_repr(rng_state)}", "pass rng=None for an unshuffled dataset"
+                )
             return None
         generator = np.random.Generator(np.random.PCG64())
         try:
             generator.bit_generator.state = rng_state
         except (TypeError, ValueError, KeyError) as error:
-            raise self._bad_state(state, f"rng={short_repr(rng_state)} ({error})",
-                                  "pass the rng entry as get_state() saved it") from None
+            raise self._bad_state(
+                state,
+                f"rng={short_repr(rng_state)} ({error})",
+                "pass the rng entry as get_state() saved it",
+            ) from None
         return generator
 
     def _bad_state(self, state: dict[str, Any], what: str, fix: str) -> ValueError:

@@ -16,7 +16,11 @@ from keras_trainloop.data._common import is_array_like, short_repr
 from keras_trainloop.data._protocol import Dataset
 
 _ARRAYS, _DATASET, _TF, _PY_DATASET, _GRAIN, _GENERATOR = (
-    "arrays", "ktl.Dataset", "tf.data.Dataset", "keras.utils.PyDataset", "grain dataset",
+    "arrays",
+    "ktl.Dataset",
+    "tf.data.Dataset",
+    "keras.utils.PyDataset",
+    "grain dataset",
     "generator or iterable of batches",
 )
 # The options of as_dataset each kind of data takes (arrays take all).
@@ -33,7 +37,7 @@ _FIXES = {
     "sample_weight": "yield the weights in the data's elements, (x, y, sample_weight)",
     "batch_size": "batch the data in its source (it must yield batches), or pass arrays",
     "shuffle": "shuffle in the source (tf.data .shuffle(n, seed=...), grain "
-               ".shuffle(seed=...)); shuffle=True is for arrays and PyDatasets",
+    ".shuffle(seed=...)); shuffle=True is for arrays and PyDatasets",
     "seed": "seed the source's own shuffling; seed= is for arrays",
     "loop_forever": "repeat in the source (tf.data and grain: .repeat())",
     "drop_remainder": "drop it where the source batches (.batch(n, drop_remainder=True))",
@@ -138,7 +142,10 @@ def _generator(x: Any, options: dict[str, Any]) -> Dataset:
 
 
 _BUILDERS: dict[str, Callable[[Any, dict[str, Any]], Dataset]] = {
-    _TF: _tf_data, _PY_DATASET: _py_dataset, _GRAIN: _grain, _GENERATOR: _generator,
+    _TF: _tf_data,
+    _PY_DATASET: _py_dataset,
+    _GRAIN: _grain,
+    _GENERATOR: _generator,
 }
 
 
@@ -243,8 +250,11 @@ def as_validation_data(validation_data: Any, *, batch_size: int | None = None) -
         batch_size: examples per batch for arrays (`fit`'s
             `validation_batch_size`); default 32.
     """
-    if (isinstance(validation_data, (tuple, list)) and len(validation_data) in (2, 3)
-            and _is_arrays(validation_data[0])):
+    if (
+        isinstance(validation_data, (tuple, list))
+        and len(validation_data) in (2, 3)
+        and _is_arrays(validation_data[0])
+    ):
         x, y, weights = (*validation_data, None)[:3]
         return as_dataset(x, y, sample_weight=weights, batch_size=batch_size, name="validation")
     return as_dataset(validation_data, batch_size=batch_size)

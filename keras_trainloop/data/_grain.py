@@ -124,7 +124,9 @@ class GrainDataset(ElementSource):
                 "ktl.as_dataset(...) for other inputs."
             )
         super().__init__(
-            name=name, spec=spec, what="grain dataset",
+            name=name,
+            spec=spec,
+            what="grain dataset",
             batch_fix="batch them in grain, e.g. ds.batch(64), or add "
             "grain.transforms.Batch(64) to a DataLoader's operations.",
         )
@@ -177,8 +179,12 @@ class GrainDataset(ElementSource):
             (`None` at the start of a pass), the batches read ahead as base64
             text, whether the pass had ended, and the keys of a dict `x`.
         """
-        state = {"dataset": "GrainDataset", "version": _STATE_VERSION, "name": self.name,
-                 "source": type(self._source).__name__}
+        state = {
+            "dataset": "GrainDataset",
+            "version": _STATE_VERSION,
+            "name": self.name,
+            "source": type(self._source).__name__,
+        }
         try:
             iterator = None
             if self._iterator is not None and not self._ended:
@@ -187,8 +193,13 @@ class GrainDataset(ElementSource):
         except (Unsaveable, NotImplementedError, TypeError, AttributeError) as why:
             return state | {"saved": False, "reason": str(why) or type(why).__name__}
         keys = None if self._keys is None else list(self._keys)
-        return state | {"saved": True, "iterator": iterator, "pending": pending,
-                        "ended": self._ended, "keys": keys}
+        return state | {
+            "saved": True,
+            "iterator": iterator,
+            "pending": pending,
+            "ended": self._ended,
+            "keys": keys,
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Moves to the position `state` (from `get_state`) records.
@@ -209,7 +220,9 @@ class GrainDataset(ElementSource):
                     f"GrainDataset {self.name!r}: its position was not saved "
                     f"({state.get('reason')}), so its data order restarts from a fresh "
                     "pass. Fix, for an exact resume: use grain's own datasets and "
-                    "iterators, whose get_state() grain can save.", stacklevel=2)
+                    "iterators, whose get_state() grain can save.",
+                    stacklevel=2,
+                )
             self.reset()
             return
         try:
@@ -226,7 +239,8 @@ class GrainDataset(ElementSource):
         keys = state.get("keys")
         spec = tuple(keys) if self._spec is None and keys is not None else self._spec
         self._stacker.restore(
-            [(spec, [a[0] for a in ins], [a[0] for a in labs]) for ins, labs in pending], None,
+            [(spec, [a[0] for a in ins], [a[0] for a in labs]) for ins, labs in pending],
+            None,
         )
 
     def _check_state(self, state: Any) -> None:
@@ -237,11 +251,15 @@ class GrainDataset(ElementSource):
                 "GrainDataset (its 'dataset' entry is 'GrainDataset')."
             )
         if state.get("version") != _STATE_VERSION:
-            raise self._bad_state(state, f"version={state.get('version')!r}, expected "
-                                  f"{_STATE_VERSION}")
+            raise self._bad_state(
+                state, f"version={state.get('version')!r}, expected {_STATE_VERSION}"
+            )
         if state.get("source") != type(self._source).__name__:
-            raise self._bad_state(state, f"it comes from a {state.get('source')}, this "
-                                  f"dataset reads a {type(self._source).__name__}")
+            raise self._bad_state(
+                state,
+                f"it comes from a {state.get('source')}, this "
+                f"dataset reads a {type(self._source).__name__}",
+            )
 
     def _bad_state(self, state: dict[str, Any], what: str) -> ValueError:
         return ValueError(

@@ -63,8 +63,14 @@ class DevicePrefetcher:
         spec, inputs, labels = ds.yield_batch()   # jax.Array on the default device
     """
 
-    def __init__(self, dataset: Dataset, size: int = 2, sharding: Any = None, *,
-                 put: Callable[[Any, list, list], tuple] | None = None):
+    def __init__(
+        self,
+        dataset: Dataset,
+        size: int = 2,
+        sharding: Any = None,
+        *,
+        put: Callable[[Any, list, list], tuple] | None = None,
+    ):
         if put is not None and not callable(put):
             raise TypeError(
                 "put must be a function put(spec, inputs, labels) -> (inputs, labels). "
@@ -186,8 +192,13 @@ class DevicePrefetcher:
         self._dataset.reset()
 
 
-def maybe_prefetch_to_device(dataset: Dataset, size: int = 2, sharding: Any = None, *,
-                             put: Callable[[Any, list, list], tuple] | None = None) -> Dataset:
+def maybe_prefetch_to_device(
+    dataset: Dataset,
+    size: int = 2,
+    sharding: Any = None,
+    *,
+    put: Callable[[Any, list, list], tuple] | None = None,
+) -> Dataset:
     """Wraps `dataset` in a `DevicePrefetcher` where that pays: off the CPU backend.
 
     On the CPU backend (`jax.default_backend() == "cpu"`) the batches are

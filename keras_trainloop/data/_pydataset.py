@@ -67,12 +67,18 @@ class PyDatasetSource(ElementSource):
     """
 
     def __init__(
-        self, py_dataset: Any, *, shuffle: bool = False, name: str = "py_dataset",
+        self,
+        py_dataset: Any,
+        *,
+        shuffle: bool = False,
+        name: str = "py_dataset",
         spec: Any = None,
     ):
         self._adapter = _keras_adapter(py_dataset, shuffle)
         super().__init__(
-            name=name, spec=spec, what="PyDataset",
+            name=name,
+            spec=spec,
+            what="PyDataset",
             batch_fix="make __getitem__(i) return the i-th batch, e.g. (x[i * 64:(i + 1) * "
             "64], y[i * 64:(i + 1) * 64]), and __len__ the number of batches.",
         )

@@ -39,10 +39,11 @@ def check_shard(shard: Any, where: str) -> tuple[int, int] | None:
     """`shard` as `(index, count)`, None for None; raises naming `where` when it is bad."""
     if shard is None:
         return None
-    fix = ("pass shard=(index, count) with 0 <= index < count, e.g. "
-           "shard=ktl.data.process_shard()")
-    if not isinstance(shard, (tuple, list)) or len(shard) != 2 or not all(
-        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in shard
+    fix = "pass shard=(index, count) with 0 <= index < count, e.g. shard=ktl.data.process_shard()"
+    if (
+        not isinstance(shard, (tuple, list))
+        or len(shard) != 2
+        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in shard)
     ):
         raise TypeError(
             f"{where} expects shard as a pair of ints (index, count). "
@@ -57,8 +58,9 @@ def check_shard(shard: Any, where: str) -> tuple[int, int] | None:
     return index, count
 
 
-def shard_arrays(shard: tuple[int, int] | None, arrays: list, num_examples: int,
-                 where: str) -> tuple[list, int]:
+def shard_arrays(
+    shard: tuple[int, int] | None, arrays: list, num_examples: int, where: str
+) -> tuple[list, int]:
     """Every `count`-th example from `index` on, `num_examples // count` of them (views).
 
     Returns:
@@ -77,7 +79,7 @@ def shard_arrays(shard: tuple[int, int] | None, arrays: list, num_examples: int,
             f"{num_examples}. Received: shard={shard}. Fix: pass more examples, or fewer "
             "shards."
         )
-    return [a[index:size * count:count] for a in arrays], size
+    return [a[index : size * count : count] for a in arrays], size
 
 
 def shard_batches(tf_dataset: Any, shard: tuple[int, int] | None) -> Any:

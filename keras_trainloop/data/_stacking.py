@@ -22,8 +22,10 @@ def layout(inputs: list, labels: list, skip: int = 0) -> tuple:
 
     `skip` leading dimensions of each shape are left out (1 for stacks of batches).
     """
-    return tuple((np.shape(a)[skip:], np.asarray(a).dtype) for a in inputs) + (None,) + tuple(
-        (np.shape(a)[skip:], np.asarray(a).dtype) for a in labels
+    return (
+        tuple((np.shape(a)[skip:], np.asarray(a).dtype) for a in inputs)
+        + (None,)
+        + tuple((np.shape(a)[skip:], np.asarray(a).dtype) for a in labels)
     )
 
 
@@ -153,8 +155,10 @@ class BatchStacker:
 
         Each array has a new leading axis of size 1, as `ChunkReader.pending` returns them.
         """
-        return [([np.asarray(a)[None] for a in batch[1]], [np.asarray(a)[None] for a in batch[2]])
-                for batch in self._buffer]
+        return [
+            ([np.asarray(a)[None] for a in batch[1]], [np.asarray(a)[None] for a in batch[2]])
+            for batch in self._buffer
+        ]
 
     @property
     def held(self) -> BaseException | None:

@@ -112,8 +112,14 @@ class TFDataset:
         train = ktl.TFDataset(ds.prefetch(tf.data.AUTOTUNE), name="train")
     """
 
-    def __init__(self, tf_dataset: Any, *, name: str | None = None, spec: Any = None,
-                 shard: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        tf_dataset: Any,
+        *,
+        name: str | None = None,
+        spec: Any = None,
+        shard: tuple[int, int] | None = None,
+    ):
         if "tensorflow" not in sys.modules:  # Then it can not be a tf.data.Dataset.
             self._raise_not_a_dataset(tf_dataset)
         tf = _import_tf()
@@ -122,7 +128,8 @@ class TFDataset:
         element_spec = tf_dataset.element_spec
         if not isinstance(element_spec, tuple) or len(element_spec) != 2:
             received = (
-                f"a tuple of {len(element_spec)} items" if isinstance(element_spec, tuple)
+                f"a tuple of {len(element_spec)} items"
+                if isinstance(element_spec, tuple)
                 else type(element_spec).__name__
             )
             raise TypeError(
@@ -244,8 +251,12 @@ class TFDataset:
             inputs, labels = self._get_inputs(element), self._get_labels(element)
             return inputs, labels, static_shapes(inputs), static_shapes(labels)
         element, shapes = element
-        return (self._get_inputs(element), self._get_labels(element),
-                self._get_inputs(shapes), self._get_labels(shapes))
+        return (
+            self._get_inputs(element),
+            self._get_labels(element),
+            self._get_inputs(shapes),
+            self._get_labels(shapes),
+        )
 
     def reset(self) -> None:
         """Starts a fresh pass; the pipeline is restarted on the next `yield_batch()`.
@@ -284,8 +295,12 @@ class TFDataset:
             the pipeline's `element_spec` (checked by `set_state`).
         """
         tf = _import_tf()
-        state = {"dataset": "TFDataset", "version": STATE_VERSION, "name": self.name,
-                 "element_spec": repr(self._dataset.element_spec)}
+        state = {
+            "dataset": "TFDataset",
+            "version": STATE_VERSION,
+            "name": self.name,
+            "element_spec": repr(self._dataset.element_spec),
+        }
         if self._unsaveable is not None:
             return state | {"saved": False, "reason": self._unsaveable}
         if self._iterator is None:  # Made now, it is this pass's iterator.
@@ -293,7 +308,8 @@ class TFDataset:
         # An endless pipeline never drops its seeds; making its next iterator early would
         # draw seeds that the current one's next repetition draws otherwise.
         with_next = self._iterator_read and int(self._dataset.cardinality()) != int(
-            tf.data.INFINITE_CARDINALITY)
+            tf.data.INFINITE_CARDINALITY
+        )
         if with_next and self._next_iterator is None:
             self._next_iterator = self._source.as_numpy_iterator()
         try:
@@ -306,9 +322,12 @@ class TFDataset:
                 self._unsaveable = str(why)  # The pipeline's ops: for good.
             return state | {"saved": False, "reason": str(why)}
         return state | {
-            "saved": True, "iterator": files, "next_iterator": self._next_files,
+            "saved": True,
+            "iterator": files,
+            "next_iterator": self._next_files,
             "pending": pending,
-            "ended": isinstance(self._stacker.held, EOFError), "read": self._iterator_read,
+            "ended": isinstance(self._stacker.held, EOFError),
+            "read": self._iterator_read,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -351,8 +370,9 @@ class TFDataset:
         if state.get("ended"):
             held = EOFError(f"End of dataset {self.name!r}; call reset() to start a new pass.")
         if self._chunks is None:
-            pending = [(self._spec, [a[0] for a in ins], [a[0] for a in labs])
-                       for ins, labs in pending]
+            pending = [
+                (self._spec, [a[0] for a in ins], [a[0] for a in labs]) for ins, labs in pending
+            ]
         self._stacker.restore(pending, held)
         self._iterator, self._next_iterator = iterator, next_iterator
         self._next_files = next_files
@@ -454,13 +474,19 @@ def from_tfds(
     check_load_kwargs(load_kwargs)
     tf = _import_tf()
     tfds = _import_tfds()
-    read = split if shard is None else tfds.even_splits(split, shard[1], drop_remainder=True)[
-        shard[0]]
+    read = (
+        split if shard is None else tfds.even_splits(split, shard[1], drop_remainder=True)[shard[0]]
+    )
     if data_dir is not None:
         data_dir = os.path.expanduser(os.fspath(data_dir))
     default_dir = default_data_dir(tfds)
     builder = prepared_builder(
-        tfds, name, split, data_dir, default_dir, load_kwargs.get("builder_kwargs"),
+        tfds,
+        name,
+        split,
+        data_dir,
+        default_dir,
+        load_kwargs.get("builder_kwargs"),
         download=bool(download),
         prepare_kwargs=load_kwargs.pop("download_and_prepare_kwargs", None),
     )
@@ -468,8 +494,13 @@ def from_tfds(
     if shuffle:
         shuffle_files(tfds, load_kwargs, seed)
     ds = tfds.load(
-        name, split=read, data_dir=data_dir, as_supervised=True, download=False,
-        try_gcs=False, **load_kwargs,
+        name,
+        split=read,
+        data_dir=data_dir,
+        as_supervised=True,
+        download=False,
+        try_gcs=False,
+        **load_kwargs,
     )
     if cache is None:
         size = decoded_bytes(builder, num_examples)

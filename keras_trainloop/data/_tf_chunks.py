@@ -49,8 +49,9 @@ def chunked(tf: Any, dataset: Any) -> tuple[Any, bool]:
 
 def static_shapes(arrays: list) -> list:
     """Per-batch shapes of stacks whose batches all have the array's shape."""
-    return [np.broadcast_to(np.asarray(a.shape[1:], np.int64), (len(a), a.ndim - 1))
-            for a in arrays]
+    return [
+        np.broadcast_to(np.asarray(a.shape[1:], np.int64), (len(a), a.ndim - 1)) for a in arrays
+    ]
 
 
 def can_chunk(leaves: list[tuple[str, Any]]) -> bool:
@@ -81,7 +82,7 @@ class _Run:
     def take(self, n: int) -> tuple[list, list]:
         """The next `n` batches, stacked (views)."""
         i, self.offset = self.offset, self.offset + n
-        return [a[i:i + n] for a in self.inputs], [a[i:i + n] for a in self.labels]
+        return [a[i : i + n] for a in self.inputs], [a[i : i + n] for a in self.labels]
 
 
 def _runs(inputs: list, labels: list, in_shapes: list, label_shapes: list) -> list[_Run]:
@@ -94,9 +95,11 @@ def _runs(inputs: list, labels: list, in_shapes: list, label_shapes: list) -> li
     for i in range(1, k + 1):
         if i < k and true[i] == true[start]:
             continue
-        cut = [a[start:i][(slice(None), *(slice(0, d) for d in dims))]
-               for a, dims in zip(arrays, true[start])]
-        runs.append(_Run(cut[:len(inputs)], cut[len(inputs):]))
+        cut = [
+            a[start:i][(slice(None), *(slice(0, d) for d in dims))]
+            for a, dims in zip(arrays, true[start])
+        ]
+        runs.append(_Run(cut[: len(inputs)], cut[len(inputs) :]))
         start = i
     return runs
 

@@ -32,14 +32,36 @@ _EXAMPLE_SOURCES = {
     "RangeDataset": "range",
 }
 # Ops that yield at most one element per input element, keeping it an example or a batch.
-_PER_ELEMENT_OPS = frozenset({
-    "MapDataset", "ParallelMapDataset", "FilterDataset", "PrefetchDataset", "RepeatDataset",
-    "ShuffleDataset", "CacheDataset", "TakeDataset", "SkipDataset", "OptionsDataset",
-    "ShardDataset", "AssertCardinalityDataset", "IgnoreErrorsDataset", "TakeWhileDataset",
-    "ScanDataset", "UniqueDataset", "RestructuredDataset", "MaxIntraOpParallelismDataset",
-    "PrivateThreadPoolDataset", "ModelDataset", "AutoShardDataset", "AssertNextDataset",
-    "NonSerializableDataset", "DenseToRaggedDataset", "SnapshotDataset", "SleepDataset",
-})
+_PER_ELEMENT_OPS = frozenset(
+    {
+        "MapDataset",
+        "ParallelMapDataset",
+        "FilterDataset",
+        "PrefetchDataset",
+        "RepeatDataset",
+        "ShuffleDataset",
+        "CacheDataset",
+        "TakeDataset",
+        "SkipDataset",
+        "OptionsDataset",
+        "ShardDataset",
+        "AssertCardinalityDataset",
+        "IgnoreErrorsDataset",
+        "TakeWhileDataset",
+        "ScanDataset",
+        "UniqueDataset",
+        "RestructuredDataset",
+        "MaxIntraOpParallelismDataset",
+        "PrivateThreadPoolDataset",
+        "ModelDataset",
+        "AutoShardDataset",
+        "AssertNextDataset",
+        "NonSerializableDataset",
+        "DenseToRaggedDataset",
+        "SnapshotDataset",
+        "SleepDataset",
+    }
+)
 # Ops whose elements are their inputs' elements (batches if all inputs yield batches).
 _COMBINING_OPS = frozenset({"ZipDataset", "ConcatenateDataset"})
 _MAX_OPS = 10_000
@@ -86,7 +108,10 @@ def _combined(verdicts: list[tuple[str | None, str]]) -> tuple[str | None, str]:
 
 
 def side_extractor(
-    tf: Any, side: str, spec: Any, index: int,
+    tf: Any,
+    side: str,
+    spec: Any,
+    index: int,
 ) -> tuple[Callable[[tuple], list], list[tuple[str, Any]], tuple | None]:
     """Returns (element -> list of arrays, named leaf specs, dict keys or None) for one side."""
     if isinstance(spec, dict):

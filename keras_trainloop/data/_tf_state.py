@@ -68,7 +68,7 @@ def save_iterator(tf: Any, iterator: Any) -> dict[str, str]:
         files = {}
         for name in sorted(os.listdir(directory)):
             with open(os.path.join(directory, name), "rb") as f:
-                files[name[len(_PREFIX):]] = _text(f.read())
+                files[name[len(_PREFIX) :]] = _text(f.read())
         return files
 
 
@@ -147,8 +147,7 @@ def check_state(state: Any, name: str, element_spec: str) -> None:
             "TFDataset (its 'dataset' entry is 'TFDataset')."
         )
     if state.get("version") != STATE_VERSION:
-        raise bad_state(name, state, f"version={state.get('version')!r}, expected "
-                        f"{STATE_VERSION}")
+        raise bad_state(name, state, f"version={state.get('version')!r}, expected {STATE_VERSION}")
     if state.get("element_spec") != element_spec:
         raise ValueError(
             f"TFDataset {name!r} cannot take a state saved from a pipeline with another "

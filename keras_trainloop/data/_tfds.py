@@ -49,8 +49,10 @@ def _is_shape(value: tuple) -> bool:
 
 
 def _where(data_dir: str | None, default_dir: str) -> str:
-    return f"data_dir={data_dir!r}" if data_dir is not None else (
-        f"data_dir=None (TFDS' default, {default_dir!r})"
+    return (
+        f"data_dir={data_dir!r}"
+        if data_dir is not None
+        else (f"data_dir=None (TFDS' default, {default_dir!r})")
     )
 
 
@@ -64,7 +66,12 @@ def _offline_fix(name: str) -> str:
 
 
 def _not_prepared(
-    name: str, split: str, data_dir: str | None, default_dir: str, why: str, fix: str | None = None,
+    name: str,
+    split: str,
+    data_dir: str | None,
+    default_dir: str,
+    why: str,
+    fix: str | None = None,
 ) -> ValueError:
     if fix is None:
         fix = _offline_fix(name)
@@ -75,7 +82,11 @@ def _not_prepared(
 
 
 def _download_failed(
-    name: str, split: str, data_dir: str | None, default_dir: str, searched: str,
+    name: str,
+    split: str,
+    data_dir: str | None,
+    default_dir: str,
+    searched: str,
     error: Exception,
 ) -> RuntimeError:
     cause = " ".join(f"{type(error).__name__}: {error}".split())
@@ -104,8 +115,14 @@ def default_data_dir(tfds: Any) -> str:
 
 
 def prepared_builder(
-    tfds: Any, name: str, split: str, data_dir: str | None, default_dir: str,
-    builder_kwargs: dict[str, Any] | None, *, download: bool = False,
+    tfds: Any,
+    name: str,
+    split: str,
+    data_dir: str | None,
+    default_dir: str,
+    builder_kwargs: dict[str, Any] | None,
+    *,
+    download: bool = False,
     prepare_kwargs: dict[str, Any] | None = None,
 ) -> Any:
     """The TFDS builder of `name`, prepared in `data_dir`: downloaded there if asked.
@@ -122,24 +139,34 @@ def prepared_builder(
     try:
         builder = tfds.builder(name, data_dir=data_dir, try_gcs=False, **dict(builder_kwargs or {}))
     except tfds.core.registered.DatasetNotFoundError:
-        raise _not_prepared(name, split, data_dir, default_dir,
-                            "No dataset of this name is registered or on disk.") from None
+        raise _not_prepared(
+            name, split, data_dir, default_dir, "No dataset of this name is registered or on disk."
+        ) from None
     if builder.is_prepared():
         return builder
     if not download:
-        raise _not_prepared(name, split, data_dir, default_dir,
-                            f"It is not prepared there (looked in {builder.data_dir!r}) and "
-                            "download=False.")
+        raise _not_prepared(
+            name,
+            split,
+            data_dir,
+            default_dir,
+            f"It is not prepared there (looked in {builder.data_dir!r}) and download=False.",
+        )
     try:
         builder.download_and_prepare(**dict(prepare_kwargs or {}))
     except Exception as error:  # Network, checksum, manual-download errors...
-        raise _download_failed(name, split, data_dir, default_dir, str(builder.data_dir),
-                               error) from error
+        raise _download_failed(
+            name, split, data_dir, default_dir, str(builder.data_dir), error
+        ) from error
     return builder
 
 
 def split_num_examples(
-    builder: Any, name: str, split: str, data_dir: str | None, default_dir: str,
+    builder: Any,
+    name: str,
+    split: str,
+    data_dir: str | None,
+    default_dir: str,
     read: Any = None,
 ) -> int:
     """Examples in `split` (or its part `read`, a shard), or raises if it is not prepared
@@ -148,7 +175,10 @@ def split_num_examples(
         num_examples = builder.info.splits[split if read is None else read].num_examples
     except (ValueError, KeyError) as err:
         raise _not_prepared(
-            name, split, data_dir, default_dir,
+            name,
+            split,
+            data_dir,
+            default_dir,
             f"The split is not there ({err}).",
             f"pass one of the prepared splits {sorted(builder.info.splits)} (slices such as "
             "'train[:90%]' and unions such as 'train+test' work too).",
@@ -171,7 +201,12 @@ def shuffle_files(tfds: Any, load_kwargs: dict[str, Any], seed: int | None) -> N
 
 
 def cached_and_shuffled(
-    ds: Any, num_examples: int, *, cache: bool, shuffle: bool, seed: int | None,
+    ds: Any,
+    num_examples: int,
+    *,
+    cache: bool,
+    shuffle: bool,
+    seed: int | None,
 ) -> Any:
     """`ds` cached in memory and shuffled (whole-dataset when cached), as asked."""
     if cache:

@@ -64,17 +64,29 @@ def make_model_fn(num_classes: int, seed: int = 0):
         layers = int(ctx.get_param("num_hidden_layers"))
         for i in range(layers):
             scope = ctx.in_scope(f"hidden_{i}")
-            x = scope.layer("dense", lambda i=i: keras.layers.Dense(
-                int(ctx.get_param("hidden")), activation="relu",
-                kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 2 * i),
-                kernel_regularizer=regularizer))(x)
+            x = scope.layer(
+                "dense",
+                lambda i=i: keras.layers.Dense(
+                    int(ctx.get_param("hidden")),
+                    activation="relu",
+                    kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 2 * i),
+                    kernel_regularizer=regularizer,
+                ),
+            )(x)
             rate = float(ctx.get_param("dropout"))
             if rate > 0:
-                x = scope.layer("dropout", lambda r=rate, i=i: keras.layers.Dropout(
-                    r, seed=seed + 2 * i + 1))(x)
-        return [ctx.layer("logits", lambda: keras.layers.Dense(
-            num_classes,
-            kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 2 * layers)))(x)]
+                x = scope.layer(
+                    "dropout", lambda r=rate, i=i: keras.layers.Dropout(r, seed=seed + 2 * i + 1)
+                )(x)
+        return [
+            ctx.layer(
+                "logits",
+                lambda: keras.layers.Dense(
+                    num_classes,
+                    kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 2 * layers),
+                ),
+            )(x)
+        ]
 
     return model_fn
 
@@ -89,9 +101,15 @@ def digits_datasets(batch_size: int, seed: int) -> tuple[Any, Any, Any, int]:
     y = digits.target.astype(np.int32)
     order = np.random.default_rng(seed).permutation(len(x))
     x, y = x[order], y[order]
-    xtr, ytr, xte, yte = x[:TRAIN_EXAMPLES], y[:TRAIN_EXAMPLES], x[TRAIN_EXAMPLES:], y[TRAIN_EXAMPLES:]
-    train = ktl.ArrayDataset(xtr, ytr, batch_size=batch_size, shuffle=True, seed=seed,
-                             loop_forever=True, name="train")
+    xtr, ytr, xte, yte = (
+        x[:TRAIN_EXAMPLES],
+        y[:TRAIN_EXAMPLES],
+        x[TRAIN_EXAMPLES:],
+        y[TRAIN_EXAMPLES:],
+    )
+    train = ktl.ArrayDataset(
+        xtr, ytr, batch_size=batch_size, shuffle=True, seed=seed, loop_forever=True, name="train"
+    )
     train_eval = ktl.ArrayDataset(xtr, ytr, batch_size=256, name="train")
     test = ktl.ArrayDataset(xte, yte, batch_size=256, name="test")
     return train, train_eval, test, 10
@@ -101,8 +119,15 @@ def tfds_datasets(name: str, data_dir: str | None, batch_size: int, seed: int):
     """The same from a supervised TFDS image/label dataset already prepared in data_dir."""
     import tensorflow_datasets as tfds
 
-    train = ktl.from_tfds(name, split="train", batch_size=batch_size, data_dir=data_dir,
-                          shuffle=True, loop_forever=True, seed=seed)
+    train = ktl.from_tfds(
+        name,
+        split="train",
+        batch_size=batch_size,
+        data_dir=data_dir,
+        shuffle=True,
+        loop_forever=True,
+        seed=seed,
+    )
     train_eval = ktl.from_tfds(name, split="train", batch_size=256, data_dir=data_dir)
     test = ktl.from_tfds(name, split="test", batch_size=256, data_dir=data_dir)
     info = tfds.builder(name, data_dir=data_dir).info
@@ -118,21 +143,38 @@ def build_parser(
         prog="python -m keras_trainloop.examples.digits",
         description="Train a classifier on scikit-learn's digits with keras-trainloop.",
     )
-    parser.add_argument("--steps", type=int, default=2000,
-                        help="total train steps, counted across resumed runs: a run resumed "
-                             "from --checkpoint at step N trains --steps minus N more "
-                             "(default 2000)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=2000,
+        help="total train steps, counted across resumed runs: a run resumed "
+        "from --checkpoint at step N trains --steps minus N more "
+        "(default 2000)",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
-    parser.add_argument("--checkpoint", default=None,
-                        help="directory to save checkpoints and plot points; resumes from it")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="directory to save checkpoints and plot points; resumes from it",
+    )
     parser.add_argument("--keep", type=int, default=1, help="checkpoints kept (default 1)")
-    parser.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True,
-                        help="report train and test metrics at the end (default on)")
-    parser.add_argument("--plot", default=None,
-                        help="PNG path of the metrics plot (default: in --checkpoint, else "
-                             "digits.png)")
-    parser.add_argument("--tfds", default=None, metavar="NAME",
-                        help="train on this supervised TFDS dataset instead of sklearn digits")
+    parser.add_argument(
+        "--eval",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="report train and test metrics at the end (default on)",
+    )
+    parser.add_argument(
+        "--plot",
+        default=None,
+        help="PNG path of the metrics plot (default: in --checkpoint, else digits.png)",
+    )
+    parser.add_argument(
+        "--tfds",
+        default=None,
+        metavar="NAME",
+        help="train on this supervised TFDS dataset instead of sklearn digits",
+    )
     parser.add_argument("--data-dir", default=None, help="TFDS data_dir holding --tfds")
     parser.add_argument("--seed", type=int, default=0, help="data and weights seed")
     flag = create_context_settings_flag(defaults, parser)
@@ -142,8 +184,9 @@ def build_parser(
 def _check_args(args: argparse.Namespace) -> None:
     for name in ("steps", "batch_size", "keep"):
         if getattr(args, name) <= 0:
-            raise SystemExit(f"--{name.replace('_', '-')} must be positive. "
-                             f"Received: {getattr(args, name)}.")
+            raise SystemExit(
+                f"--{name.replace('_', '-')} must be positive. Received: {getattr(args, name)}."
+            )
 
 
 def _context_and_optimizer(
@@ -169,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     if args.tfds:
         train, train_eval, test, num_classes = tfds_datasets(
-            args.tfds, args.data_dir, args.batch_size, args.seed)
+            args.tfds, args.data_dir, args.batch_size, args.seed
+        )
     else:
         train, train_eval, test, num_classes = digits_datasets(args.batch_size, args.seed)
 
@@ -193,7 +237,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if loop.loop_step:
             print(f"Resuming from {args.checkpoint} at step {loop.loop_step}.")
     plot_path = args.plot or (
-        os.path.join(args.checkpoint, "plot.png") if args.checkpoint else "digits.png")
+        os.path.join(args.checkpoint, "plot.png") if args.checkpoint else "digits.png"
+    )
     eval_sets = (train_eval, test) if args.eval else ()
     ktl.plots.attach_plots(loop, *eval_sets, checkpoint=checkpoint, png_path=plot_path)
 

@@ -192,12 +192,14 @@ class Agreement(Schedule):
         sent[0] = min((gap for _, gap in answers), default=MAX_CHECK_GAP)
         sent[1] = len(answers)
         for i, (schedule, (due, _)) in enumerate(zip(self.schedules, answers)):
-            sent[2 + 2 * i: 4 + 2 * i] = schedule.key, due
+            sent[2 + 2 * i : 4 + 2 * i] = schedule.key, due
         rows = self._gather(sent)
         zero = rows[0]
-        process_zero = {int(k): bool(d) for k, d in zero[2: 2 + 2 * int(zero[1])].reshape(-1, 2)}
-        self._verdicts = {id(schedule): process_zero.get(schedule.key, due)
-                          for schedule, (due, _) in zip(self.schedules, answers)}
+        process_zero = {int(k): bool(d) for k, d in zero[2 : 2 + 2 * int(zero[1])].reshape(-1, 2)}
+        self._verdicts = {
+            id(schedule): process_zero.get(schedule.key, due)
+            for schedule, (due, _) in zip(self.schedules, answers)
+        }
         step = loop.loop_step
         self._check = step + max(1, int(rows[:, 0].min()))
         self._checked_at = step
@@ -214,8 +216,9 @@ class Agreement(Schedule):
         wrapped: list[AgreedSchedule] = []
 
         def replace(schedule: Any, name: str) -> Any:
-            if schedule is self or not (isinstance(schedule, AgreedSchedule)
-                                        or is_time_based(schedule, loop)):
+            if schedule is self or not (
+                isinstance(schedule, AgreedSchedule) or is_time_based(schedule, loop)
+            ):
                 return schedule
             rank = ranks[name] = ranks.get(name, -1) + 1
             if not isinstance(schedule, AgreedSchedule):

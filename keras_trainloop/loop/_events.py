@@ -156,9 +156,7 @@ class LoopEvents:
         """
         self._on_validation_begin.add(name, priority, fn)
 
-    def on_validation_end(
-        self, name: str, priority: float, fn: OnValidationEndFn
-    ) -> None:
+    def on_validation_end(self, name: str, priority: float, fn: OnValidationEndFn) -> None:
         """Adds `fn(loop, logs)`, called after each validation with its results.
 
         `logs` is `trainer.eval(..., return_dict=True)`: `{"loss": ...,

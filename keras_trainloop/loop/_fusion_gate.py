@@ -170,8 +170,9 @@ class FusionGate:
             return False
         return not self._probe(spec).decided
 
-    def record(self, spec: Any, num_steps: int, seconds: float,
-               host_seconds: float | None = None) -> None:
+    def record(
+        self, spec: Any, num_steps: int, seconds: float, host_seconds: float | None = None
+    ) -> None:
         """A call of `num_steps` steps for `spec` took `seconds`, waited on (while probing).
 
         `host_seconds`: for a single step, how long its dispatch kept the host
@@ -228,8 +229,7 @@ class FusionGate:
 
     def dropped_fusion(self) -> bool:
         """Whether every spec seen was decided against fusion (the plan then uses cap 1)."""
-        return bool(self._probes) and all(p.decided and not p.keep
-                                          for p in self._probes.values())
+        return bool(self._probes) and all(p.decided and not p.keep for p in self._probes.values())
 
 
 class GateProbe:
@@ -283,8 +283,7 @@ class GateProbe:
         self.settled, self._settled_cap = spec, gate.cap(spec, self._cap)
         return False
 
-    def record(self, spec: Any, num_steps: int, seconds: float, host_seconds: float | None
-               ) -> None:
+    def record(self, spec: Any, num_steps: int, seconds: float, host_seconds: float | None) -> None:
         """See `FusionGate.record`."""
         self._gate.record(spec, num_steps, seconds, host_seconds)
 

@@ -161,7 +161,12 @@ class HookList:
         self._priorities: list[float] = []
 
     def add(
-        self, name: str, priority: float, fn: Callable[..., Any], schedule: Any = None, *,
+        self,
+        name: str,
+        priority: float,
+        fn: Callable[..., Any],
+        schedule: Any = None,
+        *,
         end_of: Any = None,
     ) -> None:
         """Adds `fn` under `name`, after every hook of lower or equal priority.
@@ -230,7 +235,8 @@ class HookList:
         (loop/_agreement.py).
         """
         self.hooks = tuple(
-            hook if hook.schedule is None
+            hook
+            if hook.schedule is None
             else hook._replace(schedule=replace(hook.schedule, hook.name))
             for hook in self.hooks
         )

@@ -175,4 +175,3 @@ class ExternalRun:
         loop._event_logs = None
         if loop._on_end.hooks:
             loop._on_end.fire(loop, self._metrics if metrics is None else metrics)
-

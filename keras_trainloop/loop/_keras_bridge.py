@@ -101,11 +101,13 @@ class _KerasDriver:
         model.stop_training = False
         self.epoch_start = loop.loop_step
         self.callback.set_model(model)
-        self.callback.set_params({
-            "verbose": 1,
-            "epochs": loop.epochs or 1,
-            "steps": _steps_per_epoch(loop, ds),
-        })
+        self.callback.set_params(
+            {
+                "verbose": 1,
+                "epochs": loop.epochs or 1,
+                "steps": _steps_per_epoch(loop, ds),
+            }
+        )
         self.callback.on_train_begin({})
         # Keras' protocol for resuming (BackupAndRestore sets it; fit reads it).
         initial_epoch = getattr(model, "_initial_epoch", None)

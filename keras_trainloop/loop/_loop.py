@@ -164,7 +164,10 @@ class Loop(LoopEvents, KerasInterop):
     """
 
     def __init__(
-        self, trainer: Trainer | None, *, max_fused_steps: int = MAX_FUSED_STEPS,
+        self,
+        trainer: Trainer | None,
+        *,
+        max_fused_steps: int = MAX_FUSED_STEPS,
         measure_fusion: bool = True,
     ):
         if trainer is not None and not callable(getattr(trainer, "train_step", None)):
@@ -220,7 +223,11 @@ class Loop(LoopEvents, KerasInterop):
 
     # Running -----------------------------------------------------------------
     def run_steps(
-        self, ds: Dataset, steps: int, *, validation_data: Dataset | None = None,
+        self,
+        ds: Dataset,
+        steps: int,
+        *,
+        validation_data: Dataset | None = None,
         validation_freq: int | None = None,
     ) -> list:
         """Trains for `steps` steps, continuing from `loop_step`.
@@ -266,13 +273,18 @@ class Loop(LoopEvents, KerasInterop):
         check_count("steps", steps, "run_steps")
         self._require_trainer("run_steps")
         ds, validation_data = checked_inputs(
-            self, "run_steps", ds, validation_data, validation_freq)
+            self, "run_steps", ds, validation_data, validation_freq
+        )
         if steps == 0:
             return []
         return _runs.run_steps(self, ds, steps, validation_data, validation_freq, SYNC_EVERY)
 
     def run_epochs(
-        self, ds: Dataset, epochs: int, *, validation_data: Dataset | None = None,
+        self,
+        ds: Dataset,
+        epochs: int,
+        *,
+        validation_data: Dataset | None = None,
         validation_freq: int | Sequence[int] = 1,
     ) -> list:
         """Trains for `epochs` passes over a finite dataset, continuing from `loop_step`.
@@ -321,7 +333,8 @@ class Loop(LoopEvents, KerasInterop):
         check_count("epochs", epochs, "run_epochs")
         self._require_trainer("run_epochs")
         ds, validation_data = checked_inputs(
-            self, "run_epochs", ds, validation_data, validation_freq, finite=True)
+            self, "run_epochs", ds, validation_data, validation_freq, finite=True
+        )
         if epochs == 0:
             return []
         return _runs.run_epochs(self, ds, epochs, validation_data, validation_freq, SYNC_EVERY)
@@ -341,7 +354,6 @@ class Loop(LoopEvents, KerasInterop):
     def stop_requested(self) -> bool:
         """Whether `stop()` was called during the current run."""
         return self._stop_requested
-
 
     def resume_at(self, step: int) -> None:
         """Makes the next run start at `step`: sets `loop_step` and `start_step` to it.
@@ -444,9 +456,11 @@ class Loop(LoopEvents, KerasInterop):
             print(loop.plan(1000).report())
         """
         check_count("steps", steps, "plan")
-        fusable = (not self._on_batch_begin.hooks
-                   and trainer_can_fuse(self.trainer, self._max_fused_steps)
-                   and not self._gate.dropped_fusion())
+        fusable = (
+            not self._on_batch_begin.hooks
+            and trainer_can_fuse(self.trainer, self._max_fused_steps)
+            and not self._gate.dropped_fusion()
+        )
         cap = self._max_fused_steps if fusable else 1
         first_caps = self._gate.planned_caps() if fusable else []
         return make_plan(self, steps, self._on_step, self._on_end, cap, first_caps)

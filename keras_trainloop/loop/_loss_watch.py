@@ -81,9 +81,9 @@ def read_steps(losses: list, sizes: list[int], first_step: int, mean: LossMean) 
     """
     first_bad = None
     for start in range(0, len(losses), READ_GROUP):
-        group = losses[start:start + READ_GROUP]
+        group = losses[start : start + READ_GROUP]
         weights = np.zeros(READ_GROUP, np.float32)
-        weights[:len(group)] = sizes[start:start + READ_GROUP]
+        weights[: len(group)] = sizes[start : start + READ_GROUP]
         # Padded to one length (weight 0): one compiled check, whatever the count.
         padded = group + [group[0]] * (READ_GROUP - len(group))
         index, total = jax.device_get(_first_nonfinite_and_sum(padded, weights))

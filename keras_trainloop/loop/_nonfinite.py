@@ -67,8 +67,9 @@ class NonFiniteCheck:
         return self._call is not None or bool(self._losses)
 
     # What the step loop dispatched ----------------------------------------------------
-    def dispatched(self, metrics: list, step: int, num_steps: int, batch_size: int,
-                   call_losses: Any = None) -> None:
+    def dispatched(
+        self, metrics: list, step: int, num_steps: int, batch_size: int, call_losses: Any = None
+    ) -> None:
         """Steps `step`..`step + num_steps - 1` were dispatched, with these `metrics`.
 
         A single step (`call_losses` None): a fused call before it ran first,

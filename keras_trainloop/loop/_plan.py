@@ -97,9 +97,11 @@ class Plan:
         steps = self.end_step - self.start_step
         train = steps * self.step_seconds
         lines = [
-            (f"Plan: steps {self.start_step}..{self.end_step - 1} ({steps} steps) in "
-             f"{len(self.calls)} compiled calls; training ~{train:.3g} s at "
-             f"{self.step_seconds * 1e6:.3g} us/step measured."),
+            (
+                f"Plan: steps {self.start_step}..{self.end_step - 1} ({steps} steps) in "
+                f"{len(self.calls)} compiled calls; training ~{train:.3g} s at "
+                f"{self.step_seconds * 1e6:.3g} us/step measured."
+            ),
             f"{'hook':<40} {'event':<6} {'calls':>7} {'median':>10} {'est. s':>9} {'share':>6}",
         ]
         ranked = sorted(self.hooks, key=lambda h: -h.estimated_seconds)
@@ -119,7 +121,11 @@ class Plan:
 
 
 def make_plan(
-    loop: Any, steps: int, on_step: HookList, on_end: HookList, cap: int,
+    loop: Any,
+    steps: int,
+    on_step: HookList,
+    on_end: HookList,
+    cap: int,
     first_caps: list[int] | None = None,
 ) -> Plan:
     """Plans `steps` steps of `loop` from its `loop_step` (changing nothing of it).
@@ -141,16 +147,24 @@ def make_plan(
     return Plan(view.start_step, view.end_step, planned, calls, step_seconds)
 
 
-def _end_hooks(on_end: HookList, on_step: HookList, fired: list[list[int]], start: int,
-               end: int) -> list[PlannedHook]:
+def _end_hooks(
+    on_end: HookList, on_step: HookList, fired: list[list[int]], start: int, end: int
+) -> list[PlannedHook]:
     """The on_end hooks at the end of the run; `fired`: the steps of each on_step hook."""
     # A scheduled hook's end call (`end_of`) is skipped when its on_step hook just fired.
-    ran = {id(unwrapped(hook.schedule)) for hook, steps in zip(on_step.hooks, fired)
-           if hook.schedule is not None and steps[-1:] == [end - 1]}
+    ran = {
+        id(unwrapped(hook.schedule))
+        for hook, steps in zip(on_step.hooks, fired)
+        if hook.schedule is not None and steps[-1:] == [end - 1]
+    }
     return [
-        PlannedHook("OnEnd", hook.name,
-                    [end] if end_call_due(start, end, id(hook.end_of) in ran) else [],
-                    False, hook.cost)
+        PlannedHook(
+            "OnEnd",
+            hook.name,
+            [end] if end_call_due(start, end, id(hook.end_of) in ran) else [],
+            False,
+            hook.cost,
+        )
         for hook in on_end.hooks
     ]
 
@@ -165,8 +179,9 @@ def _is_timed(schedule: Any, view: _View) -> bool:
     return seconds_left is not None and seconds_left(view) is not None
 
 
-def _fire_calls(view: _View, hooks: HookList, cap: int, first_caps: list[int]
-                ) -> list[tuple[int, int]]:
+def _fire_calls(
+    view: _View, hooks: HookList, cap: int, first_caps: list[int]
+) -> list[tuple[int, int]]:
     """Sizes the calls of the planned run and fires `hooks` after each, as the loop does.
 
     Returns:

@@ -70,8 +70,15 @@ def adapt_inputs(loop: Any, ds: Any, validation_data: Any) -> tuple[Any, Any]:
     return ds, validation_data
 
 
-def checked_inputs(loop: Any, method: str, ds: Any, validation_data: Any, validation_freq: Any,
-                   *, finite: bool = False) -> tuple[Any, Any]:
+def checked_inputs(
+    loop: Any,
+    method: str,
+    ds: Any,
+    validation_data: Any,
+    validation_freq: Any,
+    *,
+    finite: bool = False,
+) -> tuple[Any, Any]:
     """`adapt_inputs`, then the checks of `ds` and of the validation arguments."""
     ds, validation_data = adapt_inputs(loop, ds, validation_data)
     check_dataset(ds, method, finite=finite)
@@ -135,11 +142,15 @@ def check_ends(ds: Any, method: str, argument: str = "ds") -> None:
     if reason is None:
         return
     if argument == "ds":
-        fix = ("use loop.run_steps(ds, steps) to train on a dataset that loops forever, "
-               "or create it with loop_forever=False (a tf.data pipeline without .repeat())")
+        fix = (
+            "use loop.run_steps(ds, steps) to train on a dataset that loops forever, "
+            "or create it with loop_forever=False (a tf.data pipeline without .repeat())"
+        )
     else:
-        fix = (f"pass a finite {argument} (created with loop_forever=False, a tf.data "
-               "pipeline without .repeat())")
+        fix = (
+            f"pass a finite {argument} (created with loop_forever=False, a tf.data "
+            "pipeline without .repeat())"
+        )
     raise ValueError(
         f"loop.{method}() needs a finite {argument} (it must end with EOFError), but "
         f"dataset {short_repr(dataset_name(ds))} never ends ({reason}). Received: "
@@ -181,11 +192,16 @@ def _valid_freq(validation_freq: Any, method: str) -> bool:
 
 def _bad_freq(validation_freq: Any, method: str) -> None:
     unit = "steps" if method == "run_steps" else "epochs"
-    accepted = ("None or an int >= 1" if method == "run_steps"
-                else "an int >= 1 or a list of epochs counted from 1")
-    fix = ("validation_freq=1000 (steps), or None to validate only at the end of the run"
-           if method == "run_steps"
-           else "validation_freq=1 (after every epoch), 2, ..., or a list such as [1, 5, 10]")
+    accepted = (
+        "None or an int >= 1"
+        if method == "run_steps"
+        else "an int >= 1 or a list of epochs counted from 1"
+    )
+    fix = (
+        "validation_freq=1000 (steps), or None to validate only at the end of the run"
+        if method == "run_steps"
+        else "validation_freq=1 (after every epoch), 2, ..., or a list such as [1, 5, 10]"
+    )
     raise ValueError(
         f"loop.{method}() expects validation_freq to be {accepted} ({unit} between "
         f"validations). Received: validation_freq={short_repr(validation_freq)}. "

@@ -70,8 +70,9 @@ def _interrupted(loop: Any, interrupt: BaseException) -> None:
             loop._on_interrupt.fire(loop, interrupt)
 
 
-def run_steps(loop: Any, ds: Any, steps: int, validation_data: Any, validation_freq: Any,
-              sync_every: int) -> list:
+def run_steps(
+    loop: Any, ds: Any, steps: int, validation_data: Any, validation_freq: Any, sync_every: int
+) -> list:
     """`loop.run_steps`, its arguments checked; `sync_every`: the loop's `SYNC_EVERY`."""
     feed = loop._device_feed(ds)
     with running(loop):
@@ -106,8 +107,9 @@ def _ended_early(ds: Any, steps: int, done: int) -> ValueError:
     )
 
 
-def run_epochs(loop: Any, ds: Any, epochs: int, validation_data: Any, validation_freq: Any,
-               sync_every: int) -> list:
+def run_epochs(
+    loop: Any, ds: Any, epochs: int, validation_data: Any, validation_freq: Any, sync_every: int
+) -> list:
     """`loop.run_epochs`, its arguments checked; `sync_every`: the loop's `SYNC_EVERY`."""
     feed = loop._device_feed(ds)
     with running(loop):
@@ -161,9 +163,7 @@ def _run_epoch(loop: Any, ds: Any, feed: Any, epoch: int, epochs: int, metrics: 
 def _checked_initial_epoch(loop: Any, epochs: int) -> int:
     """`initial_epoch` as set by the on_start hooks, checked against `epochs`."""
     initial = loop.initial_epoch
-    if isinstance(initial, bool) or not isinstance(initial, int) or not (
-        0 <= initial <= epochs
-    ):
+    if isinstance(initial, bool) or not isinstance(initial, int) or not (0 <= initial <= epochs):
         raise ValueError(
             f"loop.initial_epoch must be an int in [0, epochs={epochs}] (set by an "
             f"on_start hook to resume run_epochs). Received: initial_epoch={short_repr(initial)}. "

@@ -50,8 +50,7 @@ def _check_finite(function: str, name: str, value: Any, fix: str) -> None:
     """Raises ValueError for a NaN or infinite float `value` (before any type check)."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(
-            f"{function} expects a finite {name}. Received: {name}={short_repr(value)}. "
-            f"Fix: {fix}."
+            f"{function} expects a finite {name}. Received: {name}={short_repr(value)}. Fix: {fix}."
         )
 
 

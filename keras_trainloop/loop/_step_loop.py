@@ -104,8 +104,9 @@ class StepLoop:
                 loop.loop_step = step  # The one advance: the call's steps were trained.
         return metrics, False
 
-    def _train_one(self, loop: Any, train_step: Any, step: int, batch: tuple, probe: GateProbe,
-                   clock: Any) -> tuple[list, float | None]:
+    def _train_one(
+        self, loop: Any, train_step: Any, step: int, batch: tuple, probe: GateProbe, clock: Any
+    ) -> tuple[list, float | None]:
         """Fires the `on_batch_begin` hooks, then dispatches one step.
 
         Returns:

@@ -91,8 +91,7 @@ class StepSource:
         probe: the chunk's `GateProbe`, which caps each call.
     """
 
-    __slots__ = ("_loop", "_on_batch_begin", "_on_step", "_probe", "_yield_batch",
-                 "_yield_batches")
+    __slots__ = ("_loop", "_on_batch_begin", "_on_step", "_probe", "_yield_batch", "_yield_batches")
 
     def __init__(self, loop: Any, ds: Any, fuse: bool, probe: GateProbe):
         self._loop = loop
@@ -102,8 +101,9 @@ class StepSource:
         self._yield_batch = ds.yield_batch
         self._yield_batches = ds.yield_batches if fuse else None
 
-    def read(self, limit: int, last_spec: Any, step_seconds: float | None
-             ) -> tuple[int, tuple] | None:
+    def read(
+        self, limit: int, last_spec: Any, step_seconds: float | None
+    ) -> tuple[int, tuple] | None:
         """The next call's `(num_steps, batch)`, from `loop.loop_step` on; None at the end.
 
         `batch` is `(spec, inputs, labels)`: with `num_steps > 1`, stacked
@@ -113,8 +113,9 @@ class StepSource:
         """
         yield_batches = self._yield_batches
         if yield_batches is not None and not self._on_batch_begin.hooks:
-            n = fusable_steps(self._loop, self._on_step, limit, self._probe.call_cap(last_spec),
-                              step_seconds)
+            n = fusable_steps(
+                self._loop, self._on_step, limit, self._probe.call_cap(last_spec), step_seconds
+            )
             while n > 1:
                 batch = yield_batches(n)
                 if batch is not None:

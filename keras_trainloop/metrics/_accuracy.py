@@ -64,7 +64,9 @@ def binary_logits_correct(labels: list, predictions: list) -> jax.Array:
 
 # The accuracy of correct_fn -------------------------------------------------------------------
 def _accuracy_counts(
-    correct: jax.Array, labels: list, fn_name: str,
+    correct: jax.Array,
+    labels: list,
+    fn_name: str,
 ) -> tuple[jax.Array, jax.Array]:
     """(accuracy, total weight) of a boolean `correct` array, with weights/mask labels."""
     weights, mask = weights_and_mask(correct.shape, labels[1:], fn_name)
@@ -121,11 +123,22 @@ class _MeanAccuracy(_Accuracy, MeanMetric):
         keras_name: defaults to the snake_case of `name`.
     """
 
-    def __init__(self, correct_fn: CorrectFn, name: str = "Mean Accuracy",
-                 short_name: str = "#acc", *, keras_name: str | None = None):
+    def __init__(
+        self,
+        correct_fn: CorrectFn,
+        name: str = "Mean Accuracy",
+        short_name: str = "#acc",
+        *,
+        keras_name: str | None = None,
+    ):
         self.correct_fn = correct_fn
-        super().__init__(name, short_name, ACCURACY_METRIC_TYPE,
-                         _accuracy_fn(correct_fn, type(self).__name__), keras_name=keras_name)
+        super().__init__(
+            name,
+            short_name,
+            ACCURACY_METRIC_TYPE,
+            _accuracy_fn(correct_fn, type(self).__name__),
+            keras_name=keras_name,
+        )
 
 
 class _MovingAverageAccuracy(_Accuracy, MovingAverageMetric):
@@ -139,13 +152,24 @@ class _MovingAverageAccuracy(_Accuracy, MovingAverageMetric):
         keras_name: defaults to the snake_case of `name`.
     """
 
-    def __init__(self, correct_fn: CorrectFn, name: str = "Moving Average Accuracy",
-                 short_name: str = "~acc", new_example_weight: float = 0.01, *,
-                 keras_name: str | None = None):
+    def __init__(
+        self,
+        correct_fn: CorrectFn,
+        name: str = "Moving Average Accuracy",
+        short_name: str = "~acc",
+        new_example_weight: float = 0.01,
+        *,
+        keras_name: str | None = None,
+    ):
         self.correct_fn = correct_fn
-        super().__init__(name, short_name, ACCURACY_METRIC_TYPE,
-                         _accuracy_fn(correct_fn, type(self).__name__), new_example_weight,
-                         keras_name=keras_name)
+        super().__init__(
+            name,
+            short_name,
+            ACCURACY_METRIC_TYPE,
+            _accuracy_fn(correct_fn, type(self).__name__),
+            new_example_weight,
+            keras_name=keras_name,
+        )
 
 
 # The public accuracies: one correct_fn each ---------------------------------------------------
@@ -167,8 +191,13 @@ class SparseCategoricalAccuracy(_MeanAccuracy):
         eval_metrics = [ktl.metrics.SparseCategoricalAccuracy()]
     """
 
-    def __init__(self, name: str = "Mean Accuracy", short_name: str = "#acc", *,
-                 keras_name: str | None = None):
+    def __init__(
+        self,
+        name: str = "Mean Accuracy",
+        short_name: str = "#acc",
+        *,
+        keras_name: str | None = None,
+    ):
         super().__init__(sparse_categorical_correct, name, short_name, keras_name=keras_name)
 
 
@@ -186,10 +215,17 @@ class MovingAverageSparseCategoricalAccuracy(_MovingAverageAccuracy):
         train_metrics = [ktl.metrics.MovingAverageSparseCategoricalAccuracy()]
     """
 
-    def __init__(self, name: str = "Moving Average Accuracy", short_name: str = "~acc",
-                 new_example_weight: float = 0.01, *, keras_name: str | None = None):
-        super().__init__(sparse_categorical_correct, name, short_name, new_example_weight,
-                         keras_name=keras_name)
+    def __init__(
+        self,
+        name: str = "Moving Average Accuracy",
+        short_name: str = "~acc",
+        new_example_weight: float = 0.01,
+        *,
+        keras_name: str | None = None,
+    ):
+        super().__init__(
+            sparse_categorical_correct, name, short_name, new_example_weight, keras_name=keras_name
+        )
 
 
 class BinaryAccuracy(_MeanAccuracy):
@@ -209,8 +245,13 @@ class BinaryAccuracy(_MeanAccuracy):
         eval_metrics = [ktl.metrics.BinaryAccuracy()]
     """
 
-    def __init__(self, name: str = "Mean Accuracy", short_name: str = "#acc", *,
-                 keras_name: str | None = None):
+    def __init__(
+        self,
+        name: str = "Mean Accuracy",
+        short_name: str = "#acc",
+        *,
+        keras_name: str | None = None,
+    ):
         super().__init__(binary_correct, name, short_name, keras_name=keras_name)
 
 
@@ -228,10 +269,17 @@ class MovingAverageBinaryAccuracy(_MovingAverageAccuracy):
         train_metrics = [ktl.metrics.MovingAverageBinaryAccuracy()]
     """
 
-    def __init__(self, name: str = "Moving Average Accuracy", short_name: str = "~acc",
-                 new_example_weight: float = 0.01, *, keras_name: str | None = None):
-        super().__init__(binary_correct, name, short_name, new_example_weight,
-                         keras_name=keras_name)
+    def __init__(
+        self,
+        name: str = "Moving Average Accuracy",
+        short_name: str = "~acc",
+        new_example_weight: float = 0.01,
+        *,
+        keras_name: str | None = None,
+    ):
+        super().__init__(
+            binary_correct, name, short_name, new_example_weight, keras_name=keras_name
+        )
 
 
 class BinaryLogitsAccuracy(_MeanAccuracy):
@@ -249,8 +297,13 @@ class BinaryLogitsAccuracy(_MeanAccuracy):
         eval_metrics = [ktl.metrics.BinaryLogitsAccuracy()]
     """
 
-    def __init__(self, name: str = "Mean Accuracy", short_name: str = "#acc", *,
-                 keras_name: str | None = None):
+    def __init__(
+        self,
+        name: str = "Mean Accuracy",
+        short_name: str = "#acc",
+        *,
+        keras_name: str | None = None,
+    ):
         super().__init__(binary_logits_correct, name, short_name, keras_name=keras_name)
 
 
@@ -268,7 +321,14 @@ class MovingAverageBinaryLogitsAccuracy(_MovingAverageAccuracy):
         train_metrics = [ktl.metrics.MovingAverageBinaryLogitsAccuracy()]
     """
 
-    def __init__(self, name: str = "Moving Average Accuracy", short_name: str = "~acc",
-                 new_example_weight: float = 0.01, *, keras_name: str | None = None):
-        super().__init__(binary_logits_correct, name, short_name, new_example_weight,
-                         keras_name=keras_name)
+    def __init__(
+        self,
+        name: str = "Moving Average Accuracy",
+        short_name: str = "~acc",
+        new_example_weight: float = 0.01,
+        *,
+        keras_name: str | None = None,
+    ):
+        super().__init__(
+            binary_logits_correct, name, short_name, new_example_weight, keras_name=keras_name
+        )

@@ -74,7 +74,12 @@ class MeanMetric(Metric):
     """
 
     def __init__(
-        self, name: str, short_name: str, metric_type: str, fn: MetricFn | None = None, *,
+        self,
+        name: str,
+        short_name: str,
+        metric_type: str,
+        fn: MetricFn | None = None,
+        *,
         keras_name: str | None = None,
     ):
         super().__init__(name, short_name, metric_type, keras_name=keras_name)
@@ -86,7 +91,10 @@ class MeanMetric(Metric):
         return jnp.zeros((2,), jnp.float32)
 
     def accumulate(
-        self, state: jax.Array, value: Any, weight: Any = 1.0,
+        self,
+        state: jax.Array,
+        value: Any,
+        weight: Any = 1.0,
     ) -> tuple[jax.Array, jax.Array]:
         """Adds `value` with `weight` examples to the running mean.
 
@@ -143,8 +151,14 @@ class MovingAverageMetric(Metric):
     """
 
     def __init__(
-        self, name: str, short_name: str, metric_type: str, fn: MetricFn | None = None,
-        new_example_weight: float = 0.01, *, keras_name: str | None = None,
+        self,
+        name: str,
+        short_name: str,
+        metric_type: str,
+        fn: MetricFn | None = None,
+        new_example_weight: float = 0.01,
+        *,
+        keras_name: str | None = None,
     ):
         super().__init__(name, short_name, metric_type, keras_name=keras_name)
         _check_fn(fn, type(self).__name__)
@@ -163,7 +177,10 @@ class MovingAverageMetric(Metric):
         return jnp.zeros((2,), jnp.float32)
 
     def accumulate(
-        self, state: jax.Array, value: Any, weight: Any = 1.0,
+        self,
+        state: jax.Array,
+        value: Any,
+        weight: Any = 1.0,
     ) -> tuple[jax.Array, jax.Array]:
         """Moves the average towards `value`.
 
@@ -207,7 +224,12 @@ class BatchMetric(Metric):
     """
 
     def __init__(
-        self, name: str, short_name: str, metric_type: str, fn: MetricFn | None = None, *,
+        self,
+        name: str,
+        short_name: str,
+        metric_type: str,
+        fn: MetricFn | None = None,
+        *,
         keras_name: str | None = None,
     ):
         super().__init__(name, short_name, metric_type, keras_name=keras_name)

@@ -50,7 +50,12 @@ class Metric(abc.ABC):
     """
 
     def __init__(
-        self, name: str, short_name: str, metric_type: str, *, keras_name: str | None = None,
+        self,
+        name: str,
+        short_name: str,
+        metric_type: str,
+        *,
+        keras_name: str | None = None,
     ):
         named = [("name", name), ("short_name", short_name), ("metric_type", metric_type)]
         if keras_name is not None:
@@ -109,5 +114,7 @@ class Metric(abc.ABC):
         return np.array2string(array, separator=", ", formatter={"float_kind": fmt})
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(name={self.name!r}, short_name={self.short_name!r}, "
-                f"metric_type={self.metric_type!r})")
+        return (
+            f"{type(self).__name__}(name={self.name!r}, short_name={self.short_name!r}, "
+            f"metric_type={self.metric_type!r})"
+        )

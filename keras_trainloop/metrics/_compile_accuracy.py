@@ -54,16 +54,17 @@ class _CompileAccuracy(Metric):
     """
 
     def __init__(self, identifier: str):
-        super().__init__(identifier, short(identifier), ACCURACY_METRIC_TYPE,
-                         keras_name=identifier)
+        super().__init__(identifier, short(identifier), ACCURACY_METRIC_TYPE, keras_name=identifier)
         self.keras_metrics = {
             "binary": keras.metrics.BinaryAccuracy(name=identifier),
             "sparse_categorical": keras.metrics.SparseCategoricalAccuracy(name=identifier),
             "categorical": keras.metrics.CategoricalAccuracy(name=identifier),
         }
         initials = {kind: initial_variables(m) for kind, m in self.keras_metrics.items()}
-        layouts = {kind: [(v.shape, v.dtype.name, v.tolist()) for v in values]
-                   for kind, values in initials.items()}
+        layouts = {
+            kind: [(v.shape, v.dtype.name, v.tolist()) for v in values]
+            for kind, values in initials.items()
+        }
         if len({repr(layout) for layout in layouts.values()}) != 1:
             raise RuntimeError(  # Only if a future Keras changes these metrics' variables.
                 "Keras' BinaryAccuracy, SparseCategoricalAccuracy and CategoricalAccuracy "
@@ -89,8 +90,7 @@ class _CompileAccuracy(Metric):
         """
         labels, predictions = as_list(labels), as_list(predictions)
         check_keras_inputs(self.name, labels, predictions)
-        kind = _compile_accuracy_kind(tuple(jnp.shape(labels[0])),
-                                      tuple(jnp.shape(predictions[0])))
+        kind = _compile_accuracy_kind(tuple(jnp.shape(labels[0])), tuple(jnp.shape(predictions[0])))
         return self.keras_metrics[kind]
 
     def init_state(self) -> list[jax.Array]:

@@ -43,8 +43,12 @@ def _resolve(obj: Any, factory: str) -> tuple[Any, str]:
 
 
 def mean(
-    fn_or_keras_metric: Any, name: str | None = None, short_name: str | None = None,
-    metric_type: str | None = None, *, keras_name: str | None = None,
+    fn_or_keras_metric: Any,
+    name: str | None = None,
+    short_name: str | None = None,
+    metric_type: str | None = None,
+    *,
+    keras_name: str | None = None,
 ) -> Metric:
     """A metric that averages over everything since the last reset (for eval).
 
@@ -81,8 +85,12 @@ def mean(
 
 
 def moving_average(
-    fn_or_keras_metric: Any, name: str | None = None, short_name: str | None = None,
-    metric_type: str | None = None, new_example_weight: float = 0.01, *,
+    fn_or_keras_metric: Any,
+    name: str | None = None,
+    short_name: str | None = None,
+    metric_type: str | None = None,
+    new_example_weight: float = 0.01,
+    *,
     keras_name: str | None = None,
 ) -> MovingAverageMetric:
     """An exponential moving average of a per-batch value (for training).
@@ -112,14 +120,22 @@ def moving_average(
     if isinstance(obj, keras.metrics.Metric):
         obj = keras_batch_fn(obj, initial_variables(obj), "moving_average")
     return MovingAverageMetric(
-        name or f"Moving Average {base}", short_name or f"~{short(base)}",
-        metric_type or infer_type(base), obj, new_example_weight, keras_name=keras_name,
+        name or f"Moving Average {base}",
+        short_name or f"~{short(base)}",
+        metric_type or infer_type(base),
+        obj,
+        new_example_weight,
+        keras_name=keras_name,
     )
 
 
 def per_batch(
-    fn_or_keras_metric: Any, name: str | None = None, short_name: str | None = None,
-    metric_type: str | None = None, *, keras_name: str | None = None,
+    fn_or_keras_metric: Any,
+    name: str | None = None,
+    short_name: str | None = None,
+    metric_type: str | None = None,
+    *,
+    keras_name: str | None = None,
 ) -> BatchMetric:
     """A metric whose value is that of the current batch only.
 
@@ -147,8 +163,11 @@ def per_batch(
     if isinstance(obj, keras.metrics.Metric):
         obj = keras_batch_fn(obj, initial_variables(obj), "per_batch")
     return BatchMetric(
-        name or f"Batch {base}", short_name or short(base), metric_type or infer_type(base),
-        obj, keras_name=keras_name,
+        name or f"Batch {base}",
+        short_name or short(base),
+        metric_type or infer_type(base),
+        obj,
+        keras_name=keras_name,
     )
 
 
@@ -194,8 +213,10 @@ def as_metric(obj: Any) -> Metric:
         if obj.lower() in COMPILE_ACCURACY_NAMES:
             return _CompileAccuracy(obj)
         return KerasMetric(keras_metric_by_name(obj), name=obj, keras_name=obj)
-    accepted = ("a ktl.metrics.Metric, a keras.metrics.Metric instance, a Keras metric name, "
-                "or a function fn(labels: list, predictions: list)")
+    accepted = (
+        "a ktl.metrics.Metric, a keras.metrics.Metric instance, a Keras metric name, "
+        "or a function fn(labels: list, predictions: list)"
+    )
     if isinstance(obj, type):
         raise TypeError(
             f"A metric must be {accepted}. Received: metric={obj!r}, a class. "

@@ -73,8 +73,12 @@ class KerasMetric(Metric):
     """
 
     def __init__(
-        self, metric: keras.metrics.Metric, name: str | None = None,
-        short_name: str | None = None, metric_type: str | None = None, *,
+        self,
+        metric: keras.metrics.Metric,
+        name: str | None = None,
+        short_name: str | None = None,
+        metric_type: str | None = None,
+        *,
         keras_name: str | None = None,
     ):
         if not isinstance(metric, keras.metrics.Metric):
@@ -84,8 +88,12 @@ class KerasMetric(Metric):
             )
         base = keras_base_name(metric)
         name = name or base
-        super().__init__(name, short_name or short(name), metric_type or infer_type(base),
-                         keras_name=metric.name if keras_name is None else keras_name)
+        super().__init__(
+            name,
+            short_name or short(name),
+            metric_type or infer_type(base),
+            keras_name=metric.name if keras_name is None else keras_name,
+        )
         self.keras_metric = metric
         self._initial = initial_variables(metric)
 

@@ -95,8 +95,9 @@ def plot_points(
             "(attach_plots runs on a schedule and at the end of each run)."
         )
     types = _sorted_types(points)
-    colors = {series: f"C{i % 10}" for i, series in enumerate(dict.fromkeys(
-        p.series for p in points))}
+    colors = {
+        series: f"C{i % 10}" for i, series in enumerate(dict.fromkeys(p.series for p in points))
+    }
     fig = Figure(figsize=(9, 3.2 * len(types)), layout="constrained")
     axes = fig.subplots(len(types), 1, squeeze=False)[:, 0]
     if log_x is None:
@@ -142,8 +143,9 @@ def _without_duplicates(curves: _Curves) -> _Curves:
     return kept
 
 
-def _draw_type(ax: Any, metric_type: str, curves: _Curves, colors: dict[str, str], *,
-               log_x: bool) -> None:
+def _draw_type(
+    ax: Any, metric_type: str, curves: _Curves, colors: dict[str, str], *, log_x: bool
+) -> None:
     """Draws one subplot: a curve per metric and series, the series' colour, steps in order."""
     scale = _SCALES.get(metric_type, 1.0)
     styles: dict[str, int] = {}  # Curves drawn per series: the next one's line style.
@@ -151,8 +153,15 @@ def _draw_type(ax: Any, metric_type: str, curves: _Curves, colors: dict[str, str
         xs = sorted(values)
         style = _LINE_STYLES[styles.get(series, 0) % len(_LINE_STYLES)]
         styles[series] = styles.get(series, 0) + 1
-        ax.plot(xs, [values[x] * scale for x in xs], marker="o", markersize=3,
-                color=colors[series], linestyle=style, label=f"{series}: {name}")
+        ax.plot(
+            xs,
+            [values[x] * scale for x in xs],
+            marker="o",
+            markersize=3,
+            color=colors[series],
+            linestyle=style,
+            label=f"{series}: {name}",
+        )
     if log_x:
         ax.set_xscale("log")
     ax.set_title(metric_type)
@@ -313,8 +322,11 @@ class Plots:
             value = float(array.reshape(()))
             if not math.isfinite(value):
                 return
-            new.append(Point(step, metric.name, metric.short_name, metric.metric_type,
-                             dataset, kind, value))
+            new.append(
+                Point(
+                    step, metric.name, metric.short_name, metric.metric_type, dataset, kind, value
+                )
+            )
 
         if metrics:
             values = jax.device_get(list(metrics))
@@ -430,8 +442,9 @@ def attach_plots(
         )
     if checkpoint is not None:
         directory = checkpoint.directory
-    plots = Plots(loop.trainer, *eval_datasets, directory=directory, png_path=png_path,
-                  output=output)
+    plots = Plots(
+        loop.trainer, *eval_datasets, directory=directory, png_path=png_path, output=output
+    )
     plots.truncate_after(int(loop.trainer.global_step))
     if every_n_steps is not None:
         loop_lib.every_n_steps(loop, every_n_steps, _HOOK_NAME, priority, plots.collect)

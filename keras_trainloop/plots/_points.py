@@ -193,8 +193,9 @@ def save_points(points: Iterable[Point], path: str | os.PathLike, *, append: boo
 def _kept_text(file_path: str) -> str:
     """The existing lines to keep when appending: all but a torn last line, newline-ended."""
     with open(file_path, encoding="utf-8") as f:
-        numbered = [(n, line) for n, line in enumerate(f.read().split("\n"), start=1)
-                    if line.strip()]
+        numbered = [
+            (n, line) for n, line in enumerate(f.read().split("\n"), start=1) if line.strip()
+        ]
     if numbered:
         number, last = numbered[-1]
         try:

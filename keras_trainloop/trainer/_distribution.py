@@ -123,11 +123,13 @@ def _local_data_shards(sharding: NamedSharding) -> int:
     mesh = sharding.mesh
     dims = [mesh.axis_names.index(name) for name in axes]
     process = jax.process_index()
-    return len({
-        tuple(position[d] for d in dims)
-        for position, device in np.ndenumerate(mesh.devices)
-        if device.process_index == process
-    })
+    return len(
+        {
+            tuple(position[d] for d in dims)
+            for position, device in np.ndenumerate(mesh.devices)
+            if device.process_index == process
+        }
+    )
 
 
 def _rows_by_process(sharding: NamedSharding) -> dict[int, tuple[int, ...]]:
@@ -178,8 +180,10 @@ def _layout_problem(held: dict[int, tuple[int, ...]]) -> str | None:
             owners.setdefault(row, []).append(process)
     for row, processes in owners.items():
         if len(processes) > 1:
-            return (f"row block {row} of the batch (of {len(owners)}) is on devices of "
-                    f"processes {processes}")
+            return (
+                f"row block {row} of the batch (of {len(owners)}) is on devices of "
+                f"processes {processes}"
+            )
     if len({len(rows) for rows in held.values()}) > 1:
         counts = {process: len(rows) for process, rows in held.items()}
         return f"the processes hold unequal numbers of row blocks {counts}"

@@ -79,8 +79,15 @@ class StepCompiler:
         interrupts.install()
         with interrupts.guard():  # Half-built layers or optimizers are never rebuilt by Keras.
             predictions = create_variables(
-                self._state.model, self._state.optimizer, self._context, spec, inputs,
-                graph_type is GraphType.TRAIN, distribution, self._model_fn)
+                self._state.model,
+                self._state.optimizer,
+                self._context,
+                spec,
+                inputs,
+                graph_type is GraphType.TRAIN,
+                distribution,
+                self._model_fn,
+            )
         if self.takes_class_ids:
             _inputs.check_class_ids(spec, labels, predictions or _output_shapes(self._state.model))
         if distribution is not None and placement.update_state_shardings(self._state.variables()):
@@ -102,8 +109,9 @@ class StepCompiler:
             return step_fn(*args)
 
         executor.fused_fns.clear()
-        executor.fn = self._placement.jit(fn, (0, 1) if train else (1,),
-                                          "train" if train else "eval")
+        executor.fn = self._placement.jit(
+            fn, (0, 1) if train else (1,), "train" if train else "eval"
+        )
 
     def fused_fn(self, executor: Executor, num_steps: int) -> Callable:
         """The jitted function running `num_steps` train steps in one `lax.scan`."""

@@ -81,7 +81,8 @@ def fits(executor: Executor | None, inputs: list, labels: list) -> bool:
     """Whether a batch can go to `executor` without the full checks (the fast path)."""
     return (
         executor is not None
-        and len(inputs) == executor.num_inputs and len(labels) == executor.num_labels
+        and len(inputs) == executor.num_inputs
+        and len(labels) == executor.num_labels
         and not any(x is None for x in inputs)
     )
 

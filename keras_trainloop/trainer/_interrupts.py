@@ -92,8 +92,10 @@ def handling_sigterm() -> Iterator[None]:
     Only in the main thread and where SIGTERM has its default disposition;
     the previous disposition is restored afterwards.
     """
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
         yield
         return
     signal.signal(signal.SIGTERM, _handler)

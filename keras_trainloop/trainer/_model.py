@@ -67,7 +67,9 @@ class FnModel(keras.Model):
     is Python code, not a Keras config. Save its weights instead.
     """
 
-    def __init__(self, model_fn: Callable | keras.layers.Layer, context: Context, name: str = "fn_model"):
+    def __init__(
+        self, model_fn: Callable | keras.layers.Layer, context: Context, name: str = "fn_model"
+    ):
         super().__init__(name=name)
         self.context_layer = context.keras_layer
         if isinstance(model_fn, keras.layers.Layer):

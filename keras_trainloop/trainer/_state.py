@@ -120,7 +120,8 @@ class TrainState:
         interrupts.enter()
         try:
             (self.values, self.train_mstates), values = fn(
-                self.values, self.train_mstates, inputs, labels)
+                self.values, self.train_mstates, inputs, labels
+            )
         finally:
             interrupts.leave()
         return values
@@ -129,7 +130,8 @@ class TrainState:
         """Runs a jitted fused train step; returns the last values and the batch losses."""
         with interrupts.guard():
             (self.values, self.train_mstates), values, batch_losses = fn(
-                self.values, self.train_mstates, inputs, labels)
+                self.values, self.train_mstates, inputs, labels
+            )
         return values, batch_losses
 
     def eval(self, fn: Callable, inputs: list, labels: list) -> list:

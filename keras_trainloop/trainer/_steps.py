@@ -67,8 +67,7 @@ def fuse(step_fn: Callable, on_trace: Callable[[bool], None]) -> Callable:
         # cost 15-20 us a step on the CPU (measured on the digits MLP); only the batch
         # losses are stacked.
         first = jax.tree.map(lambda a: a[0], (inputs, labels))
-        step_jaxpr, shapes = jax.make_jaxpr(step_fn, return_shape=True)(
-            variables, mstates, *first)
+        step_jaxpr, shapes = jax.make_jaxpr(step_fn, return_shape=True)(variables, mstates, *first)
         no_values = [jnp.zeros(v.shape, v.dtype) for v in shapes[1]]
         # XLA:CPU compiles convolutions inside a scan's loop body without its fast
         # convolution path (measured 20x slower on a small convnet); unrolled, the

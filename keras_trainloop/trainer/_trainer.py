@@ -110,10 +110,18 @@ class Trainer:
         model.optimizer = self.optimizer
         self._model = model
         self._state = TrainState(model, self.optimizer)
-        maths = StepMaths(model, context, self._loss_fn, self.optimizer, self._train,
-                          self._eval, self._state.refs_and_step_index)
-        self._compiler = StepCompiler(self._cache, self._placement, self._state, maths,
-                                      context, self._model_fn)
+        maths = StepMaths(
+            model,
+            context,
+            self._loss_fn,
+            self.optimizer,
+            self._train,
+            self._eval,
+            self._state.refs_and_step_index,
+        )
+        self._compiler = StepCompiler(
+            self._cache, self._placement, self._state, maths, context, self._model_fn
+        )
         self._compiler.takes_class_ids = self._takes_class_ids
         context.bind_global_step(lambda: self.global_step)
         self.reset_train_metrics()

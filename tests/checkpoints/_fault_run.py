@@ -11,10 +11,11 @@ import os
 import signal
 import sys
 
-import keras_trainloop as ktl  # noqa: I001  (selects the JAX backend first)
 import keras
 import numpy as np
 from sklearn.datasets import load_digits
+
+import keras_trainloop as ktl
 
 
 def model_fn(ctx, spec, inputs):
@@ -32,6 +33,7 @@ def main(directory, total, kill_at):
     loop = ktl.Loop(trainer)
     ktl.checkpoints.attach_checkpoint(loop, checkpoint, every_n_steps=5)
     if kill_at is not None:
+
         def kill(loop, metrics):
             if loop.loop_step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)

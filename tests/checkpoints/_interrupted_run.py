@@ -4,9 +4,10 @@ import os
 import signal
 import sys
 
-import keras_trainloop as ktl  # noqa: I001  (selects the JAX backend first)
 import keras
 import numpy as np
+
+import keras_trainloop as ktl
 
 
 def model_fn(ctx, spec, inputs):

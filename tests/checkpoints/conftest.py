@@ -37,8 +37,10 @@ def make_trainer():
 
     def make(hidden: int = 16, layers: int = 1, context=None):
         return ktl.Trainer(
-            mlp_fn(hidden, layers), ktl.losses.sparse_categorical_cross_entropy_logits,
-            keras.optimizers.Adam(1e-2), context=context,
+            mlp_fn(hidden, layers),
+            ktl.losses.sparse_categorical_cross_entropy_logits,
+            keras.optimizers.Adam(1e-2),
+            context=context,
         )
 
     return make

@@ -70,9 +70,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_newest_complete_one(
         np.testing.assert_array_equal(got, want)
 
 
-def test_no_complete_checkpoint_names_the_directory_and_each_problem(
-    two_checkpoints, make_trainer
-):
+def test_no_complete_checkpoint_names_the_directory_and_each_problem(two_checkpoints, make_trainer):
     directory, _ = two_checkpoints
     _tear_metadata_json(os.path.join(directory, "10"))
     _truncate_arrays(os.path.join(directory, "5"))
@@ -102,8 +100,12 @@ def test_remote_checkpoint_directories_are_passed_to_orbax_unchanged(tmp_path):
 
 @pytest.mark.parametrize(
     "schedules",
-    [dict(every_n_steps=5, exponential=(100, 0.5)), dict(every_n_steps=5, period=float("nan")),
-     dict(n_times=3, exponential=(10,)), dict(every_n_steps=0, n_times=3)],
+    [
+        {"every_n_steps": 5, "exponential": (100, 0.5)},
+        {"every_n_steps": 5, "period": float("nan")},
+        {"n_times": 3, "exponential": (10,)},
+        {"every_n_steps": 0, "n_times": 3},
+    ],
     ids=["bad_factor", "nan_period", "not_a_pair", "bad_first"],
 )
 def test_attach_checkpoint_validates_every_schedule_before_registering_any(

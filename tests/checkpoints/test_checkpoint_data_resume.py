@@ -12,8 +12,9 @@ from keras_trainloop.checkpoints import Checkpoint, attach_checkpoint
 
 def _shuffled(digits):
     x, y = digits
-    return ktl.ArrayDataset(x, y, batch_size=32, shuffle=True, seed=3, loop_forever=True,
-                            name="train")
+    return ktl.ArrayDataset(
+        x, y, batch_size=32, shuffle=True, seed=3, loop_forever=True, name="train"
+    )
 
 
 def _seeded(make_trainer):
@@ -35,8 +36,9 @@ def test_resume_after_a_kill_matches_the_uninterrupted_run(
     # A run saving every 7 steps dies at step 20 (its last checkpoint: step 14) ...
     first = _seeded(make_trainer)
     loop = ktl.Loop(first, max_fused_steps=max_fused_steps)
-    attach_checkpoint(loop, Checkpoint(first, tmp_path, keep=1, async_save=False),
-                      every_n_steps=7, on_end=False)
+    attach_checkpoint(
+        loop, Checkpoint(first, tmp_path, keep=1, async_save=False), every_n_steps=7, on_end=False
+    )
     loop.run_steps(_shuffled(digits), 20)
 
     # ... and a new process starts over with the same script: nothing skips data by hand.

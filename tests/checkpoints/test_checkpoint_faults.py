@@ -19,8 +19,7 @@ TOTAL = 30
 def _run(directory, *kill_at):
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     args = [sys.executable, str(SCRIPT), str(directory), str(TOTAL), *map(str, kill_at)]
-    return subprocess.run(args, capture_output=True, text=True, timeout=240, env=env,
-                          check=False)
+    return subprocess.run(args, capture_output=True, text=True, timeout=240, env=env, check=False)
 
 
 def _final(directory):

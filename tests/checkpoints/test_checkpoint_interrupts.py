@@ -24,7 +24,11 @@ def test_an_interrupt_saves_the_last_completed_step_first(
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     done = subprocess.run(
         [sys.executable, str(SCRIPT), str(tmp_path), signal_name, "6"],
-        capture_output=True, text=True, timeout=240, env=env, check=False,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        check=False,
     )
     assert done.returncode == returncode, done.stderr[-3000:]
     # Ctrl-C ends with Python's KeyboardInterrupt; SIGTERM quietly, with status 143.

@@ -47,9 +47,7 @@ def test_resumed_training_matches_uninterrupted_training(tmp_path, make_trainer,
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
-def test_restore_into_a_trainer_that_already_trained_is_immediate(
-    tmp_path, make_trainer, make_ds
-):
+def test_restore_into_a_trainer_that_already_trained_is_immediate(tmp_path, make_trainer, make_ds):
     source = make_trainer()
     ktl.Loop(source).run_steps(make_ds(), 12)
     with Checkpoint(source, tmp_path, async_save=False) as checkpoint:
@@ -80,9 +78,7 @@ def test_keep_prunes_all_but_the_last_checkpoints(tmp_path, make_trainer, make_d
     assert sorted(os.listdir(tmp_path)) == ["15", "17"]
 
 
-def test_a_step_saved_by_a_schedule_and_at_the_end_is_saved_once(
-    tmp_path, make_trainer, make_ds
-):
+def test_a_step_saved_by_a_schedule_and_at_the_end_is_saved_once(tmp_path, make_trainer, make_ds):
     trainer = make_trainer()
     checkpoint = Checkpoint(trainer, tmp_path, keep=None)
     loop = ktl.Loop(trainer)
@@ -148,10 +144,24 @@ def test_unfinished_checkpoint_left_by_a_crash_is_ignored(tmp_path, make_trainer
 
 @pytest.mark.parametrize(
     "hidden, layers, match",
-    [(32, 1, (r"model variable #0 '/hidden/kernel' is float32\(64, 16\), but the model's "
-              r"variable #0 '/hidden/kernel' is float32\(64, 32\)")),
-     (16, 2, (r"model variable #2 '/logits/kernel' is float32\(16, 10\), but the model's "
-              r"variable #2 '/hidden_1/kernel' is float32\(16, 16\)"))],
+    [
+        (
+            32,
+            1,
+            (
+                r"model variable #0 '/hidden/kernel' is float32\(64, 16\), but the model's "
+                r"variable #0 '/hidden/kernel' is float32\(64, 32\)"
+            ),
+        ),
+        (
+            16,
+            2,
+            (
+                r"model variable #2 '/logits/kernel' is float32\(16, 10\), but the model's "
+                r"variable #2 '/hidden_1/kernel' is float32\(16, 16\)"
+            ),
+        ),
+    ],
     ids=["wider", "deeper"],
 )
 def test_restoring_another_models_checkpoint_names_the_variable(
@@ -180,8 +190,11 @@ def test_a_checkpoint_with_more_variables_names_the_first_one_without_a_match(
 
     shallower = make_trainer(hidden=10, layers=1)
     ktl.Loop(shallower).run_steps(make_ds(), 1)
-    with pytest.raises(ValueError, match=r"holds 6 model variables, the model has 4 \(first "
-                                         r"variable without a match: '/logits/kernel'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"holds 6 model variables, the model has 4 \(first "
+        r"variable without a match: '/logits/kernel'\)",
+    ):
         Checkpoint(shallower, tmp_path)
 
 

@@ -26,7 +26,8 @@ def _model_fn(ctx, spec, inputs):
 @pytest.fixture
 def trainer():
     return ktl.Trainer(
-        _model_fn, ktl.losses.sparse_categorical_cross_entropy_logits,
+        _model_fn,
+        ktl.losses.sparse_categorical_cross_entropy_logits,
         keras.optimizers.Adam(1e-2),
         train_metrics=[ktl.metrics.MovingAverageSparseCategoricalAccuracy()],
         eval_metrics=[ktl.metrics.SparseCategoricalAccuracy()],

@@ -42,12 +42,32 @@ def test_gomlx_example_sets_root_and_scoped_values(ctx):
 
 @pytest.mark.parametrize(
     "default, text, expected",
-    [(7, "1_000", 1000), (7, "-2", -2), (0.5, "1e-3", 1e-3), (True, "FALSE", False),
-     ("a", "b=c", "b=c"), ([1, 2], "3, 4,5", [3, 4, 5]), ((0.1, 0.2), "1,2.5", (1.0, 2.5)),
-     (["a"], "x,y", ["x", "y"]), ([], "x", ["x"]), ([1, 2.5], "3,4", [3.0, 4.0]),
-     ([1], "", [])],
-    ids=["int-underscores", "negative-int", "float-exponent", "bool-any-case", "str-with-equals",
-         "int-list", "float-tuple", "str-list", "empty-list-is-str", "mixed-numbers", "empty"],
+    [
+        (7, "1_000", 1000),
+        (7, "-2", -2),
+        (0.5, "1e-3", 1e-3),
+        (True, "FALSE", False),
+        ("a", "b=c", "b=c"),
+        ([1, 2], "3, 4,5", [3, 4, 5]),
+        ((0.1, 0.2), "1,2.5", (1.0, 2.5)),
+        (["a"], "x,y", ["x", "y"]),
+        ([], "x", ["x"]),
+        ([1, 2.5], "3,4", [3.0, 4.0]),
+        ([1], "", []),
+    ],
+    ids=[
+        "int-underscores",
+        "negative-int",
+        "float-exponent",
+        "bool-any-case",
+        "str-with-equals",
+        "int-list",
+        "float-tuple",
+        "str-list",
+        "empty-list-is-str",
+        "mixed-numbers",
+        "empty",
+    ],
 )
 def test_values_parse_to_the_default_type(default, text, expected):
     ctx = ktl.Context().set_param("p", default)
@@ -67,15 +87,24 @@ def test_spaces_and_empty_settings_are_ignored(ctx):
 
 @pytest.mark.parametrize(
     "settings, match",
-    [("q=3", r"'q=3'.*parameter 'q' has no default value in the root scope.*ctx.set_param"),
-     ("y=3.14", r"'y=3.14'.*must parse as a int like its default 7.*value='3.14'"),
-     ("x=abc", r"'x=abc'.*must parse as a float"),
-     ("z=yes", r"'z=yes'.*must parse as a bool.*z=false"),
-     ("x13", r'format "<param>=<value>".*setting=\'x13\''),
-     ("=3", r"format.*setting='=3'"),
-     ("a/=3", r"format.*setting='a/=3'")],
-    ids=["unknown-key", "float-for-int", "text-for-float", "bad-bool", "no-equals", "no-key",
-         "scope-without-key"],
+    [
+        ("q=3", r"'q=3'.*parameter 'q' has no default value in the root scope.*ctx.set_param"),
+        ("y=3.14", r"'y=3.14'.*must parse as a int like its default 7.*value='3.14'"),
+        ("x=abc", r"'x=abc'.*must parse as a float"),
+        ("z=yes", r"'z=yes'.*must parse as a bool.*z=false"),
+        ("x13", r'format "<param>=<value>".*setting=\'x13\''),
+        ("=3", r"format.*setting='=3'"),
+        ("a/=3", r"format.*setting='a/=3'"),
+    ],
+    ids=[
+        "unknown-key",
+        "float-for-int",
+        "text-for-float",
+        "bad-bool",
+        "no-equals",
+        "no-key",
+        "scope-without-key",
+    ],
 )
 def test_bad_settings_raise_naming_the_setting(ctx, settings, match):
     with pytest.raises(ValueError, match=match):
@@ -157,8 +186,9 @@ def test_the_flag_is_created_without_importing_keras_or_jax():
         "create_context_settings_flag({'lr': 0.1}, argparse.ArgumentParser())\n"
         "print([m for m in ('keras', 'jax', 'numpy') if m in sys.modules])\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
@@ -168,4 +198,6 @@ def test_scope_constants_match_the_contexts():
     from keras_trainloop.commandline import _settings
 
     assert (_settings.SCOPE_SEPARATOR, _settings.ROOT_SCOPE) == (
-        context.SCOPE_SEPARATOR, context.ROOT_SCOPE)
+        context.SCOPE_SEPARATOR,
+        context.ROOT_SCOPE,
+    )

@@ -16,15 +16,21 @@ def model_fn(ctx, spec, inputs):
 
 @pytest.fixture
 def trainer():
-    return ktl.Trainer(model_fn, ktl.losses.sparse_categorical_cross_entropy_logits, "adam",
-                       eval_metrics=["accuracy"])
+    return ktl.Trainer(
+        model_fn,
+        ktl.losses.sparse_categorical_cross_entropy_logits,
+        "adam",
+        eval_metrics=["accuracy"],
+    )
 
 
 @pytest.fixture
 def data():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(32, 4)).astype(np.float32), rng.integers(0, 3, 32).astype(np.int32)
-    return ktl.ArrayDataset(x, y, batch_size=8, loop_forever=True), ktl.ArrayDataset(x, y, batch_size=16)
+    return ktl.ArrayDataset(x, y, batch_size=8, loop_forever=True), ktl.ArrayDataset(
+        x, y, batch_size=16
+    )
 
 
 @pytest.fixture
@@ -42,16 +48,14 @@ def test_only_process_0_attaches_the_progress_bar(trainer, process_1):
 def test_report_eval_evaluates_everywhere_and_prints_on_process_0_only(
     trainer, data, process_1, capsys
 ):
-    train, test = data
+    _, test = data
     trainer.train_step(None, [np.zeros((8, 4), np.float32)], [np.zeros(8, np.int32)])
     results = ktl.commandline.report_eval(trainer, test)
     assert len(results) == 1 and len(results[0]) == len(trainer.eval_metrics)
     assert capsys.readouterr().out == ""
 
 
-def test_plots_collect_everywhere_and_write_on_process_0_only(
-    trainer, data, process_1, tmp_path
-):
+def test_plots_collect_everywhere_and_write_on_process_0_only(trainer, data, process_1, tmp_path):
     train, test = data
     loop = ktl.Loop(trainer)
     plots = ktl.plots.attach_plots(loop, test, directory=tmp_path, output="file")

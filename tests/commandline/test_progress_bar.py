@@ -46,9 +46,7 @@ def _count_metric_reads(trainer) -> list[int]:
     return reads
 
 
-def test_plain_output_prints_a_line_per_interval_and_a_final_line(
-    trainer, train_ds, clock, capsys
-):
+def test_plain_output_prints_a_line_per_interval_and_a_final_line(trainer, train_ds, clock, capsys):
     loop = ktl.Loop(trainer)
     loop.on_step("tick", -1, clock.tick_hook(1.0))
     bar = ktl.commandline.attach_progress_bar(loop, clock=clock)  # stdout is captured: no TTY
@@ -61,7 +59,10 @@ def test_plain_output_prints_a_line_per_interval_and_a_final_line(
     # The compiling note, the first step, then one line every 5 (fake) seconds, the final line.
     assert lines[0] == "Step 0/20 (0%) | compiling the first step..."
     assert [line.split(" |")[0] for line in lines[1:-1]] == [
-        "Step 1/20 (5%)", "Step 6/20 (30%)", "Step 11/20 (55%)", "Step 16/20 (80%)"
+        "Step 1/20 (5%)",
+        "Step 6/20 (30%)",
+        "Step 11/20 (55%)",
+        "Step 16/20 (80%)",
     ]
     assert "ETA 00:14" in lines[2]  # 14 steps left at 1 step per second
     final = lines[-1]
@@ -81,9 +82,7 @@ def test_final_line_is_printed_even_when_no_line_was_due(trainer, train_ds, cloc
     assert lines[2].startswith("Training done at step 3: 3 steps")
 
 
-def test_metrics_are_read_from_the_device_only_when_the_bar_redraws(
-    trainer, train_ds, clock
-):
+def test_metrics_are_read_from_the_device_only_when_the_bar_redraws(trainer, train_ds, clock):
     reads = _count_metric_reads(trainer)
     loop = ktl.Loop(trainer)
     loop.on_step("tick", -1, clock.tick_hook(TICK))
@@ -118,10 +117,10 @@ def _screen(text: str) -> list[str]:
         elif code in ("J", "K"):
             rows[row] = rows[row][:col]
             if code == "J":
-                del rows[row + 1:]
+                del rows[row + 1 :]
         else:
             line = rows[row].ljust(col)
-            rows[row] = line[:col] + token + line[col + len(token):]
+            rows[row] = line[:col] + token + line[col + len(token) :]
             col += len(token)
     return rows
 
@@ -162,8 +161,9 @@ def test_terminal_says_it_is_compiling_until_the_first_step_ends(
     loop = ktl.Loop(trainer)
     loop.on_start("look", 1, lambda loop, ds: screens.append(_screen(out.getvalue())))
     loop.on_step("look", 1, lambda loop, metrics: screens.append(_screen(out.getvalue())))
-    ktl.commandline.attach_progress_bar(loop, output="terminal", file=out, interval=100.0,
-                                        clock=clock)
+    ktl.commandline.attach_progress_bar(
+        loop, output="terminal", file=out, interval=100.0, clock=clock
+    )
     loop.run_steps(train_ds, 2)
 
     at_start, after_first_step = screens[0], screens[1]
@@ -179,8 +179,9 @@ def test_eta_and_rate_leave_the_first_step_out(trainer, train_ds, clock):
     loop = ktl.Loop(trainer)
     seconds = iter([100.0] + [1.0] * 19)  # The first step compiles for 100 s, then 1 step/s.
     loop.on_step("tick", -1, lambda loop, metrics: setattr(clock, "now", clock.now + next(seconds)))
-    bar = ktl.commandline.attach_progress_bar(loop, output="plain", file=out, interval=5.0,
-                                              clock=clock)
+    bar = ktl.commandline.attach_progress_bar(
+        loop, output="plain", file=out, interval=5.0, clock=clock
+    )
     loop.run_steps(train_ds, 20)
 
     lines = out.getvalue().splitlines()
@@ -195,8 +196,9 @@ def test_bar_and_final_line_show_the_same_rate(trainer, train_ds, clock, monkeyp
     loop = ktl.Loop(trainer)
     seconds = iter([3.0] + [0.5, 0.25] * 10)  # A slow first step, then uneven ones.
     loop.on_step("tick", -1, lambda loop, metrics: setattr(clock, "now", clock.now + next(seconds)))
-    bar = ktl.commandline.attach_progress_bar(loop, output="terminal", file=out, interval=1.0,
-                                              clock=clock)
+    bar = ktl.commandline.attach_progress_bar(
+        loop, output="terminal", file=out, interval=1.0, clock=clock
+    )
     loop.run_steps(train_ds, 21)
 
     screen = _screen(out.getvalue())
@@ -231,10 +233,12 @@ def test_validation_values_are_shown_after_each_validation(digits, trainer, trai
     loop.on_step("tick", -1, clock.tick_hook(1.0))
     validations = []
     loop.on_validation_end("seen", 0, lambda loop, logs: validations.append(dict(logs)))
-    bar = ktl.commandline.attach_progress_bar(loop, output="plain", file=out, interval=2.0,
-                                              clock=clock)
-    loop.run_steps(train_ds, 8, validation_data=ktl.ArrayDataset(x, y, batch_size=128),
-                   validation_freq=4)  # validates after steps 4 and 8
+    bar = ktl.commandline.attach_progress_bar(
+        loop, output="plain", file=out, interval=2.0, clock=clock
+    )
+    loop.run_steps(
+        train_ds, 8, validation_data=ktl.ArrayDataset(x, y, batch_size=128), validation_freq=4
+    )  # validates after steps 4 and 8
 
     lines = {line.split(" |")[0]: line for line in out.getvalue().splitlines()}
     assert "val_" not in lines["Step 1/8 (12%)"] + lines["Step 3/8 (38%)"]
@@ -245,9 +249,17 @@ def test_validation_values_are_shown_after_each_validation(digits, trainer, trai
     assert bar.last_line.endswith(f"val_mean_accuracy={validations[1]['mean_accuracy']:.2%}")
 
 
-_LONG_METRICS = tuple(f"{name}=0.123" for name in (
-    "loss", "moving_average_accuracy", "sparse_top_k_categorical_accuracy", "val_loss",
-    "val_mean_accuracy", "val_sparse_top_k_categorical_accuracy"))
+_LONG_METRICS = tuple(
+    f"{name}=0.123"
+    for name in (
+        "loss",
+        "moving_average_accuracy",
+        "sparse_top_k_categorical_accuracy",
+        "val_loss",
+        "val_mean_accuracy",
+        "val_sparse_top_k_categorical_accuracy",
+    )
+)
 _LONG_RUN = _render.Status(123_456, 1_000_000, 3 * 3600.0, 1234.5, 10 * 3600.0, _LONG_METRICS)
 
 
@@ -271,9 +283,15 @@ def test_lines_of_a_very_narrow_terminal_are_shortened_not_wrapped():
     assert lines[0].endswith("...") and lines[-1].endswith("...")
 
 
-@pytest.mark.parametrize("columns, start, cells", [
-    (80, "Training:  45%|", 27), (60, " 45%|", 17), (53, " 45%|", 10),
-], ids=["80", "60", "53"])
+@pytest.mark.parametrize(
+    "columns, start, cells",
+    [
+        (80, "Training:  45%|", 27),
+        (60, " 45%|", 17),
+        (53, " 45%|", 10),
+    ],
+    ids=["80", "60", "53"],
+)
 def test_the_bar_takes_the_room_the_numbers_leave(columns, start, cells):
     status = _render.Status(900, 2000, 5.0, 158.0, 7.0, ("loss=0.123",))
     line = _render.bar_line(status, columns - 1)
@@ -303,8 +321,7 @@ def test_run_epochs_shows_the_end_step_once_the_first_epoch_ends(digits, trainer
     out = io.StringIO()
     loop = ktl.Loop(trainer)
     loop.on_step("tick", -1, clock.tick_hook(1.0))
-    ktl.commandline.attach_progress_bar(loop, output="plain", file=out, interval=2.0,
-                                        clock=clock)
+    ktl.commandline.attach_progress_bar(loop, output="plain", file=out, interval=2.0, clock=clock)
     loop.run_epochs(ds, 3)
     lines = out.getvalue().splitlines()
     assert lines[0] == "Step 0 | compiling the first step..."  # the total is unknown
@@ -336,8 +353,7 @@ def test_notebook_output_updates_one_html_display_in_place(
     monkeypatch.setattr(ipd, "display", fake_display)
     loop = ktl.Loop(trainer)
     loop.on_step("tick", -1, clock.tick_hook(TICK))
-    bar = ktl.commandline.attach_progress_bar(loop, output="notebook", interval=1.0,
-                                              clock=clock)
+    bar = ktl.commandline.attach_progress_bar(loop, output="notebook", interval=1.0, clock=clock)
     loop.run_steps(train_ds, 20)
 
     assert bar.output == "notebook"
@@ -392,8 +408,13 @@ class _Stream(io.StringIO):
 
 @pytest.mark.parametrize(
     "output, tty, expected",
-    [("auto", True, "terminal"), ("auto", False, "plain"), ("plain", True, "plain"),
-     ("notebook", False, "notebook"), ("terminal", False, "terminal")],
+    [
+        ("auto", True, "terminal"),
+        ("auto", False, "plain"),
+        ("plain", True, "plain"),
+        ("notebook", False, "notebook"),
+        ("terminal", False, "terminal"),
+    ],
     ids=["tty", "pipe", "forced-plain", "forced-notebook", "forced-terminal"],
 )
 def test_output_kind_is_detected_or_forced(output, tty, expected):
@@ -403,9 +424,11 @@ def test_output_kind_is_detected_or_forced(output, tty, expected):
 
 @pytest.mark.parametrize(
     "kwargs, error, match",
-    [({"output": "html"}, ValueError, "output must be one of"),
-     ({"interval": -1}, ValueError, "interval must be a non-negative"),
-     ({"clock": 3.0}, TypeError, "clock must be a function")],
+    [
+        ({"output": "html"}, ValueError, "output must be one of"),
+        ({"interval": -1}, ValueError, "interval must be a non-negative"),
+        ({"clock": 3.0}, TypeError, "clock must be a function"),
+    ],
     ids=["output", "interval", "clock"],
 )
 def test_bad_arguments_are_rejected(trainer, kwargs, error, match):
@@ -420,8 +443,9 @@ def test_bar_under_model_fit_names_the_values_after_keras_logs(digits, capsys):
     x = np.asarray(x).reshape(len(x), -1)[:256]
     y = np.asarray(y)[:256]
     model = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(10)])
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    model.compile(
+        "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
     loop = ktl.Loop(None)
     ktl.commandline.attach_progress_bar(loop, output="plain")
     model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[loop.as_keras_callback()])

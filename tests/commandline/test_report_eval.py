@@ -7,9 +7,7 @@ import pytest
 import keras_trainloop as ktl
 
 
-def test_report_eval_prints_each_dataset_and_each_eval_metric(
-    trainer, train_ds, digits, capsys
-):
+def test_report_eval_prints_each_dataset_and_each_eval_metric(trainer, train_ds, digits, capsys):
     loop = ktl.Loop(trainer)
     loop.run_steps(train_ds, 30)
     _, _, x, y = digits

@@ -43,8 +43,10 @@ def digits_trainer():
         return [ctx.layer("logits", dense(10, 2))(hidden)]
 
     return ktl.Trainer(
-        model_fn, ktl.losses.sparse_categorical_cross_entropy_logits,
-        keras.optimizers.Adam(1e-2), eval_metrics=[ktl.metrics.SparseCategoricalAccuracy()],
+        model_fn,
+        ktl.losses.sparse_categorical_cross_entropy_logits,
+        keras.optimizers.Adam(1e-2),
+        eval_metrics=[ktl.metrics.SparseCategoricalAccuracy()],
     )
 
 

@@ -33,11 +33,22 @@ Y = np.arange(10, dtype=np.int32)
 def test_public_names_and_protocol():
     from keras_trainloop import data
 
-    assert sorted(data.__all__) == sorted([
-        "ArrayDataset", "Dataset", "GeneratorDataset", "GrainDataset", "IterableDataset",
-        "PyDatasetSource", "TFDataset", "as_dataset", "as_validation_data", "from_tfds", "maybe_prefetch_to_device",
-        "process_shard",
-    ])
+    assert sorted(data.__all__) == sorted(
+        [
+            "ArrayDataset",
+            "Dataset",
+            "GeneratorDataset",
+            "GrainDataset",
+            "IterableDataset",
+            "PyDatasetSource",
+            "TFDataset",
+            "as_dataset",
+            "as_validation_data",
+            "from_tfds",
+            "maybe_prefetch_to_device",
+            "process_shard",
+        ]
+    )
     assert ktl.Dataset is data.Dataset and ktl.ArrayDataset is data.ArrayDataset
     assert isinstance(ktl.ArrayDataset(X, Y, batch_size=4), ktl.Dataset)
 
@@ -209,23 +220,44 @@ def test_batch_costs_a_few_microseconds():
         ({"inputs": X, "labels": [1, 2]}, TypeError, re.escape("labels[0]=1")),
         ({"inputs": np.float32(1.0), "labels": None}, ValueError, "shape=()"),
         ({"inputs": X[:0], "labels": Y[:0]}, ValueError, "at least one example"),
-        ({"inputs": np.array([[1], [1, 2]], dtype=object), "labels": None}, TypeError,
-         "dtype=object"),
-        ({"inputs": [X, X[:9]], "labels": Y}, ValueError,
-         re.escape("inputs[1] with 9 examples") + ".*" + re.escape("inputs[0] with 10")),
+        (
+            {"inputs": np.array([[1], [1, 2]], dtype=object), "labels": None},
+            TypeError,
+            "dtype=object",
+        ),
+        (
+            {"inputs": [X, X[:9]], "labels": Y},
+            ValueError,
+            re.escape("inputs[1] with 9 examples") + ".*" + re.escape("inputs[0] with 10"),
+        ),
         ({"inputs": X, "labels": Y[:7]}, ValueError, re.escape("labels[0] with 7 examples")),
         ({"inputs": X, "labels": Y, "batch_size": 0}, ValueError, "batch_size=0"),
         ({"inputs": X, "labels": Y, "batch_size": -3}, ValueError, "batch_size=-3"),
         ({"inputs": X, "labels": Y, "batch_size": 2.5}, TypeError, "batch_size=2.5"),
         ({"inputs": X, "labels": Y, "batch_size": True}, TypeError, "batch_size=True"),
-        ({"inputs": X, "labels": Y, "batch_size": 11, "drop_remainder": True}, ValueError,
-         "batch_size=11 for 10 examples"),
+        (
+            {"inputs": X, "labels": Y, "batch_size": 11, "drop_remainder": True},
+            ValueError,
+            "batch_size=11 for 10 examples",
+        ),
         ({"inputs": X, "labels": Y, "name": 3}, TypeError, "name=3"),
     ],
     ids=[
-        "inputs-none", "inputs-empty", "inputs-string", "inputs-list-element", "labels-list",
-        "rank0", "zero-examples", "object-dtype", "mismatch-inputs", "mismatch-labels",
-        "batch-zero", "batch-negative", "batch-float", "batch-bool", "drop-everything",
+        "inputs-none",
+        "inputs-empty",
+        "inputs-string",
+        "inputs-list-element",
+        "labels-list",
+        "rank0",
+        "zero-examples",
+        "object-dtype",
+        "mismatch-inputs",
+        "mismatch-labels",
+        "batch-zero",
+        "batch-negative",
+        "batch-float",
+        "batch-bool",
+        "drop-everything",
         "name-not-str",
     ],
 )
@@ -288,8 +320,9 @@ def test_yield_batches_stacks_what_yield_batch_would_return(shuffle, copy_passes
     y = np.arange(50)
 
     def make():
-        return ktl.ArrayDataset([x, x[:, 0]], y, batch_size=4, shuffle=shuffle, seed=5,
-                                loop_forever=True, spec="s")
+        return ktl.ArrayDataset(
+            [x, x[:, 0]], y, batch_size=4, shuffle=shuffle, seed=5, loop_forever=True, spec="s"
+        )
 
     _stacked_like_yield_batch(make, 4, 9)  # 144 examples: crosses pass boundaries twice
 

@@ -25,7 +25,7 @@ def _ids(batches, side=2, index=0):
 
 def _batches(x=X, y=Y, size=4):
     for start in range(0, len(x), size):
-        yield x[start:start + size], y[start:start + size]
+        yield x[start : start + size], y[start : start + size]
 
 
 class _PyBatches(keras.utils.PyDataset):
@@ -33,7 +33,7 @@ class _PyBatches(keras.utils.PyDataset):
         return 3
 
     def __getitem__(self, i):
-        return X[i * 4:(i + 1) * 4], Y[i * 4:(i + 1) * 4]
+        return X[i * 4 : (i + 1) * 4], Y[i * 4 : (i + 1) * 4]
 
 
 # What each kind of data becomes ----------------------------------------------------------------
@@ -56,8 +56,11 @@ def test_array_options_are_array_datasets():
     got = drain(ktl.as_dataset(X, Y, name="train", **options))
     assert _ids(got) == _ids(drain(ktl.ArrayDataset(X, Y, **options)))
     forever = ktl.as_dataset(X, Y, batch_size=4, loop_forever=True)
-    assert _ids([forever.yield_batch() for _ in range(3)]) == [[0, 1, 2, 3], [4, 5, 6, 7],
-                                                               [8, 9, 0, 1]]
+    assert _ids([forever.yield_batch() for _ in range(3)]) == [
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+        [8, 9, 0, 1],
+    ]
 
 
 @pytest.mark.parametrize(
@@ -141,28 +144,43 @@ def test_tf_data_elements_are_read_as_fit_reads_them():
 # Errors -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("value", "type_name"),
-    [("images/", "str"), (3, "int"), (None, "NoneType"), ({"a": "b"}, "dict"),
-     (object(), "object")],
+    [
+        ("images/", "str"),
+        (3, "int"),
+        (None, "NoneType"),
+        ({"a": "b"}, "dict"),
+        (object(), "object"),
+    ],
     ids=["string", "int", "none", "dict-of-strings", "object"],
 )
 def test_unsupported_inputs_name_the_type_and_the_fix(value, type_name):
-    with pytest.raises(TypeError, match=rf"as_dataset takes what model.fit takes.*of type "
-                                        rf"{type_name}\. Fix:"):
+    with pytest.raises(
+        TypeError,
+        match=rf"as_dataset takes what model.fit takes.*of type "
+        rf"{type_name}\. Fix:",
+    ):
         ktl.as_dataset(value)
 
 
 @pytest.mark.parametrize(
     ("make", "kind"),
-    [(lambda: ktl.ArrayDataset(X, Y, batch_size=4), "ktl.Dataset"),
-     (lambda: _batches, "generator or iterable of batches"),
-     (lambda: _PyBatches(), "keras.utils.PyDataset")],
+    [
+        (lambda: ktl.ArrayDataset(X, Y, batch_size=4), "ktl.Dataset"),
+        (lambda: _batches, "generator or iterable of batches"),
+        (lambda: _PyBatches(), "keras.utils.PyDataset"),
+    ],
     ids=["dataset", "generator", "py-dataset"],
 )
 @pytest.mark.parametrize(
     ("option", "fix"),
-    [({"y": Y}, "yield the targets"), ({"sample_weight": W}, "yield the weights"),
-     ({"batch_size": 8}, "batch the data in its source"), ({"seed": 1}, "seed the source"),
-     ({"loop_forever": True}, r"\.repeat\(\)"), ({"drop_remainder": True}, "drop_remainder=True")],
+    [
+        ({"y": Y}, "yield the targets"),
+        ({"sample_weight": W}, "yield the weights"),
+        ({"batch_size": 8}, "batch the data in its source"),
+        ({"seed": 1}, "seed the source"),
+        ({"loop_forever": True}, r"\.repeat\(\)"),
+        ({"drop_remainder": True}, "drop_remainder=True"),
+    ],
     ids=["y", "sample-weight", "batch-size", "seed", "loop-forever", "drop-remainder"],
 )
 def test_options_the_data_decides_itself_are_refused_with_the_fix(make, kind, option, fix):
@@ -203,8 +221,14 @@ def test_arrays_and_generators_load_neither_tensorflow_nor_grain():
         "print('tensorflow' in sys.modules, 'grain' in sys.modules)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         timeout=120, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
 

@@ -15,8 +15,9 @@ Y = np.arange(N, dtype=np.int32)
 
 CONFIGS = [
     {"batch_size": b, "shuffle": s, "loop_forever": lf, "drop_remainder": dr}
-    for b, s, lf, dr in itertools.product((3, 4, 10, 13), (False, True), (False, True),
-                                          (False, True))
+    for b, s, lf, dr in itertools.product(
+        (3, 4, 10, 13), (False, True), (False, True), (False, True)
+    )
     if not (dr and not lf and b > N)  # A pass would hold no batch: refused at construction.
 ]
 
@@ -25,7 +26,9 @@ def _config_id(config):
     return "b{batch_size}-{s}-{lf}-{dr}".format(
         s="shuffle" if config["shuffle"] else "ordered",
         lf="forever" if config["loop_forever"] else "finite",
-        dr="drop" if config["drop_remainder"] else "keep", **config)
+        dr="drop" if config["drop_remainder"] else "keep",
+        **config,
+    )
 
 
 def _make(config, seed=0, **kwargs):
@@ -50,8 +53,7 @@ def _apply(ds, ops):
         except EOFError:
             out.append("EOF")
             continue
-        out.append(None if batch is None else (kind, batch[2][0].tolist(),
-                                                batch[1][0].tolist()))
+        out.append(None if batch is None else (kind, batch[2][0].tolist(), batch[1][0].tolist()))
     return out
 
 
@@ -62,8 +64,7 @@ def _json_round_trip(state):
 @pytest.mark.parametrize("copy_passes", [True, False], ids=["pass-copies", "gathers"])
 @pytest.mark.parametrize("config", CONFIGS, ids=_config_id)
 @pytest.mark.parametrize("seed", range(4))
-def test_restored_dataset_yields_exactly_the_next_batches(seed, config, copy_passes,
-                                                          monkeypatch):
+def test_restored_dataset_yields_exactly_the_next_batches(seed, config, copy_passes, monkeypatch):
     if not copy_passes:
         monkeypatch.setattr(_array, "_PASS_COPY_BYTES", 0)
     rng = np.random.default_rng(seed)
@@ -78,8 +79,7 @@ def test_restored_dataset_yields_exactly_the_next_batches(seed, config, copy_pas
     assert ds2.get_state() == ds1.get_state()
 
 
-@pytest.mark.parametrize("config", [c for c in CONFIGS if c["batch_size"] == 3],
-                         ids=_config_id)
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c["batch_size"] == 3], ids=_config_id)
 def test_a_state_taken_at_every_position_resumes_there(config):
     ds1 = _make(config)
     ops = _ops(np.random.default_rng(7), 30)
@@ -158,8 +158,16 @@ def test_state_of_a_dataset_with_other_arguments_is_refused_unchanged(other, mat
         (lambda s: s | {"rng": {"bit_generator": "PCG64"}}, r"rng=.*Fix: pass the rng entry"),
         (lambda s: s | {"rng": None}, r"rng=None"),
     ],
-    ids=["not-a-dict", "other-dataset", "version", "offset-past-end", "negative-offset",
-         "pass-type", "broken-rng", "missing-rng"],
+    ids=[
+        "not-a-dict",
+        "other-dataset",
+        "version",
+        "offset-past-end",
+        "negative-offset",
+        "pass-type",
+        "broken-rng",
+        "missing-rng",
+    ],
 )
 def test_malformed_states_are_refused_with_the_fix(change, match):
     ds = ktl.ArrayDataset(X, Y, batch_size=4, shuffle=True, seed=0)

@@ -25,8 +25,9 @@ def _example_keys(images, labels):
 
 
 def test_reads_back_the_train_split_as_uint8_batches(tfds_digits_dir):
-    ds = ktl.from_tfds(DIGITS_NAME, split="train", batch_size=64, data_dir=tfds_digits_dir,
-                       download=False)
+    ds = ktl.from_tfds(
+        DIGITS_NAME, split="train", batch_size=64, data_dir=tfds_digits_dir, download=False
+    )
     assert isinstance(ds, ktl.TFDataset) and isinstance(ds, ktl.Dataset)
     assert ds.name == "digits_local/train"
     images, labels = _read_pass(ds)
@@ -40,8 +41,9 @@ def test_reads_back_the_train_split_as_uint8_batches(tfds_digits_dir):
 
 
 def test_reset_reads_the_test_split_again(tfds_digits_dir):
-    ds = ktl.from_tfds(DIGITS_NAME, split="test", batch_size=100, data_dir=tfds_digits_dir,
-                       download=False)
+    ds = ktl.from_tfds(
+        DIGITS_NAME, split="test", batch_size=100, data_dir=tfds_digits_dir, download=False
+    )
     first = np.concatenate(_read_pass(ds)[1])
     ds.reset()
     second = np.concatenate(_read_pass(ds)[1])
@@ -50,15 +52,28 @@ def test_reset_reads_the_test_split_again(tfds_digits_dir):
 
 
 def test_split_slices_and_drop_remainder(tfds_digits_dir):
-    ds = ktl.from_tfds(DIGITS_NAME, split="test[:100]", batch_size=32,
-                       data_dir=tfds_digits_dir, drop_remainder=True, download=False)
+    ds = ktl.from_tfds(
+        DIGITS_NAME,
+        split="test[:100]",
+        batch_size=32,
+        data_dir=tfds_digits_dir,
+        drop_remainder=True,
+        download=False,
+    )
     assert [len(b) for b in _read_pass(ds)[1]] == [32, 32, 32]
 
 
 def test_shuffle_is_seeded_and_reshuffles_each_pass(tfds_digits_dir):
     def epochs(seed):
-        ds = ktl.from_tfds(DIGITS_NAME, split="test", batch_size=64, data_dir=tfds_digits_dir,
-                           shuffle=True, seed=seed, download=False)
+        ds = ktl.from_tfds(
+            DIGITS_NAME,
+            split="test",
+            batch_size=64,
+            data_dir=tfds_digits_dir,
+            shuffle=True,
+            seed=seed,
+            download=False,
+        )
         result = []
         for _ in range(2):
             result.append(np.concatenate(_read_pass(ds)[1]))
@@ -66,9 +81,13 @@ def test_shuffle_is_seeded_and_reshuffles_each_pass(tfds_digits_dir):
         return result
 
     a, b = epochs(5), epochs(5)
-    unshuffled = np.concatenate(_read_pass(
-        ktl.from_tfds(DIGITS_NAME, split="test", batch_size=64, data_dir=tfds_digits_dir,
-                      download=False))[1])
+    unshuffled = np.concatenate(
+        _read_pass(
+            ktl.from_tfds(
+                DIGITS_NAME, split="test", batch_size=64, data_dir=tfds_digits_dir, download=False
+            )
+        )[1]
+    )
     for epoch_a, epoch_b in zip(a, b):
         np.testing.assert_array_equal(epoch_a, epoch_b)
         assert sorted(epoch_a) == sorted(unshuffled)
@@ -77,8 +96,16 @@ def test_shuffle_is_seeded_and_reshuffles_each_pass(tfds_digits_dir):
 
 
 def test_loop_forever_gives_full_batches_without_end(tfds_digits_dir):
-    ds = ktl.from_tfds(DIGITS_NAME, split="test", batch_size=64, data_dir=tfds_digits_dir,
-                       shuffle=True, seed=0, loop_forever=True, download=False)
+    ds = ktl.from_tfds(
+        DIGITS_NAME,
+        split="test",
+        batch_size=64,
+        data_dir=tfds_digits_dir,
+        shuffle=True,
+        seed=0,
+        loop_forever=True,
+        download=False,
+    )
     sizes = [len(ds.yield_batch()[2][0]) for _ in range(12)]  # 768 > 2 passes of 297.
     assert sizes == [64] * 12
 
@@ -88,10 +115,17 @@ def test_small_datasets_are_cached_after_decoding(tfds_digits_dir):
 
     builder = tfds.builder(DIGITS_NAME, data_dir=tfds_digits_dir)
     assert _tfds.decoded_bytes(builder, NUM_TRAIN) == NUM_TRAIN * (64 + 8)
-    cached = ktl.from_tfds(DIGITS_NAME, split="test", batch_size=64, data_dir=tfds_digits_dir,
-                           download=False)
-    plain = ktl.from_tfds(DIGITS_NAME, split="test", batch_size=64, data_dir=tfds_digits_dir,
-                          cache=False, download=False)
+    cached = ktl.from_tfds(
+        DIGITS_NAME, split="test", batch_size=64, data_dir=tfds_digits_dir, download=False
+    )
+    plain = ktl.from_tfds(
+        DIGITS_NAME,
+        split="test",
+        batch_size=64,
+        data_dir=tfds_digits_dir,
+        cache=False,
+        download=False,
+    )
     # TFDS may cache the encoded records itself; ours sits after decoding, under the batching.
     assert _op_names(cached.tf_dataset)[:3] == ["Prefetch", "Batch", "Cache"]
     assert _op_names(plain.tf_dataset)[:3] == ["Prefetch", "Batch", "Prefetch"]
@@ -130,8 +164,9 @@ def test_missing_dataset_or_split_raises_without_network(
 
 def test_missing_dataset_message_says_how_to_prepare_it(tmp_path):
     with pytest.raises(ValueError, match="download_and_prepare"):
-        ktl.from_tfds(DIGITS_NAME, split="train", batch_size=8, data_dir=str(tmp_path),
-                      download=False)
+        ktl.from_tfds(
+            DIGITS_NAME, split="train", batch_size=8, data_dir=str(tmp_path), download=False
+        )
 
 
 @pytest.mark.parametrize(
@@ -145,8 +180,9 @@ def test_missing_dataset_message_says_how_to_prepare_it(tmp_path):
 )
 def test_bad_arguments(tfds_digits_dir, kwargs, error, match):
     with pytest.raises(error, match=match):
-        ktl.from_tfds(DIGITS_NAME, split="train", data_dir=tfds_digits_dir, download=False,
-                      **kwargs)
+        ktl.from_tfds(
+            DIGITS_NAME, split="train", data_dir=tfds_digits_dir, download=False, **kwargs
+        )
 
 
 def test_dataset_without_supervised_keys_is_rejected(tmp_path):
@@ -166,5 +202,10 @@ def test_dataset_without_supervised_keys_is_rejected(tmp_path):
     config = tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)
     DigitsUnsupervised(data_dir=str(tmp_path)).download_and_prepare(download_config=config)
     with pytest.raises(ValueError, match="no supervised keys.*Fix:.*ktl.TFDataset"):
-        ktl.from_tfds("digits_unsupervised", split="train", batch_size=4,
-                      data_dir=str(tmp_path), download=False)
+        ktl.from_tfds(
+            "digits_unsupervised",
+            split="train",
+            batch_size=4,
+            data_dir=str(tmp_path),
+            download=False,
+        )

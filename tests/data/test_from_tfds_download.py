@@ -19,8 +19,11 @@ from _tfds_digits import DigitsLocal, digits_arrays
 tfds.disable_progress_bar()
 NAME = "ktl_test_digits_downloaded"
 NUM_TRAIN, NUM_TEST = 120, 40
-FAST = {"download_config": tfds.download.DownloadConfig(
-    compute_stats=tfds.download.ComputeStatsMode.SKIP)}
+FAST = {
+    "download_config": tfds.download.DownloadConfig(
+        compute_stats=tfds.download.ComputeStatsMode.SKIP
+    )
+}
 
 
 class KtlTestDigitsDownloaded(DigitsLocal):
@@ -44,7 +47,7 @@ def source(tmp_path, monkeypatch):
     """The file the builder downloads: the first NUM_TRAIN + NUM_TEST digits."""
     images, labels = digits_arrays()
     path = tmp_path / "digits.npz"
-    np.savez(path, images=images[:NUM_TRAIN + NUM_TEST], labels=labels[:NUM_TRAIN + NUM_TEST])
+    np.savez(path, images=images[: NUM_TRAIN + NUM_TEST], labels=labels[: NUM_TRAIN + NUM_TEST])
     monkeypatch.setattr(KtlTestDigitsDownloaded, "SOURCE", str(path))
     return path
 
@@ -60,9 +63,10 @@ def _labels(ds):
 
 def test_missing_dataset_is_downloaded_and_prepared_by_default(tmp_path, source, capsys):
     data_dir = tmp_path / "tfds"
-    ds = ktl.from_tfds(NAME, split="test", batch_size=16, data_dir=data_dir,
-                       download_and_prepare_kwargs=FAST)
-    expected = digits_arrays()[1][NUM_TRAIN:NUM_TRAIN + NUM_TEST]
+    ds = ktl.from_tfds(
+        NAME, split="test", batch_size=16, data_dir=data_dir, download_and_prepare_kwargs=FAST
+    )
+    expected = digits_arrays()[1][NUM_TRAIN : NUM_TRAIN + NUM_TEST]
     np.testing.assert_array_equal(np.sort(_labels(ds)), np.sort(expected))  # TFDS reorders.
     assert list((data_dir / "downloads").rglob("*.npz"))  # TFDS' copy of the download.
     assert tfds.builder(NAME, data_dir=str(data_dir)).is_prepared()
@@ -71,7 +75,8 @@ def test_missing_dataset_is_downloaded_and_prepared_by_default(tmp_path, source,
     again = ktl.from_tfds(NAME, split="train", batch_size=64, data_dir=data_dir, download=False)
     assert len(_labels(again)) == NUM_TRAIN
     assert len(_labels(ktl.from_tfds(NAME, split="train", batch_size=64, data_dir=data_dir))) == (
-        NUM_TRAIN)
+        NUM_TRAIN
+    )
     capsys.readouterr()
 
 
@@ -101,8 +106,9 @@ def test_failed_download_says_where_it_looked_and_how_to_prepare_offline(
         monkeypatch.setattr(tfds.download.DownloadManager, "download", _no_network)
     data_dir = str(tmp_path / "tfds")
     with pytest.raises(RuntimeError, match="could not download and prepare") as info:
-        ktl.from_tfds(NAME, split="train", batch_size=8, data_dir=data_dir,
-                      download_and_prepare_kwargs=FAST)
+        ktl.from_tfds(
+            NAME, split="train", batch_size=8, data_dir=data_dir, download_and_prepare_kwargs=FAST
+        )
     message = str(info.value)
     assert f"data_dir={data_dir!r}" in message and repr(f"{data_dir}/{NAME}/1.0.0") in message
     assert "download_and_prepare()" in message and "download=False" in message

@@ -50,8 +50,9 @@ def test_map_dataset_trains_digits_exactly_as_array_dataset():
 
 
 def test_fused_and_single_steps_train_the_same():
-    accuracy, weights, trainer = train_digits(GrainDataset(_digits_map_dataset()),
-                                              max_fused_steps=2)
+    accuracy, weights, trainer = train_digits(
+        GrainDataset(_digits_map_dataset()), max_fused_steps=2
+    )
     assert fused_sizes(trainer) == {2}  # Fusion happened.
     single_accuracy, single_weights = array_reference()  # One step per call, same batches.
     assert accuracy == pytest.approx(single_accuracy, abs=1e-6)
@@ -71,7 +72,8 @@ def test_iter_dataset_and_data_loader_train_digits_like_array_dataset(kind):
     loader = grain.DataLoader(  # Shuffled by grain's sampler: another order, a close accuracy.
         data_source=[(x[i], y[i]) for i in range(len(x))],
         sampler=grain.samplers.IndexSampler(len(x), shuffle=True, seed=0, num_epochs=1),
-        operations=[grain.transforms.Batch(64)], worker_count=0,
+        operations=[grain.transforms.Batch(64)],
+        worker_count=0,
     )
     accuracy, _, _ = train_digits(GrainDataset(loader))
     reference_accuracy, _ = array_reference(shuffle=True, seed=0)
@@ -122,8 +124,11 @@ def test_elements_are_read_as_fit_reads_them():
 
 def test_unbatched_elements_are_refused_with_the_fix():
     ds = GrainDataset(_pairs(), name="examples")
-    with pytest.raises(ValueError, match=r"must be a batch.*element 0 of grain dataset "
-                                         r"'examples'.*Fix:.*\.batch\(64\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"must be a batch.*element 0 of grain dataset "
+        r"'examples'.*Fix:.*\.batch\(64\)",
+    ):
         ds.yield_batch()
 
 
@@ -132,15 +137,16 @@ def test_endless_repeat_is_declared_and_has_no_length():
     assert ds.loop_forever is True
     with pytest.raises(TypeError, match="no known length"):
         len(ds)
-    assert _ids([ds.yield_batch() for _ in range(3)]) == [[0, 1, 2, 3], [4, 5, 6, 7],
-                                                           [8, 9, 0, 1]]
+    assert _ids([ds.yield_batch() for _ in range(3)]) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1]]
     assert GrainDataset(_pairs().batch(4)).loop_forever is False
     with pytest.raises(TypeError, match="no known length"):
         len(GrainDataset(_pairs().batch(4).to_iter_dataset()))
 
 
 @pytest.mark.parametrize(
-    "value", [X, [(X, Y)], "grain"], ids=["array", "list", "string"],
+    "value",
+    [X, [(X, Y)], "grain"],
+    ids=["array", "list", "string"],
 )
 def test_other_objects_are_refused_with_the_fix(value):
     with pytest.raises(TypeError, match="GrainDataset takes a grain.MapDataset.*Fix:"):
@@ -153,10 +159,14 @@ def _sources():
     loader = grain.DataLoader(
         data_source=[(X[i], Y[i]) for i in range(10)],
         sampler=grain.samplers.IndexSampler(10, shuffle=True, seed=1, num_epochs=2),
-        operations=[grain.transforms.Batch(3)], worker_count=0,
+        operations=[grain.transforms.Batch(3)],
+        worker_count=0,
     )
-    return {"map_dataset": shuffled, "iter_dataset": shuffled.to_iter_dataset(),
-            "data_loader": loader}
+    return {
+        "map_dataset": shuffled,
+        "iter_dataset": shuffled.to_iter_dataset(),
+        "data_loader": loader,
+    }
 
 
 @pytest.mark.parametrize("kind", ["map_dataset", "iter_dataset", "data_loader"])

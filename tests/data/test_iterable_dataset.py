@@ -119,7 +119,9 @@ def test_bad_elements_raise_naming_the_element(element, error, match):
 
 
 @pytest.mark.parametrize(
-    "source", [42, None, "abc", {"x": 1}], ids=["int", "none", "string", "dict"],
+    "source",
+    [42, None, "abc", {"x": 1}],
+    ids=["int", "none", "string", "dict"],
 )
 def test_non_iterable_source_raises_at_construction(source):
     with pytest.raises(TypeError, match="Received: source=.*Fix:"):

@@ -38,8 +38,9 @@ class Counting:
 
 def test_same_batches_as_the_wrapped_dataset_on_the_device():
     plain = drain(ktl.ArrayDataset([X, X * 2], Y, batch_size=4, shuffle=True, seed=0))
-    wrapped = DevicePrefetcher(ktl.ArrayDataset([X, X * 2], Y, batch_size=4, shuffle=True,
-                                                seed=0), size=2)
+    wrapped = DevicePrefetcher(
+        ktl.ArrayDataset([X, X * 2], Y, batch_size=4, shuffle=True, seed=0), size=2
+    )
     assert isinstance(wrapped, ktl.Dataset) and wrapped.name == "array"
     prefetched = drain(wrapped)
     assert len(prefetched) == len(plain) == 3

@@ -60,8 +60,9 @@ def _ids(batches):
 @pytest.mark.parametrize("workers", [1, 2], ids=["in-thread", "two-workers"])
 def test_trains_digits_exactly_as_array_dataset(workers):
     x, y, _, _ = digits()
-    accuracy, weights, _ = train_digits(PyDatasetSource(Batches(x, y, batch_size=64,
-                                                                workers=workers)))
+    accuracy, weights, _ = train_digits(
+        PyDatasetSource(Batches(x, y, batch_size=64, workers=workers))
+    )
     reference_accuracy, reference_weights = array_reference()
     assert reference_accuracy > 0.8
     assert accuracy == reference_accuracy  # Keras' enqueuer keeps the batch order.
@@ -70,8 +71,9 @@ def test_trains_digits_exactly_as_array_dataset(workers):
 
 def test_fused_and_single_steps_train_the_same():
     x, y, _, _ = digits()
-    accuracy, weights, trainer = train_digits(PyDatasetSource(Batches(x, y, batch_size=64)),
-                                              max_fused_steps=2)
+    accuracy, weights, trainer = train_digits(
+        PyDatasetSource(Batches(x, y, batch_size=64)), max_fused_steps=2
+    )
     assert fused_sizes(trainer) == {2}
     single_accuracy, single_weights = array_reference()
     assert accuracy == pytest.approx(single_accuracy, abs=1e-6)
@@ -100,8 +102,9 @@ def test_each_pass_calls_the_epoch_callbacks_and_ends_with_eof_until_reset():
 
 
 def test_shuffle_visits_every_batch_in_a_new_order_each_pass():
-    ds = PyDatasetSource(Batches(np.repeat(X, 10, axis=0), np.arange(100), batch_size=5),
-                         shuffle=True)
+    ds = PyDatasetSource(
+        Batches(np.repeat(X, 10, axis=0), np.arange(100), batch_size=5), shuffle=True
+    )
     passes = []
     for _ in range(2):
         passes.append([ids[0] for ids in _ids(drain(ds))])
@@ -113,16 +116,20 @@ def test_shuffle_visits_every_batch_in_a_new_order_each_pass():
 def test_yield_batches_stacks_and_leaves_the_short_batch_to_yield_batch():
     ds = PyDatasetSource(Batches(batch_size=3))
     _, inputs, labels = ds.yield_batches(3)
-    assert inputs[0].shape == (3, 3, 3) and labels[0].tolist() == [[0, 1, 2], [3, 4, 5],
-                                                                   [6, 7, 8]]
+    assert inputs[0].shape == (3, 3, 3) and labels[0].tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
     assert ds.yield_batches(2) is None
     assert _ids(drain(ds)) == [[9]]
 
 
 @pytest.mark.parametrize(
     ("form", "num_inputs", "num_labels", "spec"),
-    [("xy", 1, 1, None), ("xyw", 1, 2, None), ("x", 1, 0, None),
-     ("dict", 2, 0, ("pixels", "first")), ("list", 1, 1, None)],
+    [
+        ("xy", 1, 1, None),
+        ("xyw", 1, 2, None),
+        ("x", 1, 0, None),
+        ("dict", 2, 0, ("pixels", "first")),
+        ("list", 1, 1, None),
+    ],
     ids=["x-y", "x-y-weights", "x-only", "dict", "list-is-a-tuple"],
 )
 def test_batches_are_read_as_fit_reads_them(form, num_inputs, num_labels, spec):

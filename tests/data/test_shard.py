@@ -26,8 +26,7 @@ def test_process_shard_is_this_process_of_all():
 
 @pytest.mark.parametrize("count", [1, 2, 3, 4])
 def test_array_shards_are_disjoint_equal_and_cover_all_but_the_remainder(count):
-    shards = [_labels(ktl.ArrayDataset(X, Y, batch_size=2, shard=(i, count)))
-              for i in range(count)]
+    shards = [_labels(ktl.ArrayDataset(X, Y, batch_size=2, shard=(i, count))) for i in range(count)]
     assert len({len(s) for s in shards}) == 1 and len(shards[0]) == 10 // count
     seen = sorted(v for s in shards for v in s)
     assert len(set(seen)) == len(seen) == (10 // count) * count
@@ -51,15 +50,19 @@ def test_array_shard_stacks_batches_for_fused_steps():
     assert x.shape == (2, 2, 3) and y.tolist() == [[0, 2], [4, 6]]
 
 
-@pytest.mark.parametrize("shard, error, match", [
-    ((2, 2), ValueError, "0 <= index < count"),
-    ((0, 0), ValueError, "0 <= index < count"),
-    ((-1, 2), ValueError, "0 <= index < count"),
-    (3, TypeError, "pair of ints"),
-    ((0.5, 2), TypeError, "pair of ints"),
-    ((True, 2), TypeError, "pair of ints"),
-    ((0, 11), ValueError, "cannot give each of 11 shards an example"),
-], ids=["index_too_big", "no_shards", "negative", "not_a_pair", "float", "bool", "too_many"])
+@pytest.mark.parametrize(
+    "shard, error, match",
+    [
+        ((2, 2), ValueError, "0 <= index < count"),
+        ((0, 0), ValueError, "0 <= index < count"),
+        ((-1, 2), ValueError, "0 <= index < count"),
+        (3, TypeError, "pair of ints"),
+        ((0.5, 2), TypeError, "pair of ints"),
+        ((True, 2), TypeError, "pair of ints"),
+        ((0, 11), ValueError, "cannot give each of 11 shards an example"),
+    ],
+    ids=["index_too_big", "no_shards", "negative", "not_a_pair", "float", "bool", "too_many"],
+)
 def test_bad_shards_are_refused_with_the_fix(shard, error, match):
     with pytest.raises(error, match=match) as info:
         ktl.ArrayDataset(X, Y, batch_size=2, shard=shard)
@@ -80,14 +83,30 @@ def test_from_tfds_reads_equal_parts_of_the_split(tfds_digits_dir):
     pytest.importorskip("tensorflow_datasets")
     from _tfds_digits import DIGITS_NAME, NUM_TEST
 
-    shards = [ktl.from_tfds(DIGITS_NAME, split="test", batch_size=50, data_dir=tfds_digits_dir,
-                            download=False, shard=(i, 3)) for i in range(3)]
+    shards = [
+        ktl.from_tfds(
+            DIGITS_NAME,
+            split="test",
+            batch_size=50,
+            data_dir=tfds_digits_dir,
+            download=False,
+            shard=(i, 3),
+        )
+        for i in range(3)
+    ]
     labels = [_labels(s) for s in shards]
     assert [len(s) for s in labels] == [NUM_TEST // 3] * 3
-    whole = ktl.from_tfds(DIGITS_NAME, split="test", batch_size=50, data_dir=tfds_digits_dir,
-                          download=False)
+    whole = ktl.from_tfds(
+        DIGITS_NAME, split="test", batch_size=50, data_dir=tfds_digits_dir, download=False
+    )
     assert NUM_TEST % 3 == 0  # So the three parts hold every example of the split.
     assert sorted(v for s in labels for v in s) == sorted(_labels(whole))
     with pytest.raises(TypeError, match="pair of ints"):
-        ktl.from_tfds(DIGITS_NAME, split="test", batch_size=50, data_dir=tfds_digits_dir,
-                      download=False, shard="0/3")
+        ktl.from_tfds(
+            DIGITS_NAME,
+            split="test",
+            batch_size=50,
+            data_dir=tfds_digits_dir,
+            download=False,
+            shard="0/3",
+        )

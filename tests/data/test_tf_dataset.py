@@ -95,8 +95,10 @@ def test_uint8_values_are_kept():
 
 def _zip_batched_separately():
     return tf.data.Dataset.zip(
-        (tf.data.Dataset.from_tensor_slices(X).batch(4, drop_remainder=True),
-         tf.data.Dataset.from_tensor_slices(Y).batch(2, drop_remainder=True))
+        (
+            tf.data.Dataset.from_tensor_slices(X).batch(4, drop_remainder=True),
+            tf.data.Dataset.from_tensor_slices(Y).batch(2, drop_remainder=True),
+        )
     )
 
 
@@ -104,28 +106,62 @@ def _zip_batched_separately():
     ("make", "error", "match"),
     [
         (lambda: np.zeros((4, 2)), TypeError, "Received: tf_dataset=<ndarray"),
-        (lambda: tf.data.Dataset.from_tensor_slices((X, Y)), ValueError,
-         r"looks unbatched: its elements come from from_tensor_slices.*ds\.batch\(64\)"),
-        (lambda: tf.data.Dataset.from_tensors((X[0], Y[0])), ValueError,
-         r"Received: labels of shape \(\).*call \.batch"),
-        (lambda: tf.data.Dataset.from_tensor_slices({"image": X, "label": Y}).batch(2),
-         TypeError, "Received: dict.*as_supervised=True"),
-        (lambda: tf.data.Dataset.from_tensor_slices(X).batch(2), TypeError,
-         "Received: TensorSpec.*lambda x: \\(x, \\(\\)\\)"),
-        (lambda: tf.data.Dataset.from_tensor_slices((X, Y, Y)).batch(2), TypeError,
-         "Received: a tuple of 3 items"),
-        (_zip_batched_separately, ValueError,
-         "labels with leading dimension 2 but inputs with 4"),
-        (lambda: tf.data.Dataset.from_tensor_slices(
-            (tf.ragged.constant([[1], [2, 3]]), [0, 1])).batch(2),
-         TypeError, "RaggedTensorSpec.*to_tensor"),
-        (lambda: tf.data.Dataset.from_tensor_slices(((X, (X, X)), Y)).batch(2), TypeError,
-         r"inputs\[1\] with spec \("),
-        (lambda: tf.data.Dataset.from_tensor_slices(Y).map(lambda y: ((), y)).batch(2),
-         ValueError, "at least one input"),
+        (
+            lambda: tf.data.Dataset.from_tensor_slices((X, Y)),
+            ValueError,
+            r"looks unbatched: its elements come from from_tensor_slices.*ds\.batch\(64\)",
+        ),
+        (
+            lambda: tf.data.Dataset.from_tensors((X[0], Y[0])),
+            ValueError,
+            r"Received: labels of shape \(\).*call \.batch",
+        ),
+        (
+            lambda: tf.data.Dataset.from_tensor_slices({"image": X, "label": Y}).batch(2),
+            TypeError,
+            "Received: dict.*as_supervised=True",
+        ),
+        (
+            lambda: tf.data.Dataset.from_tensor_slices(X).batch(2),
+            TypeError,
+            "Received: TensorSpec.*lambda x: \\(x, \\(\\)\\)",
+        ),
+        (
+            lambda: tf.data.Dataset.from_tensor_slices((X, Y, Y)).batch(2),
+            TypeError,
+            "Received: a tuple of 3 items",
+        ),
+        (_zip_batched_separately, ValueError, "labels with leading dimension 2 but inputs with 4"),
+        (
+            lambda: tf.data.Dataset.from_tensor_slices(
+                (tf.ragged.constant([[1], [2, 3]]), [0, 1])
+            ).batch(2),
+            TypeError,
+            "RaggedTensorSpec.*to_tensor",
+        ),
+        (
+            lambda: tf.data.Dataset.from_tensor_slices(((X, (X, X)), Y)).batch(2),
+            TypeError,
+            r"inputs\[1\] with spec \(",
+        ),
+        (
+            lambda: tf.data.Dataset.from_tensor_slices(Y).map(lambda y: ((), y)).batch(2),
+            ValueError,
+            "at least one input",
+        ),
     ],
-    ids=["not-a-dataset", "unbatched", "rank-0", "dict-element", "single-tensor", "three-tuple",
-         "different-batch-dims", "ragged", "nested", "no-inputs"],
+    ids=[
+        "not-a-dataset",
+        "unbatched",
+        "rank-0",
+        "dict-element",
+        "single-tensor",
+        "three-tuple",
+        "different-batch-dims",
+        "ragged",
+        "nested",
+        "no-inputs",
+    ],
 )
 def test_bad_datasets_raise_at_construction(make, error, match):
     with pytest.raises(error, match=match) as info:
@@ -187,14 +223,14 @@ def test_loop_fuses_steps_over_a_tf_dataset_with_the_same_results():
         keras.utils.set_random_seed(0)
         trainer = ktl.Trainer(
             lambda ctx, spec, inputs: [ctx.layer("d", lambda: keras.layers.Dense(1))(inputs[0])],
-            "mean_squared_error", keras.optimizers.SGD(0.01),
+            "mean_squared_error",
+            keras.optimizers.SGD(0.01),
         )
         loop = ktl.Loop(trainer, max_fused_steps=max_fused_steps)
         seen = []
         ktl.every_n_steps(loop, 3, "log", 0, lambda loop, m: seen.append(float(m[0])))
         y = X.sum(axis=1, keepdims=True) / 10
-        loop.run_epochs(ktl.TFDataset(tf.data.Dataset.from_tensor_slices((X / 10, y)).batch(2)),
-                        3)
+        loop.run_epochs(ktl.TFDataset(tf.data.Dataset.from_tensor_slices((X / 10, y)).batch(2)), 3)
         return seen, trainer
 
     fused, fused_trainer = run(8)
@@ -228,8 +264,9 @@ def test_batches_are_read_eight_per_iterator_call_and_stack_without_copies(monke
     ds = ktl.TFDataset(tf.data.Dataset.from_tensor_slices((x, x[:, 0])).batch(4))
     reads = []
     original = ktl.TFDataset._next_element
-    monkeypatch.setattr(ktl.TFDataset, "_next_element",
-                        lambda self, d: reads.append(1) or original(self, d))
+    monkeypatch.setattr(
+        ktl.TFDataset, "_next_element", lambda self, d: reads.append(1) or original(self, d)
+    )
     _, inputs, labels = ds.yield_batches(8)
     assert inputs[0].shape == (8, 4, 2) and labels[0].shape == (8, 4)
     assert inputs[0].base is not None  # a view into the chunk tf.data stacked
@@ -258,8 +295,9 @@ def test_variable_length_batches_come_back_with_their_true_shapes():
         for n in (3, 3, 5, 2, 2, 2):
             yield np.ones((2, n), np.float32) * n, np.zeros(2, np.int32)
 
-    tf_ds = tf.data.Dataset.from_generator(gen, output_signature=(
-        tf.TensorSpec((2, None), tf.float32), tf.TensorSpec((2,), tf.int32)))
+    tf_ds = tf.data.Dataset.from_generator(
+        gen, output_signature=(tf.TensorSpec((2, None), tf.float32), tf.TensorSpec((2,), tf.int32))
+    )
     ds = ktl.TFDataset(tf_ds)
     _, first_two, _ = ds.yield_batches(2)
     assert first_two[0].shape == (2, 2, 3)
@@ -291,8 +329,9 @@ def test_a_shuffled_pipeline_is_read_in_the_same_order_as_its_iterator():
 
 def test_static_shapes_are_stacked_by_tf_batch_without_a_per_batch_function():
     x = np.arange(96, dtype=np.float32).reshape(48, 2)
-    ds = ktl.TFDataset(tf.data.Dataset.from_tensor_slices((x, x[:, 0])).batch(4,
-                       drop_remainder=True))
+    ds = ktl.TFDataset(
+        tf.data.Dataset.from_tensor_slices((x, x[:, 0])).batch(4, drop_remainder=True)
+    )
     assert ds._chunk_shapes is False  # every shape known: plain .batch(8) of the batches
     _, inputs, _ = ds.yield_batches(4)
     _, single, _ = ds.yield_batch()

@@ -34,13 +34,15 @@ PIPELINES = {
     "shuffled-short-last-batch": (lambda: _slices().shuffle(N, seed=1).batch(3), True),
     "static-shapes": (lambda: _slices().batch(4, drop_remainder=True).prefetch(2), True),
     "shuffled-repeat": (
-        lambda: _slices().shuffle(N, seed=2).repeat().batch(4, drop_remainder=True), False),
-    "repeat-batch-map": (
-        lambda: _slices().repeat().batch(3).map(lambda x, y: (x * 2, y)), True),
+        lambda: _slices().shuffle(N, seed=2).repeat().batch(4, drop_remainder=True),
+        False,
+    ),
+    "repeat-batch-map": (lambda: _slices().repeat().batch(3).map(lambda x, y: (x * 2, y)), True),
     "unknown-rank": (lambda: _slices().shuffle(N, seed=3).batch(3).map(_unknown_rank), True),
     "cached-shuffled-prefetched": (
         lambda: _slices().cache().shuffle(N, seed=4).batch(5).prefetch(tf.data.AUTOTUNE),
-        True),
+        True,
+    ),
 }
 
 
@@ -122,8 +124,10 @@ def test_later_passes_of_a_reshuffling_pipeline_follow_the_saved_run(reads, ds2_
 
 @pytest.mark.parametrize(
     "pipeline, with_reset",
-    [(lambda: _slices().shuffle(N, seed=5).batch(3), True),
-     (lambda: _slices().shuffle(N, seed=5).repeat().batch(3), False)],
+    [
+        (lambda: _slices().shuffle(N, seed=5).batch(3), True),
+        (lambda: _slices().shuffle(N, seed=5).repeat().batch(3), False),
+    ],
     ids=["finite", "endless"],
 )
 def test_get_state_does_not_change_what_the_dataset_yields(pipeline, with_reset):
@@ -163,7 +167,9 @@ def test_batches_read_ahead_one_by_one_are_restored_whole():
     ds2.set_state(_round_trip(ds1.get_state()))
     for ds in (ds1, ds2):
         assert [ds.yield_batch()[1][0][:, 0].tolist() for _ in range(2)] == [
-            [15.0, 16.0, 17.0], [18.0, 19.0]]
+            [15.0, 16.0, 17.0],
+            [18.0, 19.0],
+        ]
         with pytest.raises(EOFError):
             ds.yield_batch()
 
@@ -190,9 +196,16 @@ def test_state_at_the_end_of_a_pass_ends_the_restored_pass_then_resets():
 
 def test_from_tfds_resumes_exactly(tfds_digits_dir):
     def make(**kwargs):
-        return ktl.from_tfds("digits_local", split="train", batch_size=64,
-                             data_dir=tfds_digits_dir, shuffle=True, seed=0,
-                             download=False, **kwargs)
+        return ktl.from_tfds(
+            "digits_local",
+            split="train",
+            batch_size=64,
+            data_dir=tfds_digits_dir,
+            shuffle=True,
+            seed=0,
+            download=False,
+            **kwargs,
+        )
 
     for kwargs, with_reset in (({}, True), ({"loop_forever": True}, False)):
         rng = np.random.default_rng(2)
@@ -210,8 +223,11 @@ def test_state_of_a_pipeline_with_another_element_spec_is_refused_unchanged():
     ds1.yield_batch()
     other = ktl.TFDataset(_slices().map(lambda x, y: (x[:2], y)).batch(4), name="other")
     other.yield_batch()
-    with pytest.raises(ValueError, match=r"'other' cannot take a state saved from a pipeline "
-                                         r"with another element_spec.*Fix: build the pipeline"):
+    with pytest.raises(
+        ValueError,
+        match=r"'other' cannot take a state saved from a pipeline "
+        r"with another element_spec.*Fix: build the pipeline",
+    ):
         other.set_state(ds1.get_state())
     np.testing.assert_array_equal(other.yield_batch()[2][0], [4, 5, 6, 7])
 
@@ -221,8 +237,11 @@ def test_state_of_a_pipeline_with_other_ops_is_refused_unchanged():
     ds1.yield_batch()
     other = ktl.TFDataset(_slices().batch(4).map(lambda x, y: (x, y)), name="other")
     other.yield_batch()
-    with pytest.raises(ValueError, match=r"'other' cannot take this state: tf.data could not "
-                                         r"restore the iterator.*Fix: build the pipeline"):
+    with pytest.raises(
+        ValueError,
+        match=r"'other' cannot take this state: tf.data could not "
+        r"restore the iterator.*Fix: build the pipeline",
+    ):
         other.set_state(ds1.get_state())
     np.testing.assert_array_equal(other.yield_batch()[2][0], [4, 5, 6, 7])
 
@@ -233,8 +252,10 @@ def test_state_of_a_pipeline_with_other_ops_is_refused_unchanged():
         (lambda s: [s], r"takes the dict that TFDataset.get_state\(\) returns"),
         (lambda s: s | {"dataset": "ArrayDataset"}, r"Received: state=\{'dataset'"),
         (lambda s: s | {"version": 0}, r"version=0, expected 1"),
-        (lambda s: s | {"pending": {"sides": [[1, 1]], "npz": "eA=="}},
-         r"its pending batches are not readable"),
+        (
+            lambda s: s | {"pending": {"sides": [[1, 1]], "npz": "eA=="}},
+            r"its pending batches are not readable",
+        ),
         (lambda s: s | {"iterator": {".index": "not base64!"}}, r"cannot take this state"),
     ],
     ids=["not-a-dict", "other-dataset", "version", "pending", "iterator"],
@@ -251,17 +272,22 @@ def test_malformed_states_are_refused_with_the_fix(change, match):
 def _generated():
     def gen():
         for i in range(0, N, 4):
-            yield X[i:i + 4], Y[i:i + 4]
+            yield X[i : i + 4], Y[i : i + 4]
 
-    return tf.data.Dataset.from_generator(gen, output_signature=(
-        tf.TensorSpec((None, 3), tf.float32), tf.TensorSpec((None,), tf.int64)))
+    return tf.data.Dataset.from_generator(
+        gen,
+        output_signature=(tf.TensorSpec((None, 3), tf.float32), tf.TensorSpec((None,), tf.int64)),
+    )
 
 
 @pytest.mark.parametrize(
     "make",
-    [_generated,
-     lambda: _slices().batch(4).map(
-         lambda x, y: (tf.py_function(lambda v: v, [x], tf.float32), y))],
+    [
+        _generated,
+        lambda: (
+            _slices().batch(4).map(lambda x, y: (tf.py_function(lambda v: v, [x], tf.float32), y))
+        ),
+    ],
     ids=["from_generator", "py_function"],
 )
 def test_unsaveable_pipeline_warns_once_that_the_data_order_restarts(make):
@@ -286,6 +312,7 @@ def test_state_is_plain_json():
     ds.yield_batches(2)
     state = ds.get_state()
     assert json.loads(json.dumps(state)) == state
-    assert {"dataset", "version", "element_spec", "saved", "iterator", "pending",
-            "ended"} <= set(state)
+    assert {"dataset", "version", "element_spec", "saved", "iterator", "pending", "ended"} <= set(
+        state
+    )
     assert all(isinstance(v, str) for v in state["iterator"].values())

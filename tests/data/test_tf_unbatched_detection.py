@@ -23,30 +23,42 @@ def _examples():
 
 
 def _zip_of_slices():
-    return tf.data.Dataset.zip((tf.data.Dataset.from_tensor_slices(IMAGES),
-                                tf.data.Dataset.from_tensor_slices(ONE_HOT)))
+    return tf.data.Dataset.zip(
+        (tf.data.Dataset.from_tensor_slices(IMAGES), tf.data.Dataset.from_tensor_slices(ONE_HOT))
+    )
 
 
 @pytest.mark.parametrize(
     "make, source",
     [
         (_examples, "from_tensor_slices"),
-        (lambda: _examples().shuffle(32, seed=0).map(lambda x, y: (x * 2, y)).prefetch(2),
-         "from_tensor_slices"),
+        (
+            lambda: _examples().shuffle(32, seed=0).map(lambda x, y: (x * 2, y)).prefetch(2),
+            "from_tensor_slices",
+        ),
         (lambda: _examples().cache().repeat().filter(lambda x, y: True), "from_tensor_slices"),
         (lambda: _examples().batch(4).unbatch(), r"unbatch\(\)"),
         (_zip_of_slices, "from_tensor_slices"),
         (lambda: tf.data.Dataset.range(32).map(lambda i: (IMAGES[0], ONE_HOT[0])), "range"),
     ],
-    ids=["8x8-one-hot", "shuffle-map-prefetch", "cache-repeat-filter", "unbatch", "zip",
-         "range-map"],
+    ids=[
+        "8x8-one-hot",
+        "shuffle-map-prefetch",
+        "cache-repeat-filter",
+        "unbatch",
+        "zip",
+        "range-map",
+    ],
 )
 def test_unbatched_pipeline_with_agreeing_sizes_is_refused(make, source):
     ds = make()
     assert ds.element_spec[0].shape == (8, 8) and ds.element_spec[1].shape == (8,)
-    with pytest.raises(ValueError, match=f"looks unbatched: its elements come from {source} "
-                                         r"with no batch op.*Received: element_spec=\(Tensor"
-                                         r"Spec\(shape=\(8, 8\).*Fix: .*ds\.batch\(64\)"):
+    with pytest.raises(
+        ValueError,
+        match=f"looks unbatched: its elements come from {source} "
+        r"with no batch op.*Received: element_spec=\(Tensor"
+        r"Spec\(shape=\(8, 8\).*Fix: .*ds\.batch\(64\)",
+    ):
         ktl.TFDataset(ds)
 
 
@@ -71,15 +83,32 @@ def _ragged_batch():
         lambda: _examples().batch(8, num_parallel_calls=2),
         lambda: _examples().batch(4).unbatch().batch(8),
         lambda: _examples().batch(16).rebatch(8),
-        lambda: tf.data.Dataset.zip((tf.data.Dataset.from_tensor_slices(IMAGES).batch(8),
-                                     tf.data.Dataset.from_tensor_slices(ONE_HOT).batch(8))),
+        lambda: tf.data.Dataset.zip(
+            (
+                tf.data.Dataset.from_tensor_slices(IMAGES).batch(8),
+                tf.data.Dataset.from_tensor_slices(ONE_HOT).batch(8),
+            )
+        ),
         lambda: _examples().batch(8).concatenate(_examples().batch(8)),
-        lambda: _examples().batch(8).cache().shuffle(4, seed=0).take(3).with_options(
-            tf.data.Options()),
+        lambda: (
+            _examples().batch(8).cache().shuffle(4, seed=0).take(3).with_options(tf.data.Options())
+        ),
     ],
-    ids=["batch", "batch-map", "batch-prefetch", "batch-repeat", "repeat-batch",
-         "padded_batch", "ragged_batch", "parallel-batch", "unbatch-batch", "rebatch",
-         "zip-of-batches", "concatenate", "batch-cache-shuffle-take-options"],
+    ids=[
+        "batch",
+        "batch-map",
+        "batch-prefetch",
+        "batch-repeat",
+        "repeat-batch",
+        "padded_batch",
+        "ragged_batch",
+        "parallel-batch",
+        "unbatch-batch",
+        "rebatch",
+        "zip-of-batches",
+        "concatenate",
+        "batch-cache-shuffle-take-options",
+    ],
 )
 def test_batched_pipelines_are_accepted_and_read_as_batches(make):
     ds = ktl.TFDataset(make())
@@ -95,11 +124,14 @@ def test_batched_pipelines_are_accepted_and_read_as_batches(make):
         lambda: tf.data.Dataset.from_tensors((IMAGES[:8], ONE_HOT[:8])).repeat(2),
         lambda: tf.data.Dataset.from_generator(
             lambda: iter([(IMAGES[:8], ONE_HOT[:8])]),
-            output_signature=(tf.TensorSpec((8, 8, 8)), tf.TensorSpec((8, 8)))),
+            output_signature=(tf.TensorSpec((8, 8, 8)), tf.TensorSpec((8, 8))),
+        ),
         lambda: tf.data.Dataset.range(2).interleave(
-            lambda i: tf.data.Dataset.from_tensor_slices((IMAGES, ONE_HOT)).batch(8)),
+            lambda i: tf.data.Dataset.from_tensor_slices((IMAGES, ONE_HOT)).batch(8)
+        ),
         lambda: tf.data.Dataset.range(2).flat_map(
-            lambda i: tf.data.Dataset.from_tensor_slices((IMAGES, ONE_HOT)).batch(8)),
+            lambda i: tf.data.Dataset.from_tensor_slices((IMAGES, ONE_HOT)).batch(8)
+        ),
     ],
     ids=["from_tensors", "from_generator", "interleave-of-batches", "flat_map-of-batches"],
 )
@@ -111,8 +143,14 @@ def test_sources_that_may_yield_batches_are_not_refused(make):
 
 def test_from_tfds_pipelines_are_batched(tfds_digits_dir):
     for kwargs in ({}, {"shuffle": True, "seed": 0, "loop_forever": True}):
-        ds = ktl.from_tfds("digits_local", split="test", batch_size=8,
-                           data_dir=tfds_digits_dir, download=False, **kwargs)
+        ds = ktl.from_tfds(
+            "digits_local",
+            split="test",
+            batch_size=8,
+            data_dir=tfds_digits_dir,
+            download=False,
+            **kwargs,
+        )
         assert batching(ds.tf_dataset)[0] == BATCHED
         assert ds.yield_batch()[1][0].shape == (8, 8, 8, 1)
 

@@ -24,8 +24,18 @@ import keras_trainloop as ktl
 ROOT = pathlib.Path(__file__).parents[2]
 DOCS = ROOT / "docs"
 # Submodules with a page of their own under docs/api/.
-API_MODULES = ("data", "trainer", "loop", "context", "losses", "metrics", "optimizers",
-               "commandline", "checkpoints", "plots")
+API_MODULES = (
+    "data",
+    "trainer",
+    "loop",
+    "context",
+    "losses",
+    "metrics",
+    "optimizers",
+    "commandline",
+    "checkpoints",
+    "plots",
+)
 # The documentation packages (the `test` extra installs them).
 DOCS_PACKAGES = ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python")
 
@@ -46,13 +56,20 @@ def _missing_docs_packages() -> list[str]:
 def site(tmp_path_factory):
     missing = _missing_docs_packages()
     if missing:
-        pytest.skip(f"the docs packages are not installed ({', '.join(missing)}): "
-                    'pip install -e ".[test]" installs mkdocs, mkdocs-material, mkdocstrings')
+        pytest.skip(
+            f"the docs packages are not installed ({', '.join(missing)}): "
+            'pip install -e ".[test]" installs mkdocs, mkdocs-material, mkdocstrings'
+        )
     site_dir = tmp_path_factory.mktemp("site")
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1", KERAS_BACKEND="jax")
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site_dir)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{output[-6000:]}"
@@ -66,9 +83,19 @@ def _anchors(page: pathlib.Path) -> set[str]:
 
 def test_the_site_builds_strictly(site):
     assert (site / "index.html").exists()
-    for page in ("getting-started", "coming-from-fit", "coming-from-gomlx", "data",
-                 "plugins/progress-bar", "plugins/checkpoints", "plugins/plots",
-                 "plugins/schedules", "plugins/scaling-out", "notebooks", "api"):
+    for page in (
+        "getting-started",
+        "coming-from-fit",
+        "coming-from-gomlx",
+        "data",
+        "plugins/progress-bar",
+        "plugins/checkpoints",
+        "plugins/plots",
+        "plugins/schedules",
+        "plugins/scaling-out",
+        "notebooks",
+        "api",
+    ):
         assert (site / page / "index.html").exists(), page
 
 
@@ -93,7 +120,8 @@ def test_every_page_is_in_the_nav():
 def test_every_public_name_of_a_submodule_has_its_api_entry(site, module):
     mod = importlib.import_module(f"keras_trainloop.{module}")
     names = getattr(mod, "__all__", None) or [
-        name for name, value in vars(mod).items()
+        name
+        for name, value in vars(mod).items()
         if not name.startswith("_") and getattr(value, "__module__", None) == mod.__name__
     ]
     anchors = _anchors(site / "api" / module / "index.html")

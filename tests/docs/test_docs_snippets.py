@@ -32,7 +32,7 @@ def _python_blocks(text: str) -> list[str]:
 
 
 def _snippet_after(text: str, marker: str) -> str:
-    return _python_blocks(text[text.index(marker):])[0]
+    return _python_blocks(text[text.index(marker) :])[0]
 
 
 def test_getting_started_runs_top_to_bottom(tmp_path, monkeypatch, capsys):
@@ -52,8 +52,16 @@ def test_the_fit_and_loop_snippets_run_and_learn_alike(tmp_path, monkeypatch, ca
     text = (DOCS / "coming-from-fit.md").read_text()
     monkeypatch.chdir(tmp_path)  # The snippets write best.keras and backup/ here.
     x, y, x_val, y_val = digits_data(300, 100)
-    data = {"x": x, "y": y, "x_val": x_val, "y_val": y_val, "x_test": x_val, "y_test": y_val,
-            "keras": keras, "ktl": ktl}
+    data = {
+        "x": x,
+        "y": y,
+        "x_val": x_val,
+        "y_val": y_val,
+        "x_test": x_val,
+        "y_test": y_val,
+        "keras": keras,
+        "ktl": ktl,
+    }
     fit_model, loop_model = twin_models()
     fit_ns = dict(data, model=fit_model)
     exec(_snippet_after(text, "With `model.fit`:"), fit_ns)  # noqa: S102

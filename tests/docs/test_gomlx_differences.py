@@ -102,14 +102,19 @@ def test_exponential_resumed_exactly_at_a_firing_step_fires_there(trainer):
     assert resumed.start_step == 5 and steps == [5, 10]
 
 
-@pytest.mark.parametrize("start_step, factor, match", [
-    (0, 1.5, r"start_step >= 1\. Received: start_step=0"),
-    (2, 1.0, r"factor > 1\. Received: factor=1\.0"),
-], ids=["start-step-0", "factor-1"])
+@pytest.mark.parametrize(
+    "start_step, factor, match",
+    [
+        (0, 1.5, r"start_step >= 1\. Received: start_step=0"),
+        (2, 1.0, r"factor > 1\. Received: factor=1\.0"),
+    ],
+    ids=["start-step-0", "factor-1"],
+)
 def test_exponential_refuses_arguments_that_never_advance(start_step, factor, match):
     with pytest.raises(ValueError, match=match):
-        ktl.exponential_callback(ktl.Loop(None), start_step, factor, False, "e", 0,
-                                 lambda loop, metrics: None)
+        ktl.exponential_callback(
+            ktl.Loop(None), start_step, factor, False, "e", 0, lambda loop, metrics: None
+        )
 
 
 def test_n_times_during_loop_counts_n_calls_in_each_run(trainer):

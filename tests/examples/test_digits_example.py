@@ -24,8 +24,17 @@ def test_trains_digits_to_90_percent_and_writes_the_plot(tmp_path, capsys):
 
 def test_checkpoint_run_resumes_where_it_stopped(tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
-    digits.main(["--steps", "60", "--checkpoint", str(ckpt), "--no-eval",
-                 "--set", "hidden=32;learning_rate=0.01"])
+    digits.main(
+        [
+            "--steps",
+            "60",
+            "--checkpoint",
+            str(ckpt),
+            "--no-eval",
+            "--set",
+            "hidden=32;learning_rate=0.01",
+        ]
+    )
     capsys.readouterr()
     result = digits.main(["--steps", "100", "--checkpoint", str(ckpt), "--no-eval"])
     out = capsys.readouterr().out
@@ -41,9 +50,20 @@ def test_bad_setting_is_a_usage_error(capsys):
 
 
 def test_trains_on_a_tfds_dataset_on_disk(tfds_digits_dir, tmp_path, capsys):
-    result = digits.main(["--tfds", "digits_local", "--data-dir", tfds_digits_dir,
-                          "--steps", "150", "--plot", str(tmp_path / "p.png"),
-                          "--set", "learning_rate=0.01"])
+    result = digits.main(
+        [
+            "--tfds",
+            "digits_local",
+            "--data-dir",
+            tfds_digits_dir,
+            "--steps",
+            "150",
+            "--plot",
+            str(tmp_path / "p.png"),
+            "--set",
+            "learning_rate=0.01",
+        ]
+    )
     assert result["global_step"] == 150
     assert float(result["eval"][1][-1]) > 0.5
     assert "Results on digits_local/test" in capsys.readouterr().out
@@ -68,8 +88,14 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, capsys):
 
 
 def _run_python(code: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=cwd, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        check=False,
+    )
 
 
 _RUN_DIGITS = """
@@ -127,7 +153,8 @@ def test_parser_defaults_are_the_contexts(capsys):
     with pytest.raises(SystemExit):  # the settings' own errors are unchanged
         digits.main(["--set", "hidden=1.5"])
     assert "Setting 'hidden=1.5': the value of parameter 'hidden' must parse as a int" in (
-        capsys.readouterr().err)
+        capsys.readouterr().err
+    )
 
 
 _ROOT = pathlib.Path(__file__).parents[2]
@@ -151,12 +178,15 @@ def test_readme_sets_up_the_main_job_without_tensorflow_in_two_commands():
     block = text.split("## Set up and run", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     commands = [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
     assert len(commands) == 2
-    assert commands[0].startswith('pip install -e ".[examples]" && python -m '
-                                  "keras_trainloop.examples.digits")
+    assert commands[0].startswith(
+        'pip install -e ".[examples]" && python -m keras_trainloop.examples.digits'
+    )
     extras = tomllib.loads((_ROOT / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"]
+        "optional-dependencies"
+    ]
     examples = _extra(extras, "examples")
     assert not [r for r in examples if "tensorflow" in r]
     assert {"scikit-learn", "matplotlib", "orbax-checkpoint"} <= {
-        re.split(r"[<>=!~\[ ]", r, maxsplit=1)[0] for r in examples}
+        re.split(r"[<>=!~\[ ]", r, maxsplit=1)[0] for r in examples
+    }
     assert any("tensorflow" in r for r in _extra(extras, "all"))  # [all] keeps everything

@@ -15,8 +15,16 @@ class Batches:
     yields) carry NaN inputs, so the loss of that step is NaN.
     """
 
-    def __init__(self, epoch_lengths=(5,), *, batch_size=4, loop_forever=False, nan_at=None,
-                 error_at=None, name="batches"):
+    def __init__(
+        self,
+        epoch_lengths=(5,),
+        *,
+        batch_size=4,
+        loop_forever=False,
+        nan_at=None,
+        error_at=None,
+        name="batches",
+    ):
         self.name = name
         self.epoch_lengths = list(epoch_lengths)
         self.batch_size = batch_size

@@ -46,11 +46,13 @@ def _run_process(job, process, clock, results, steps=400, extra_timed=False, per
     trainer = SumTrainer()
     loop = ktl.Loop(trainer, max_fused_steps=8, measure_fusion=False)
     fired, drawn = [], []
-    ktl.periodic_callback(loop, period, True, "periodic", 0,
-                          lambda lp, m: fired.append(lp.loop_step), clock=clock)
+    ktl.periodic_callback(
+        loop, period, True, "periodic", 0, lambda lp, m: fired.append(lp.loop_step), clock=clock
+    )
     if extra_timed:  # Like the progress bar, attached on process 0 only.
-        ktl.periodic_callback(loop, 0.001, False, "bar", 1,
-                              lambda lp, m: drawn.append(lp.loop_step), clock=clock)
+        ktl.periodic_callback(
+            loop, 0.001, False, "bar", 1, lambda lp, m: drawn.append(lp.loop_step), clock=clock
+        )
     original = _agreement.agree
     x = np.arange(96, dtype=np.float32).reshape(32, 3)
     try:
@@ -68,9 +70,12 @@ def _run_process(job, process, clock, results, steps=400, extra_timed=False, per
 def _run_job(clocks, extra_timed=(False, False), steps=400, period=0.002):
     job = FakeJob(len(clocks))
     results: dict = {}
-    threads = [threading.Thread(target=_run_process,
-                                args=(job, i, clock, results, steps, extra_timed[i], period))
-               for i, clock in enumerate(clocks)]
+    threads = [
+        threading.Thread(
+            target=_run_process, args=(job, i, clock, results, steps, extra_timed[i], period)
+        )
+        for i, clock in enumerate(clocks)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -121,8 +126,9 @@ def test_agreement_follows_process_zero_and_keeps_own_answers_for_its_own_hooks(
     agreement.schedules = [mine, own]
     process_zero = np.zeros(2 + 2 * _agreement.MAX_TIMED_HOOKS, np.int32)
     process_zero[:4] = 5, 1, 7, 1  # Next check in 5 steps; hook 7 is due.
-    loop = types.SimpleNamespace(loop_step=10, start_step=10, end_step=-1,
-                                 train_step_durations=[0.01])
+    loop = types.SimpleNamespace(
+        loop_step=10, start_step=10, end_step=-1, train_step_durations=[0.01]
+    )
     assert agreement.due(loop) and agreement.next_step(loop) == 10  # The run's first step.
     agreement.check(loop, [])
     assert mine.due(loop) and not own.due(loop)  # Process 0's answer; its own (not due).
@@ -139,8 +145,9 @@ def test_agreement_follows_process_zero_and_keeps_own_answers_for_its_own_hooks(
 def test_local_answer_is_due_and_the_steps_to_the_next_check():
     now = [0.0]
     schedule = AgreedSchedule(ktl.loop.Periodic(1.0, clock=lambda: now[0]), Agreement(), 1)
-    loop = types.SimpleNamespace(loop_step=0, start_step=0, end_step=-1,
-                                 train_step_durations=[0.01])
+    loop = types.SimpleNamespace(
+        loop_step=0, start_step=0, end_step=-1, train_step_durations=[0.01]
+    )
     assert schedule.local_answer(loop) == (False, 1)  # Starts the clock at the first step.
     loop.loop_step, now[0] = 1, 0.25
     assert schedule.local_answer(loop) == (False, 75)  # 0.75 s left at 10 ms a step.
@@ -157,8 +164,15 @@ def test_one_process_needs_no_agreement_and_adds_nothing(monkeypatch, trainer):
     monkeypatch.setattr(_agreement, "gather_from_processes", refuse)
     loop = ktl.Loop(trainer)
     schedule = ktl.periodic_callback(loop, 0.001, True, "p", 0, lambda lp, m: None)
-    loop.run_steps(ktl.ArrayDataset(np.ones((8, 3), np.float32), np.ones((8, 1), np.float32),
-                                    batch_size=4, loop_forever=True), 20)
+    loop.run_steps(
+        ktl.ArrayDataset(
+            np.ones((8, 3), np.float32),
+            np.ones((8, 1), np.float32),
+            batch_size=4,
+            loop_forever=True,
+        ),
+        20,
+    )
     assert [h.schedule for h in loop._on_step.hooks] == [schedule]  # Nothing wrapped or added.
     assert loop._gate.agree is None and getattr(loop, "_agreement", None) is None
     assert not _agreement.needs_agreement(trainer)  # One process.
@@ -167,8 +181,9 @@ def test_one_process_needs_no_agreement_and_adds_nothing(monkeypatch, trainer):
 def test_plans_pair_end_calls_with_wrapped_schedules():
     ticks = iter(range(10**6))
     loop = ktl.Loop(SumTrainer())
-    ktl.periodic_callback(loop, 0.5, True, "p", 0, lambda lp, m: None,
-                          clock=lambda: float(next(ticks)))  # Due whenever asked again.
+    ktl.periodic_callback(
+        loop, 0.5, True, "p", 0, lambda lp, m: None, clock=lambda: float(next(ticks))
+    )  # Due whenever asked again.
     _agreement.agree(loop, lambda sent: np.stack([sent]))  # One fake process.
     plan = loop.plan(4)  # No collective: the wrapped schedule's snapshot answers.
     assert plan.steps_of("Periodic(0.5s): p") == [1, 2, 3]
@@ -197,8 +212,12 @@ def _probe(gate, single_seconds, fused_per_step, spec="s"):
             compiled.add(n)
             gate.record(spec, n, 99.0, 0.5 if n == 1 else None)
             continue
-        gate.record(spec, n, single_seconds if n == 1 else fused_per_step * n,
-                    0.5 * single_seconds if n == 1 else None)
+        gate.record(
+            spec,
+            n,
+            single_seconds if n == 1 else fused_per_step * n,
+            0.5 * single_seconds if n == 1 else None,
+        )
 
 
 def test_gate_takes_process_zeros_verdict_at_fixed_points():
@@ -223,8 +242,9 @@ def test_gate_alone_decides_from_its_own_timings_as_before():
     assert len(gate._probes["s"].fused) == 2  # The early no, after two fused calls.
 
 
-@pytest.mark.parametrize("host_share, kept", [(0.01, False), (0.5, None)],
-                         ids=["compute_bound", "host_bound"])
+@pytest.mark.parametrize(
+    "host_share, kept", [(0.01, False), (0.5, None)], ids=["compute_bound", "host_bound"]
+)
 def test_gate_agrees_on_the_compute_bound_check(host_share, kept):
     asked = []
     gate = FusionGate()

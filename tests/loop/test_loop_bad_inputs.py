@@ -60,21 +60,28 @@ def _guard(loop):
     loop.on_validation_begin("guard", 0, endless_validation)
 
 
-@pytest.mark.parametrize("make_ds", [
-    _forever_arrays,
-    lambda: Batches(loop_forever=True),
-    lambda: _Wrapper(_forever_arrays()),
-], ids=["array-dataset", "declared-loop-forever", "wrapped"])
+@pytest.mark.parametrize(
+    "make_ds",
+    [
+        _forever_arrays,
+        lambda: Batches(loop_forever=True),
+        lambda: _Wrapper(_forever_arrays()),
+    ],
+    ids=["array-dataset", "declared-loop-forever", "wrapped"],
+)
 def test_run_epochs_refuses_a_dataset_that_never_ends_before_any_hook(trainer, recorder, make_ds):
     loop = ktl.Loop(trainer)
     loop.on_start("start", 0, recorder.hook("start"))
     loop.on_end("end", 0, recorder.hook("end"))
     _guard(loop)
     ds = make_ds()
-    with pytest.raises(ValueError, match=(
-        r"loop.run_epochs\(\) needs a finite ds .* never ends \(loop_forever=True\).*"
-        r"Fix: use loop.run_steps\(ds, steps\).*loop_forever=False"
-    )):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"loop.run_epochs\(\) needs a finite ds .* never ends \(loop_forever=True\).*"
+            r"Fix: use loop.run_steps\(ds, steps\).*loop_forever=False"
+        ),
+    ):
         loop.run_epochs(ds, 2)
     assert recorder.events == []
     assert loop.loop_step == trainer.global_step == 0
@@ -116,23 +123,45 @@ def test_run_steps_still_takes_a_dataset_that_never_ends(trainer):
 _INF, _NAN = math.inf, math.nan
 
 
-@pytest.mark.parametrize("register, args, match", [
-    (ktl.every_n_steps, (_INF, "x", 0, _fn), r"EveryNSteps expects a finite n. Received: n=inf"),
-    (ktl.every_n_steps, (_NAN, "x", 0, _fn), r"Received: n=nan"),
-    (ktl.n_times_during_loop, (_INF, "x", 0, _fn), r"NTimesDuringLoop .* Received: n=inf"),
-    (ktl.n_times_during_loop, (_NAN, "x", 0, _fn), r"Received: n=nan"),
-    (ktl.periodic_callback, (_INF, True, "x", 0, _fn), r"finite period. Received: period=inf"),
-    (ktl.periodic_callback, (-_INF, True, "x", 0, _fn), r"Received: period=-inf"),
-    (ktl.periodic_callback, (_NAN, True, "x", 0, _fn), r"Received: period=nan"),
-    (ktl.exponential_callback, (10, _INF, True, "x", 0, _fn),
-     r"finite factor. Received: factor=inf"),
-    (ktl.exponential_callback, (10, _NAN, True, "x", 0, _fn), r"Received: factor=nan"),
-    (ktl.exponential_callback, (_INF, 1.2, True, "x", 0, _fn), r"Received: start_step=inf"),
-    (ktl.exponential_callback, (_NAN, 1.2, True, "x", 0, _fn), r"Received: start_step=nan"),
-    (ktl.every_n_steps, (10, "x", _NAN, _fn), r"priority must not be NaN.*priority=nan"),
-], ids=["every-inf", "every-nan", "ntimes-inf", "ntimes-nan", "periodic-inf",
-        "periodic-minus-inf", "periodic-nan", "exp-factor-inf", "exp-factor-nan",
-        "exp-start-inf", "exp-start-nan", "priority-nan"])
+@pytest.mark.parametrize(
+    "register, args, match",
+    [
+        (
+            ktl.every_n_steps,
+            (_INF, "x", 0, _fn),
+            r"EveryNSteps expects a finite n. Received: n=inf",
+        ),
+        (ktl.every_n_steps, (_NAN, "x", 0, _fn), r"Received: n=nan"),
+        (ktl.n_times_during_loop, (_INF, "x", 0, _fn), r"NTimesDuringLoop .* Received: n=inf"),
+        (ktl.n_times_during_loop, (_NAN, "x", 0, _fn), r"Received: n=nan"),
+        (ktl.periodic_callback, (_INF, True, "x", 0, _fn), r"finite period. Received: period=inf"),
+        (ktl.periodic_callback, (-_INF, True, "x", 0, _fn), r"Received: period=-inf"),
+        (ktl.periodic_callback, (_NAN, True, "x", 0, _fn), r"Received: period=nan"),
+        (
+            ktl.exponential_callback,
+            (10, _INF, True, "x", 0, _fn),
+            r"finite factor. Received: factor=inf",
+        ),
+        (ktl.exponential_callback, (10, _NAN, True, "x", 0, _fn), r"Received: factor=nan"),
+        (ktl.exponential_callback, (_INF, 1.2, True, "x", 0, _fn), r"Received: start_step=inf"),
+        (ktl.exponential_callback, (_NAN, 1.2, True, "x", 0, _fn), r"Received: start_step=nan"),
+        (ktl.every_n_steps, (10, "x", _NAN, _fn), r"priority must not be NaN.*priority=nan"),
+    ],
+    ids=[
+        "every-inf",
+        "every-nan",
+        "ntimes-inf",
+        "ntimes-nan",
+        "periodic-inf",
+        "periodic-minus-inf",
+        "periodic-nan",
+        "exp-factor-inf",
+        "exp-factor-nan",
+        "exp-start-inf",
+        "exp-start-nan",
+        "priority-nan",
+    ],
+)
 def test_nan_or_inf_schedule_arguments_are_value_errors_before_registering(register, args, match):
     loop = ktl.Loop(None)
     with pytest.raises(ValueError, match=match) as info:
@@ -141,13 +170,17 @@ def test_nan_or_inf_schedule_arguments_are_value_errors_before_registering(regis
     assert not loop._on_step.hooks and not loop._on_end.hooks
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda: EveryNSteps(_INF), r"Received: n=inf"),
-    (lambda: NTimesDuringLoop(_NAN), r"Received: n=nan"),
-    (lambda: Periodic(_INF), r"Received: period=inf"),
-    (lambda: Exponential(10, _INF), r"Received: factor=inf"),
-    (lambda: Exponential(_INF, 2.0), r"Received: start_step=inf"),
-], ids=["every", "ntimes", "periodic", "exp-factor", "exp-start"])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: EveryNSteps(_INF), r"Received: n=inf"),
+        (lambda: NTimesDuringLoop(_NAN), r"Received: n=nan"),
+        (lambda: Periodic(_INF), r"Received: period=inf"),
+        (lambda: Exponential(10, _INF), r"Received: factor=inf"),
+        (lambda: Exponential(_INF, 2.0), r"Received: start_step=inf"),
+    ],
+    ids=["every", "ntimes", "periodic", "exp-factor", "exp-start"],
+)
 def test_schedule_classes_refuse_nan_and_inf(make, match):
     with pytest.raises(ValueError, match=match + r".*Fix: "):
         make()
@@ -176,18 +209,31 @@ def test_run_steps_on_an_array_shows_its_type_and_shape_not_its_values(trainer):
     assert len(message) < 400 and "0., 0." not in message
 
 
-@pytest.mark.parametrize("call", [
-    lambda: ktl.Loop(np.zeros((500, 500))),
-    lambda: ktl.Loop(None).on_step("x" * 500, 0, _fn, schedule=np.zeros((500, 500))),
-    lambda: ktl.every_n_steps(ktl.Loop(None), np.zeros((500, 500)), "x", 0, _fn),
-    lambda: ktl.every_n_steps(ktl.Loop(None), 2, "x", np.zeros((500, 500)), _fn),
-    lambda: ktl.periodic_callback(ktl.Loop(None), "s" * 5000, True, "x", 0, _fn),
-    lambda: ktl.exponential_callback(ktl.Loop(None), 2, ["x"] * 5000, True, "x", 0, _fn),
-    lambda: ktl.Loop(None).add_keras_callback(np.zeros((500, 500))),
-    lambda: ktl.Loop(None).on_end(list(range(5000)), 0, _fn),
-    lambda: ktl.Loop(None).plan(np.zeros((500, 500))),
-], ids=["trainer", "schedule", "every-n", "priority", "period", "factor", "keras-callback",
-        "hook-name", "plan-steps"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: ktl.Loop(np.zeros((500, 500))),
+        lambda: ktl.Loop(None).on_step("x" * 500, 0, _fn, schedule=np.zeros((500, 500))),
+        lambda: ktl.every_n_steps(ktl.Loop(None), np.zeros((500, 500)), "x", 0, _fn),
+        lambda: ktl.every_n_steps(ktl.Loop(None), 2, "x", np.zeros((500, 500)), _fn),
+        lambda: ktl.periodic_callback(ktl.Loop(None), "s" * 5000, True, "x", 0, _fn),
+        lambda: ktl.exponential_callback(ktl.Loop(None), 2, ["x"] * 5000, True, "x", 0, _fn),
+        lambda: ktl.Loop(None).add_keras_callback(np.zeros((500, 500))),
+        lambda: ktl.Loop(None).on_end(list(range(5000)), 0, _fn),
+        lambda: ktl.Loop(None).plan(np.zeros((500, 500))),
+    ],
+    ids=[
+        "trainer",
+        "schedule",
+        "every-n",
+        "priority",
+        "period",
+        "factor",
+        "keras-callback",
+        "hook-name",
+        "plan-steps",
+    ],
+)
 def test_messages_show_short_reprs_of_large_values(call):
     with pytest.raises((TypeError, ValueError)) as info:
         call()
@@ -197,52 +243,80 @@ def test_messages_show_short_reprs_of_large_values(call):
 def test_bad_run_arguments_show_short_reprs(trainer):
     loop = ktl.Loop(trainer)
     big = np.zeros((500, 500))
-    for call in (lambda: loop.run_steps(Batches(loop_forever=True), big),
-                 lambda: loop.run_epochs(Batches(), 1, validation_data=big),
-                 lambda: loop.run_epochs(Batches(), 1, validation_data=Batches(),
-                                         validation_freq=big)):
+    for call in (
+        lambda: loop.run_steps(Batches(loop_forever=True), big),
+        lambda: loop.run_epochs(Batches(), 1, validation_data=big),
+        lambda: loop.run_epochs(Batches(), 1, validation_data=Batches(), validation_freq=big),
+    ):
         with pytest.raises((TypeError, ValueError)) as info:
             call()
         assert short_repr(big) in str(info.value) and "0., 0." not in str(info.value)
 
 
 # Point 14: every argument check says how to fix it ---------------------------------------------
-@pytest.mark.parametrize("call, error", [
-    (lambda: ktl.Loop("x"), TypeError),
-    (lambda: ktl.Loop(None).on_step(1, 0, _fn), TypeError),
-    (lambda: ktl.Loop(None).on_step("x", "high", _fn), TypeError),
-    (lambda: ktl.Loop(None).on_step("x", 0, 42), TypeError),
-    (lambda: ktl.Loop(None).on_step("x", 0, _fn, schedule="often"), TypeError),
-    (lambda: ktl.Loop(None).add_keras_callback("csv"), TypeError),
-    (lambda: ktl.Loop(None).plan(-1), ValueError),
-    (lambda: ktl.Loop(None).plan(5).steps_of("no_such_hook"), KeyError),
-    (lambda: ktl.every_n_steps(ktl.Loop(None), 0, "x", 0, _fn), ValueError),
-    (lambda: ktl.every_n_steps(ktl.Loop(None), 2.0, "x", 0, _fn), TypeError),
-    (lambda: ktl.every_n_steps(ktl.Loop(None), 2, None, 0, _fn), TypeError),
-    (lambda: ktl.n_times_during_loop(ktl.Loop(None), 0, "x", 0, _fn), ValueError),
-    (lambda: ktl.periodic_callback(ktl.Loop(None), 0, True, "x", 0, _fn), ValueError),
-    (lambda: ktl.periodic_callback(ktl.Loop(None), datetime.timedelta(0), True, "x", 0, _fn),
-     ValueError),
-    (lambda: ktl.periodic_callback(ktl.Loop(None), "1s", True, "x", 0, _fn), TypeError),
-    (lambda: Periodic(1, clock=3), TypeError),
-    (lambda: ktl.exponential_callback(ktl.Loop(None), 0, 1.2, True, "x", 0, _fn), ValueError),
-    (lambda: ktl.exponential_callback(ktl.Loop(None), 10, 1.0, True, "x", 0, _fn), ValueError),
-    (lambda: ktl.exponential_callback(ktl.Loop(None), 10, "2", True, "x", 0, _fn), TypeError),
-], ids=["trainer", "hook-name", "priority", "fn", "schedule", "keras-callback", "plan-steps",
-        "plan-name", "every-zero", "every-float", "every-name", "ntimes-zero", "periodic-zero",
-        "periodic-zero-timedelta", "periodic-string", "periodic-clock", "exp-start",
-        "exp-factor-one", "exp-factor-string"])
+@pytest.mark.parametrize(
+    "call, error",
+    [
+        (lambda: ktl.Loop("x"), TypeError),
+        (lambda: ktl.Loop(None).on_step(1, 0, _fn), TypeError),
+        (lambda: ktl.Loop(None).on_step("x", "high", _fn), TypeError),
+        (lambda: ktl.Loop(None).on_step("x", 0, 42), TypeError),
+        (lambda: ktl.Loop(None).on_step("x", 0, _fn, schedule="often"), TypeError),
+        (lambda: ktl.Loop(None).add_keras_callback("csv"), TypeError),
+        (lambda: ktl.Loop(None).plan(-1), ValueError),
+        (lambda: ktl.Loop(None).plan(5).steps_of("no_such_hook"), KeyError),
+        (lambda: ktl.every_n_steps(ktl.Loop(None), 0, "x", 0, _fn), ValueError),
+        (lambda: ktl.every_n_steps(ktl.Loop(None), 2.0, "x", 0, _fn), TypeError),
+        (lambda: ktl.every_n_steps(ktl.Loop(None), 2, None, 0, _fn), TypeError),
+        (lambda: ktl.n_times_during_loop(ktl.Loop(None), 0, "x", 0, _fn), ValueError),
+        (lambda: ktl.periodic_callback(ktl.Loop(None), 0, True, "x", 0, _fn), ValueError),
+        (
+            lambda: ktl.periodic_callback(ktl.Loop(None), datetime.timedelta(0), True, "x", 0, _fn),
+            ValueError,
+        ),
+        (lambda: ktl.periodic_callback(ktl.Loop(None), "1s", True, "x", 0, _fn), TypeError),
+        (lambda: Periodic(1, clock=3), TypeError),
+        (lambda: ktl.exponential_callback(ktl.Loop(None), 0, 1.2, True, "x", 0, _fn), ValueError),
+        (lambda: ktl.exponential_callback(ktl.Loop(None), 10, 1.0, True, "x", 0, _fn), ValueError),
+        (lambda: ktl.exponential_callback(ktl.Loop(None), 10, "2", True, "x", 0, _fn), TypeError),
+    ],
+    ids=[
+        "trainer",
+        "hook-name",
+        "priority",
+        "fn",
+        "schedule",
+        "keras-callback",
+        "plan-steps",
+        "plan-name",
+        "every-zero",
+        "every-float",
+        "every-name",
+        "ntimes-zero",
+        "periodic-zero",
+        "periodic-zero-timedelta",
+        "periodic-string",
+        "periodic-clock",
+        "exp-start",
+        "exp-factor-one",
+        "exp-factor-string",
+    ],
+)
 def test_argument_checks_say_how_to_fix(call, error):
     with pytest.raises(error, match="Fix: "):
         call()
 
 
-@pytest.mark.parametrize("method, kwargs", [
-    ("run_steps", {"steps": -1}),
-    ("run_steps", {"steps": 3, "validation_data": Batches(), "validation_freq": 0}),
-    ("run_epochs", {"epochs": 2.5}),
-    ("run_epochs", {"epochs": 1, "validation_data": Batches(), "validation_freq": [0]}),
-], ids=["steps", "steps-freq", "epochs", "epochs-freq"])
+@pytest.mark.parametrize(
+    "method, kwargs",
+    [
+        ("run_steps", {"steps": -1}),
+        ("run_steps", {"steps": 3, "validation_data": Batches(), "validation_freq": 0}),
+        ("run_epochs", {"epochs": 2.5}),
+        ("run_epochs", {"epochs": 1, "validation_data": Batches(), "validation_freq": [0]}),
+    ],
+    ids=["steps", "steps-freq", "epochs", "epochs-freq"],
+)
 def test_run_argument_checks_say_how_to_fix(trainer, method, kwargs):
     ds = Batches(loop_forever=method == "run_steps")
     with pytest.raises(ValueError, match="Fix: "):
@@ -292,7 +366,8 @@ def test_every_argument_check_of_the_loop_has_a_fix():
     missing = [
         f"{file}:{function}: {name}({_text(message)[:60]!r})"
         for file, function, name, message in _raises()
-        if name not in INTERNAL and (file, function) not in PENDING
+        if name not in INTERNAL
+        and (file, function) not in PENDING
         and "Fix" not in _text(message)
         and "fix" not in _text(message)  # A message built from a `fix` variable.
     ]
@@ -304,7 +379,9 @@ def test_no_loop_message_puts_a_full_repr_of_a_value():
         f"{file}:{function}: {name}"
         for file, function, name, message in _raises()
         if (file, function) not in PENDING
-        and any(isinstance(n, ast.FormattedValue) and n.conversion == ord("r")
-                for n in ast.walk(message))
+        and any(
+            isinstance(n, ast.FormattedValue) and n.conversion == ord("r")
+            for n in ast.walk(message)
+        )
     ]
     assert full_reprs == []

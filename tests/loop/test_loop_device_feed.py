@@ -17,7 +17,7 @@ def _recording_trainer(trainer, seen):
 
 
 def _expected_sums(x, batch_size, count):
-    return [float(x[i * batch_size:(i + 1) * batch_size].sum()) for i in range(count)]
+    return [float(x[i * batch_size : (i + 1) * batch_size].sum()) for i in range(count)]
 
 
 def test_cpu_backend_feeds_the_dataset_itself(trainer):
@@ -55,9 +55,7 @@ def test_accelerator_backend_run_epochs_resets_the_prefetcher(make_trainer, monk
     assert loop.end_step == 4
 
 
-def test_accelerator_backend_feeds_a_stackable_dataset_itself_when_steps_fuse(
-    trainer, monkeypatch
-):
+def test_accelerator_backend_feeds_a_stackable_dataset_itself_when_steps_fuse(trainer, monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     loop = ktl.Loop(trainer)
     ds = ktl.ArrayDataset(np.ones((8, 3), np.float32), np.ones((8, 1), np.float32), batch_size=4)

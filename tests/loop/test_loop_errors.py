@@ -28,16 +28,18 @@ def _raise_at(step):
     [("on_start", "OnStart", 0), ("on_step", "OnStep", 2), ("on_end", "OnEnd", 4)],
     ids=["on_start", "on_step", "on_end"],
 )
-def test_hook_error_names_kind_hook_and_step_and_keeps_the_cause(trainer, recorder, event, kind,
-                                                               step):
+def test_hook_error_names_kind_hook_and_step_and_keeps_the_cause(
+    trainer, recorder, event, kind, step
+):
     loop = ktl.Loop(trainer)
     getattr(loop, event)("exploding", 0, _raise_at(step))
     getattr(loop, event)("later", 1, recorder.hook("later"))
     if event != "on_end":
         loop.on_end("end", 0, recorder.hook("end"))
-    with pytest.raises(ktl.HookError, match=(
-        rf"{kind} hook 'exploding' raised Boom at loop step {step}: boom at {step}\."
-    )) as info:
+    with pytest.raises(
+        ktl.HookError,
+        match=(rf"{kind} hook 'exploding' raised Boom at loop step {step}: boom at {step}\."),
+    ) as info:
         loop.run_steps(Batches(loop_forever=True), 4)
     error = info.value
     assert isinstance(error.__cause__, Boom)
@@ -57,8 +59,11 @@ def test_hook_error_in_on_step_leaves_loop_step_after_the_trained_step(trainer):
 def test_hook_error_of_a_schedule_names_the_schedule(trainer):
     loop = ktl.Loop(trainer)
     ktl.every_n_steps(loop, 2, "eval", 0, _raise_at(3))
-    with pytest.raises(ktl.HookError, match=r"OnStep hook 'EveryNSteps\(2\): eval' raised Boom "
-                                            r"at loop step 3"):
+    with pytest.raises(
+        ktl.HookError,
+        match=r"OnStep hook 'EveryNSteps\(2\): eval' raised Boom "
+        r"at loop step 3",
+    ):
         loop.run_steps(Batches(loop_forever=True), 10)
 
 
@@ -74,17 +79,19 @@ def test_errors_survive_pickling():
     [(40, 5, 15), (40, 16, 31), (8, 3, 7), (20, 17, 19)],
     ids=["before-first-sync", "right-after-a-sync", "short-run-found-at-end", "found-at-end"],
 )
-def test_nonfinite_loss_names_the_first_bad_step(make_trainer, recorder, steps, nan_at,
-                                                 detected_at):
+def test_nonfinite_loss_names_the_first_bad_step(
+    make_trainer, recorder, steps, nan_at, detected_at
+):
     trainer = make_trainer()
     loop = ktl.Loop(trainer)
     loop.on_end("end", 0, recorder.hook("end"))
     losses = []
     loop.on_step("loss", 0, lambda lp, m: losses.append(float(m[0])))
     ds = Batches(loop_forever=True, nan_at=nan_at)
-    with pytest.raises(ktl.NonFiniteLossError, match=(
-        rf"non-finite \(NaN or Inf\) at step {nan_at} \(noticed after step {detected_at}\)"
-    )) as info:
+    with pytest.raises(
+        ktl.NonFiniteLossError,
+        match=(rf"non-finite \(NaN or Inf\) at step {nan_at} \(noticed after step {detected_at}\)"),
+    ) as info:
         loop.run_steps(ds, steps)
     assert (info.value.step, info.value.detected_at) == (nan_at, detected_at)
     assert ds.yields == detected_at + 1  # at most 16 steps ran past the bad one

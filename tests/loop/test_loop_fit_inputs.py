@@ -17,8 +17,12 @@ def model_fn(ctx, spec, inputs):
 
 @pytest.fixture
 def trainer():
-    return ktl.Trainer(model_fn, ktl.losses.sparse_categorical_cross_entropy_logits, "adam",
-                       eval_metrics=["accuracy"])
+    return ktl.Trainer(
+        model_fn,
+        ktl.losses.sparse_categorical_cross_entropy_logits,
+        "adam",
+        eval_metrics=["accuracy"],
+    )
 
 
 class Batches(keras.utils.PyDataset):
@@ -26,7 +30,7 @@ class Batches(keras.utils.PyDataset):
         return 4
 
     def __getitem__(self, i):
-        return X[i * 16:(i + 1) * 16], Y[i * 16:(i + 1) * 16]
+        return X[i * 16 : (i + 1) * 16], Y[i * 16 : (i + 1) * 16]
 
 
 def test_a_py_dataset_and_array_validation_data_go_in_as_fit_takes_them(trainer):
@@ -39,7 +43,7 @@ def test_a_py_dataset_and_array_validation_data_go_in_as_fit_takes_them(trainer)
 def test_a_generator_source_continues_across_runs(trainer):
     def batches():
         for i in range(100):
-            yield X[(i % 4) * 16:(i % 4 + 1) * 16], Y[(i % 4) * 16:(i % 4 + 1) * 16]
+            yield X[(i % 4) * 16 : (i % 4 + 1) * 16], Y[(i % 4) * 16 : (i % 4 + 1) * 16]
 
     source = batches()
     loop = ktl.Loop(trainer)

@@ -55,8 +55,9 @@ def _attach_all_schedules(loop, events, ticks):
     ktl.every_n_steps(loop, 10, "every10", 0, _record(events, "every10"))
     ktl.n_times_during_loop(loop, 3, "ntimes3", 1, _record(events, "ntimes3"))
     ktl.exponential_callback(loop, 5, 1.5, True, "exp", 2, _record(events, "exp"))
-    ktl.periodic_callback(loop, 2.0, True, "periodic", 3, _record(events, "periodic"),
-                          clock=lambda: ticks[0])
+    ktl.periodic_callback(
+        loop, 2.0, True, "periodic", 3, _record(events, "periodic"), clock=lambda: ticks[0]
+    )
     loop.on_end("end", 4, _record(events, "end"))
 
 
@@ -149,9 +150,12 @@ _hook_specs = st.lists(
     max_size=4,
 )
 _runs = st.lists(
-    st.one_of(st.tuples(st.just("steps"), st.integers(0, 150)),
-              st.tuples(st.just("epochs"), st.integers(0, 3))),
-    min_size=1, max_size=3,
+    st.one_of(
+        st.tuples(st.just("steps"), st.integers(0, 150)),
+        st.tuples(st.just("epochs"), st.integers(0, 3)),
+    ),
+    min_size=1,
+    max_size=3,
 )
 
 
@@ -173,8 +177,9 @@ def _fake_run(specs, runs, cap):
                 ticks[0] += 1.0
 
             ktl.every_n_steps(loop, spec[2], f"tick{i}", -1, tick)
-            ktl.periodic_callback(loop, float(spec[1]), False, name, i, _record(events, name),
-                                  clock=lambda: ticks[0])
+            ktl.periodic_callback(
+                loop, float(spec[1]), False, name, i, _record(events, name), clock=lambda: ticks[0]
+            )
     x = np.arange(90 * 2, dtype=np.float32).reshape(90, 2)
     forever = ktl.ArrayDataset(x, x[:, :1], batch_size=4, shuffle=True, seed=1, loop_forever=True)
     finite = ktl.ArrayDataset(x, x[:, :1], batch_size=4, shuffle=True, seed=2)
@@ -182,8 +187,11 @@ def _fake_run(specs, runs, cap):
     for kind, length in runs:
         if kind == "steps":
             plan = loop.plan(length)
-            expected = {(h.event, h.name.split(": ")[-1]): h.steps for h in plan.hooks
-                        if not h.timed and h.name.split(": ")[-1].startswith("h")}
+            expected = {
+                (h.event, h.name.split(": ")[-1]): h.steps
+                for h in plan.hooks
+                if not h.timed and h.name.split(": ")[-1].startswith("h")
+            }
             start = len(events)
             loop.run_steps(forever, length)
             fired = {key: [] for key in expected}
@@ -238,8 +246,9 @@ def test_a_hook_with_a_schedule_object_fires_when_due_and_lets_steps_fuse(make_t
     trainer = make_trainer()
     loop = ktl.Loop(trainer, measure_fusion=False)  # exact call sizes
     seen = []
-    loop.on_step("every 5", 0, lambda loop, m: seen.append(loop.loop_step),
-                 schedule=ktl.loop.EveryNSteps(5))
+    loop.on_step(
+        "every 5", 0, lambda loop, m: seen.append(loop.loop_step), schedule=ktl.loop.EveryNSteps(5)
+    )
     x = np.ones((40, 3), np.float32)
     loop.run_steps(ktl.ArrayDataset(x, x[:, :1], batch_size=4, loop_forever=True), 20)
     assert seen == [4, 9, 14, 19]
@@ -294,8 +303,9 @@ def test_progress_bar_redraws_let_steps_fuse_and_draw_at_the_same_steps(make_tra
         now = [0.0]
         ktl.every_n_steps(loop, 5, "clock", -1, lambda loop, m: now.__setitem__(0, now[0] + 1))
         drawn = []
-        bar = ktl.commandline.attach_progress_bar(loop, output="plain", interval=2,
-                                                  clock=lambda: now[0], file=_Lines(drawn))
+        bar = ktl.commandline.attach_progress_bar(
+            loop, output="plain", interval=2, clock=lambda: now[0], file=_Lines(drawn)
+        )
         x = np.ones((40, 3), np.float32)
         loop.run_steps(ktl.ArrayDataset(x, x[:, :1], batch_size=4, loop_forever=True), 30)
         return drawn, bar.draws, trainer

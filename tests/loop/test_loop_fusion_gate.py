@@ -9,7 +9,8 @@ import pytest
 from test_loop_fused import SumTrainer
 
 import keras_trainloop as ktl
-from keras_trainloop.loop import _fusion_gate, _step_loop as _loop
+from keras_trainloop.loop import _fusion_gate
+from keras_trainloop.loop import _step_loop as _loop
 from keras_trainloop.loop._fusion_gate import FusionGate
 
 
@@ -157,8 +158,8 @@ def test_loop_falls_back_to_single_steps_when_fused_calls_are_slower(monkeypatch
     loop, trainer, _ = _run(monkeypatch, single=1.0, fused_per_step=1.3)
     assert loop.fusion_decisions() == {None: False}
     probe = FusionGate().planned_caps()
-    assert trainer.calls[:len(probe)] == probe  # the whole probe ran
-    assert set(trainer.calls[len(probe):]) == {1}
+    assert trainer.calls[: len(probe)] == probe  # the whole probe ran
+    assert set(trainer.calls[len(probe) :]) == {1}
     assert sum(trainer.calls) == 64 == trainer.steps
     # The next run of this loop runs single steps from the start, and its plan says so.
     assert loop.plan(10).calls == [(64 + i, 1) for i in range(10)]
@@ -168,8 +169,8 @@ def test_loop_keeps_fused_calls_when_they_pay(monkeypatch):
     loop, trainer, plan = _run(monkeypatch, single=1.0, fused_per_step=0.5)
     assert loop.fusion_decisions() == {None: True}
     probe = FusionGate().planned_caps()
-    assert probe[:4] == [1, 1, 1, 2] and trainer.calls[:len(probe)] == probe
-    assert 8 in trainer.calls[len(probe):]
+    assert probe[:4] == [1, 1, 1, 2] and trainer.calls[: len(probe)] == probe
+    assert 8 in trainer.calls[len(probe) :]
     # The plan made before the run predicted its calls, probe included.
     assert [n for _, n in plan.calls] == trainer.calls
 
@@ -198,8 +199,9 @@ def test_fusion_gate_keeps_results_identical_on_a_real_model(cap):
 
     def run(measure):
         keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, "relu"),
-                                  keras.layers.Dense(1)])
+        model = keras.Sequential(
+            [keras.Input((3,)), keras.layers.Dense(4, "relu"), keras.layers.Dense(1)]
+        )
         trainer = ktl.Trainer(model, "mse", keras.optimizers.Adam(1e-2))
         loop = ktl.Loop(trainer, max_fused_steps=cap, measure_fusion=measure)
         x = np.random.default_rng(0).normal(size=(96, 3)).astype(np.float32)

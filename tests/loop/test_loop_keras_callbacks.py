@@ -49,10 +49,18 @@ def test_keras_callback_gets_every_event_of_run_epochs_in_order(trainer):
     loop.run_epochs(Batches([2]), 2)
     assert _kinds(callback.events) == [
         ("train_begin",),
-        ("epoch_begin", 0), ("batch_begin", 0), ("batch_end", 0), ("batch_begin", 1),
-        ("batch_end", 1), ("epoch_end", 0),
-        ("epoch_begin", 1), ("batch_begin", 0), ("batch_end", 0), ("batch_begin", 1),
-        ("batch_end", 1), ("epoch_end", 1),
+        ("epoch_begin", 0),
+        ("batch_begin", 0),
+        ("batch_end", 0),
+        ("batch_begin", 1),
+        ("batch_end", 1),
+        ("epoch_end", 0),
+        ("epoch_begin", 1),
+        ("batch_begin", 0),
+        ("batch_end", 0),
+        ("batch_begin", 1),
+        ("batch_end", 1),
+        ("epoch_end", 1),
         ("train_end",),
     ]
     assert callback.model is trainer.model
@@ -152,13 +160,17 @@ def test_early_stopping_on_loss_stops_run_epochs(trainer):
 
 
 def test_early_stopping_restores_the_best_weights_into_training(trainer):
-    early = keras.callbacks.EarlyStopping(monitor="loss", patience=1, min_delta=1e9,
-                                          restore_best_weights=True)
+    early = keras.callbacks.EarlyStopping(
+        monitor="loss", patience=1, min_delta=1e9, restore_best_weights=True
+    )
     loop = ktl.Loop(trainer)
     loop.add_keras_callback(early)
     snapshots = []
-    loop._on_epoch_end.add("snapshot", -1, lambda lp, m: snapshots.append(
-        [np.array(w) for w in trainer.model.get_weights()]))
+    loop._on_epoch_end.add(
+        "snapshot",
+        -1,
+        lambda lp, m: snapshots.append([np.array(w) for w in trainer.model.get_weights()]),
+    )
     loop.run_epochs(Batches([3]), 10)
     restored = trainer.model.get_weights()
     for got, want in zip(restored, snapshots[0]):
@@ -196,8 +208,11 @@ def test_tensorboard_writes_batch_and_epoch_scalars(trainer, tmp_path):
 
 
 def test_add_keras_callback_rejects_other_objects_and_trainerless_loops(trainer):
-    with pytest.raises(TypeError, match=r"expects a keras.callbacks.Callback. Received: "
-                                        r"callback='csv'"):
+    with pytest.raises(
+        TypeError,
+        match=r"expects a keras.callbacks.Callback. Received: "
+        r"callback='csv'",
+    ):
         ktl.Loop(trainer).add_keras_callback("csv")
     with pytest.raises(TypeError, match=r"needs a loop with a trainer"):
         ktl.Loop(None).add_keras_callback(keras.callbacks.Callback())
@@ -272,8 +287,9 @@ def test_loop_stop_from_a_hook_stops_fit():
     loop.on_step("stop", 0, lambda lp, m: lp.stop() if lp.loop_step == 2 else None)
     model = _keras_model()
     x, y = _xy()
-    history = model.fit(x, y, batch_size=5, epochs=5, verbose=0,
-                        callbacks=[loop.as_keras_callback()])
+    history = model.fit(
+        x, y, batch_size=5, epochs=5, verbose=0, callbacks=[loop.as_keras_callback()]
+    )
     assert loop.loop_step == loop.end_step == 3
     assert len(history.history["loss"]) == 1
     assert int(model.optimizer.iterations) == 3
@@ -284,6 +300,9 @@ def test_hook_error_inside_fit_is_a_hook_error():
     loop.on_step("bad", 0, lambda lp, m: 1 / 0)
     model = _keras_model()
     x, y = _xy()
-    with pytest.raises(ktl.HookError, match=r"OnStep hook 'bad' raised ZeroDivisionError at "
-                                            r"loop step 0"):
+    with pytest.raises(
+        ktl.HookError,
+        match=r"OnStep hook 'bad' raised ZeroDivisionError at "
+        r"loop step 0",
+    ):
         model.fit(x, y, batch_size=5, epochs=1, verbose=0, callbacks=[loop.as_keras_callback()])

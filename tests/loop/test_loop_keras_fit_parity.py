@@ -40,19 +40,23 @@ def test_early_stopping_on_val_loss_stops_at_fits_epoch(data):
         return keras.callbacks.EarlyStopping(patience=0, min_delta=0.2)  # monitor="val_loss"
 
     fit_model, loop_model = twin_models()
-    history = fit_run(fit_model, data, [early_stopping()], 8,
-                      optimizer=keras.optimizers.SGD(0.5))
+    history = fit_run(fit_model, data, [early_stopping()], 8, optimizer=keras.optimizers.SGD(0.5))
     loop = loop_run(loop_model, data, [early_stopping()], 8, optimizer=keras.optimizers.SGD(0.5))
     assert len(history.epoch) < 8  # it did stop early
     assert loop.history.epoch == history.epoch
     assert loop.epoch == len(history.epoch)
 
 
-@pytest.mark.parametrize("make_callback", [
-    lambda: keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0,
-                                              min_delta=10.0),
-    lambda: keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr * 0.5),
-], ids=["ReduceLROnPlateau", "LearningRateScheduler"])
+@pytest.mark.parametrize(
+    "make_callback",
+    [
+        lambda: keras.callbacks.ReduceLROnPlateau(
+            monitor="loss", factor=0.5, patience=0, min_delta=10.0
+        ),
+        lambda: keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr * 0.5),
+    ],
+    ids=["ReduceLROnPlateau", "LearningRateScheduler"],
+)
 def test_learning_rate_written_into_logs_reaches_history_and_csv_logger(
     data, tmp_path, make_callback
 ):
@@ -64,8 +68,10 @@ def test_learning_rate_written_into_logs_reaches_history_and_csv_logger(
     _close(loop.history.history["learning_rate"], history.history["learning_rate"])
     with open(fit_csv) as f_fit, open(loop_csv) as f_loop:
         fit_rows, loop_rows = list(csv.DictReader(f_fit)), list(csv.DictReader(f_loop))
-    _close([float(r["learning_rate"]) for r in loop_rows],
-           [float(r["learning_rate"]) for r in fit_rows])
+    _close(
+        [float(r["learning_rate"]) for r in loop_rows],
+        [float(r["learning_rate"]) for r in fit_rows],
+    )
     _close([float(r["val_loss"]) for r in loop_rows], [float(r["val_loss"]) for r in fit_rows])
     _close(float(loop_model.optimizer.learning_rate), float(fit_model.optimizer.learning_rate))
 
@@ -95,8 +101,9 @@ def test_model_checkpoint_saves_the_users_model_as_keras_file(data, tmp_path):
     for saved, trained in zip(reloaded.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(saved, trained)
     x = data[2][:8]
-    np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        reloaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6
+    )
 
 
 def test_saved_weights_load_into_a_fresh_copy_of_the_architecture(data, tmp_path):
@@ -124,8 +131,9 @@ def test_full_model_checkpoint_of_a_model_fn_is_a_clear_error(tmp_path):
     assert "model_fn" in str(info.value.__cause__)
     # Saving the weights works.
     loop = ktl.Loop(trainer)
-    loop.add_keras_callback(keras.callbacks.ModelCheckpoint(
-        str(tmp_path / "m.weights.h5"), save_weights_only=True))
+    loop.add_keras_callback(
+        keras.callbacks.ModelCheckpoint(str(tmp_path / "m.weights.h5"), save_weights_only=True)
+    )
     loop.run_epochs(ktl.ArrayDataset(x, np.zeros((8, 2), np.float32), batch_size=4), 1)
     assert (tmp_path / "m.weights.h5").exists()
 
@@ -181,7 +189,9 @@ def test_backup_and_restore_builds_a_model_fn_model_before_train_begin(tmp_path)
     ds = ktl.ArrayDataset(x, np.zeros((8, 1), np.float32), batch_size=4)
     trainer = ktl.Trainer(model_fn, "mse", "sgd")
     loop = ktl.Loop(trainer)
-    loop.add_keras_callback(keras.callbacks.BackupAndRestore(str(tmp_path), delete_checkpoint=False))
+    loop.add_keras_callback(
+        keras.callbacks.BackupAndRestore(str(tmp_path), delete_checkpoint=False)
+    )
     loop.run_epochs(ds, 2)
     assert loop.loop_step == 4  # the batch read to build the model was trained on
     metadata = json.loads((tmp_path / "training_metadata.json").read_text())
@@ -246,8 +256,10 @@ def test_swap_ema_weights_validates_with_the_ema_weights_as_fit(data):
 def test_model_checkpoint_every_n_batches_writes_fits_files(data, tmp_path):
     def checkpoint(folder):
         return keras.callbacks.ModelCheckpoint(
-            str(tmp_path / folder / "w_{epoch}_{batch}.weights.h5"), save_weights_only=True,
-            save_freq=4)
+            str(tmp_path / folder / "w_{epoch}_{batch}.weights.h5"),
+            save_weights_only=True,
+            save_freq=4,
+        )
 
     fit_model, loop_model = twin_models()
     fit_run(fit_model, data, [checkpoint("fit")], 2)
@@ -280,8 +292,9 @@ def test_tensorboard_writes_the_users_model_summary_and_scalars(data, tmp_path):
 def test_terminate_on_nan_raises_non_finite_loss_error():
     x = np.ones((8, 3), np.float32)
     x[5] = np.nan
-    trainer = ktl.Trainer(keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)]),
-                          "mse", "sgd")
+    trainer = ktl.Trainer(
+        keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)]), "mse", "sgd"
+    )
     loop = ktl.Loop(trainer)
     loop.add_keras_callback(keras.callbacks.TerminateOnNaN())
     with pytest.raises(ktl.NonFiniteLossError, match="at step 1"):

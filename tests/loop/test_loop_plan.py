@@ -12,8 +12,9 @@ import keras_trainloop as ktl
 
 def _forever(batch_size=4):
     x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
-    return ktl.ArrayDataset(x, x.sum(axis=1, keepdims=True) / 3, batch_size=batch_size,
-                            loop_forever=True)
+    return ktl.ArrayDataset(
+        x, x.sum(axis=1, keepdims=True) / 3, batch_size=batch_size, loop_forever=True
+    )
 
 
 def test_plan_lists_every_n_steps_and_calls_that_end_at_each_firing(trainer):
@@ -32,8 +33,9 @@ def test_plan_lists_every_n_steps_and_calls_that_end_at_each_firing(trainer):
 def test_plan_changes_nothing_and_matches_the_run(trainer):
     loop = ktl.Loop(trainer)
     fired = []
-    ktl.exponential_callback(loop, 3, 1.5, True, "exp", 0,
-                             lambda loop, m: fired.append(loop.loop_step))
+    ktl.exponential_callback(
+        loop, 3, 1.5, True, "exp", 0, lambda loop, m: fired.append(loop.loop_step)
+    )
     ktl.n_times_during_loop(loop, 4, "n4", 1, lambda loop, m: fired.append(-loop.loop_step))
     plan = loop.plan(50)
     again = loop.plan(50)

@@ -17,8 +17,9 @@ Y = X.sum(axis=1, keepdims=True)
 
 def _trainer(distribution=None):
     keras.utils.set_random_seed(0)
-    return ktl.Trainer(linear_model_fn, "mean_squared_error", keras.optimizers.SGD(0.01),
-                       distribution=distribution)
+    return ktl.Trainer(
+        linear_model_fn, "mean_squared_error", keras.optimizers.SGD(0.01), distribution=distribution
+    )
 
 
 def _run(trainer, monkeypatch, prefetch: bool):
@@ -46,7 +47,7 @@ def test_prefetched_batches_have_the_distributions_batch_layout(monkeypatch):
     loop, ds, seen, losses = _run(trainer, monkeypatch, prefetch=True)
     assert isinstance(loop._feeds[ds], DevicePrefetcher)
     expected = trainer._placement.put_batch._shardings  # The step's own shardings.
-    (input_shardings, _), = expected.values()
+    ((input_shardings, _),) = expected.values()
     for x in seen:
         assert isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding)
         assert x.sharding == input_shardings[0]

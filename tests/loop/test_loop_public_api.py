@@ -9,14 +9,36 @@ import keras_trainloop as ktl
 import keras_trainloop.loop as loop_package
 
 PUBLIC = [
-    "LOG_NAMES_KEY", "SYNC_EVERY", "EveryNSteps", "Exponential", "HookError", "Loop", "LoopCallback",
-    "NTimesDuringLoop", "NonFiniteLossError", "Periodic", "Schedule", "every_n_steps",
-    "exponential_callback", "n_times_during_loop", "periodic_callback",
-    "MAX_FUSED_STEPS", "HookCost", "Plan", "PlannedHook", "VAL_LOGS_KEY", "ExternalRun",
+    "LOG_NAMES_KEY",
+    "SYNC_EVERY",
+    "EveryNSteps",
+    "Exponential",
+    "HookError",
+    "Loop",
+    "LoopCallback",
+    "NTimesDuringLoop",
+    "NonFiniteLossError",
+    "Periodic",
+    "Schedule",
+    "every_n_steps",
+    "exponential_callback",
+    "n_times_during_loop",
+    "periodic_callback",
+    "MAX_FUSED_STEPS",
+    "HookCost",
+    "Plan",
+    "PlannedHook",
+    "VAL_LOGS_KEY",
+    "ExternalRun",
 ]
 TOP_LEVEL = [
-    "Loop", "HookError", "NonFiniteLossError", "every_n_steps", "n_times_during_loop",
-    "periodic_callback", "exponential_callback",
+    "Loop",
+    "HookError",
+    "NonFiniteLossError",
+    "every_n_steps",
+    "n_times_during_loop",
+    "periodic_callback",
+    "exponential_callback",
 ]
 
 
@@ -32,15 +54,26 @@ def test_top_level_names_are_the_loop_packages_objects():
 
 
 def test_loop_has_the_designed_methods():
-    for method in ["on_start", "on_step", "on_end", "run_steps", "run_epochs",
-                   "median_train_step_duration", "stop", "add_keras_callback",
-                   "as_keras_callback"]:
+    for method in [
+        "on_start",
+        "on_step",
+        "on_end",
+        "run_steps",
+        "run_epochs",
+        "median_train_step_duration",
+        "stop",
+        "add_keras_callback",
+        "as_keras_callback",
+    ]:
         assert callable(getattr(ktl.Loop, method)), method
 
 
 def test_loop_imports_no_plugin():
-    plugins = ("keras_trainloop.commandline", "keras_trainloop.checkpoints",
-               "keras_trainloop.plots")
+    plugins = (
+        "keras_trainloop.commandline",
+        "keras_trainloop.checkpoints",
+        "keras_trainloop.plots",
+    )
     for path in pathlib.Path(loop_package.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):

@@ -13,8 +13,11 @@ import keras_trainloop as ktl
 def _positions(loop):
     """An on_step hook recording (loop_step, start_step, end_step, epoch)."""
     seen = []
-    loop.on_step("positions", 0, lambda lp, m: seen.append(
-        (lp.loop_step, lp.start_step, lp.end_step, lp.epoch)))
+    loop.on_step(
+        "positions",
+        0,
+        lambda lp, m: seen.append((lp.loop_step, lp.start_step, lp.end_step, lp.epoch)),
+    )
     return seen
 
 
@@ -62,8 +65,11 @@ def test_zero_steps_or_epochs_do_nothing(trainer, recorder, method):
     [
         ("run_steps", -1, r"run_steps\(\) expects a non-negative int steps. Received: steps=-1"),
         ("run_steps", 2.5, r"Received: steps=2.5"),
-        ("run_epochs", -3, r"run_epochs\(\) expects a non-negative int epochs. Received: epochs=-3"
-         ),
+        (
+            "run_epochs",
+            -3,
+            r"run_epochs\(\) expects a non-negative int epochs. Received: epochs=-3",
+        ),
     ],
     ids=["negative-steps", "float-steps", "negative-epochs"],
 )
@@ -80,10 +86,13 @@ def test_a_non_dataset_is_rejected(trainer):
 def test_finite_dataset_ending_inside_run_steps_says_how_many_steps_ran(trainer, recorder):
     loop = ktl.Loop(trainer)
     loop.on_end("end", 0, recorder.hook("end"))
-    with pytest.raises(ValueError, match=(
-        r"Dataset 'batches' ended after 5 steps, before the requested 8.*"
-        r"loop.run_epochs\(ds, epochs\).*loops forever"
-    )):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"Dataset 'batches' ended after 5 steps, before the requested 8.*"
+            r"loop.run_epochs\(ds, epochs\).*loops forever"
+        ),
+    ):
         loop.run_steps(Batches([5]), 8)
     assert recorder.events == []
     assert loop.loop_step == trainer.global_step == 5
@@ -243,9 +252,13 @@ def test_loop_waits_on_the_device_only_every_16_steps_and_at_the_end(trainer, mo
     steps_at_check = []
     original = _loss_watch._first_nonfinite_and_sum
     monkeypatch.setattr(
-        _loss_watch, "_first_nonfinite_and_sum",
-        lambda losses, sizes: (steps_at_check.append((loop.loop_step, int((sizes > 0).sum()))),
-                               original(losses, sizes))[1])
+        _loss_watch,
+        "_first_nonfinite_and_sum",
+        lambda losses, sizes: (
+            steps_at_check.append((loop.loop_step, int((sizes > 0).sum()))),
+            original(losses, sizes),
+        )[1],
+    )
     loop.run_steps(Batches(loop_forever=True), 40)
     assert ktl.loop.SYNC_EVERY == 16
     assert steps_at_check == [(15, 16), (31, 16), (40, 8)]  # (step, losses read)

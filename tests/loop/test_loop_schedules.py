@@ -75,8 +75,14 @@ def test_every_n_steps_stays_aligned_across_a_resume(make_trainer):
         (10, 0, 10, list(range(10))),
         (2, 100, 7, [103, 106]),
     ],
-    ids=["n3-of-10", "n1-only-last", "n4-of-10", "more-calls-than-steps", "every-step",
-         "resumed-run"],
+    ids=[
+        "n3-of-10",
+        "n1-only-last",
+        "n4-of-10",
+        "more-calls-than-steps",
+        "every-step",
+        "resumed-run",
+    ],
 )
 def test_n_times_during_loop_fires_at_ceil_k_total_over_n(n, start, total, expected):
     assert _due_steps(NTimesDuringLoop(n), start, start + total) == expected
@@ -137,11 +143,17 @@ class FakeClock:
         (4, 0.0, False, [4, 8]),
         (4, 0.0, True, [4, 8, "end"]),
     ],
-    ids=["instant-calls", "call-duration-not-counted", "no-repeat-at-end", "no-end-call",
-         "call-on-end"],
+    ids=[
+        "instant-calls",
+        "call-duration-not-counted",
+        "no-repeat-at-end",
+        "no-end-call",
+        "call-on-end",
+    ],
 )
 def test_periodic_callback_measures_time_from_the_end_of_the_previous_call(
-        trainer, period, call_duration, call_on_end, expected):
+    trainer, period, call_duration, call_on_end, expected
+):
     clock = FakeClock()
     loop = ktl.Loop(trainer)
     loop.on_step("tick", -1, lambda lp, m: setattr(clock, "now", clock.now + 1.0))
@@ -237,9 +249,20 @@ def test_exponential_schedule_restarts_when_the_step_goes_back():
         (Exponential(100, 1.2), 101, 0, 1000, 220),
         (Exponential(100, 1.2), 364, 0, 1000, 364),
     ],
-    ids=["every-first", "every-now", "every-next", "ntimes-first", "ntimes-mid", "ntimes-last",
-         "ntimes-past-end", "ntimes-unknown", "ntimes-unknown-later", "exp-first", "exp-second",
-         "exp-now"],
+    ids=[
+        "every-first",
+        "every-now",
+        "every-next",
+        "ntimes-first",
+        "ntimes-mid",
+        "ntimes-last",
+        "ntimes-past-end",
+        "ntimes-unknown",
+        "ntimes-unknown-later",
+        "exp-first",
+        "exp-second",
+        "exp-now",
+    ],
 )
 def test_next_step_tells_where_the_schedule_fires_next(schedule, loop_step, start, end, expected):
     loop = SimpleNamespace(loop_step=loop_step, start_step=start, end_step=end)
@@ -265,23 +288,53 @@ def _fn(loop, metrics):
         (ktl.every_n_steps, (2, "x", 0, lambda lp: 0), TypeError, r"2 positional arguments"),
         (ktl.every_n_steps, (2, None, 0, _fn), TypeError, r"string name. Received: name=None"),
         (ktl.n_times_during_loop, (0, "x", 0, _fn), ValueError, r"n >= 1. Received: n=0"),
-        (ktl.periodic_callback, (0, False, "x", 0, _fn), ValueError,
-         r"period > 0. Received: period=0"),
+        (
+            ktl.periodic_callback,
+            (0, False, "x", 0, _fn),
+            ValueError,
+            r"period > 0. Received: period=0",
+        ),
         (ktl.periodic_callback, (-1.5, False, "x", 0, _fn), ValueError, r"period=-1.5"),
-        (ktl.periodic_callback, (datetime.timedelta(0), False, "x", 0, _fn), ValueError,
-         r"period=datetime.timedelta\(0\)"),
+        (
+            ktl.periodic_callback,
+            (datetime.timedelta(0), False, "x", 0, _fn),
+            ValueError,
+            r"period=datetime.timedelta\(0\)",
+        ),
         (ktl.periodic_callback, ("1s", False, "x", 0, _fn), TypeError, r"period='1s'"),
-        (ktl.exponential_callback, (0, 1.2, False, "x", 0, _fn), ValueError,
-         r"start_step >= 1. Received: start_step=0"),
-        (ktl.exponential_callback, (10, 1.0, False, "x", 0, _fn), ValueError,
-         r"factor > 1. Received: factor=1.0"),
+        (
+            ktl.exponential_callback,
+            (0, 1.2, False, "x", 0, _fn),
+            ValueError,
+            r"start_step >= 1. Received: start_step=0",
+        ),
+        (
+            ktl.exponential_callback,
+            (10, 1.0, False, "x", 0, _fn),
+            ValueError,
+            r"factor > 1. Received: factor=1.0",
+        ),
         (ktl.exponential_callback, (10, 0.5, False, "x", 0, _fn), ValueError, r"factor=0.5"),
         (ktl.exponential_callback, (10, "2", False, "x", 0, _fn), TypeError, r"factor='2'"),
     ],
-    ids=["every-zero", "every-negative", "every-float", "every-bool", "every-not-callable",
-         "every-one-arg", "every-bad-name", "ntimes-zero", "periodic-zero", "periodic-negative",
-         "periodic-zero-timedelta", "periodic-string", "exp-start-zero", "exp-factor-one",
-         "exp-factor-below-one", "exp-factor-string"],
+    ids=[
+        "every-zero",
+        "every-negative",
+        "every-float",
+        "every-bool",
+        "every-not-callable",
+        "every-one-arg",
+        "every-bad-name",
+        "ntimes-zero",
+        "periodic-zero",
+        "periodic-negative",
+        "periodic-zero-timedelta",
+        "periodic-string",
+        "exp-start-zero",
+        "exp-factor-one",
+        "exp-factor-below-one",
+        "exp-factor-string",
+    ],
 )
 def test_bad_schedule_arguments_are_rejected_with_their_value(register, args, error, match):
     loop = ktl.Loop(None)

@@ -19,8 +19,14 @@ from keras_trainloop.data import Dataset
 from keras_trainloop.loop import _events, _interop, _keras_bridge, _loop, _scheduled, _schedules
 from keras_trainloop.trainer import Trainer
 
-_NAMES = {"Dataset": Dataset, "Trainer": Trainer, "Loop": ktl.Loop, "keras": keras,
-          "Schedule": _schedules.Schedule, "LoopCallback": _keras_bridge.LoopCallback}
+_NAMES = {
+    "Dataset": Dataset,
+    "Trainer": Trainer,
+    "Loop": ktl.Loop,
+    "keras": keras,
+    "Schedule": _schedules.Schedule,
+    "LoopCallback": _keras_bridge.LoopCallback,
+}
 
 
 def _hints(function, module):
@@ -51,8 +57,13 @@ def test_each_hook_type_is_defined_once():
     defined = collections.Counter()
     for path in pathlib.Path(loop_package.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            targets = ([node.target] if isinstance(node, ast.AnnAssign)
-                       else node.targets if isinstance(node, ast.Assign) else [])
+            targets = (
+                [node.target]
+                if isinstance(node, ast.AnnAssign)
+                else node.targets
+                if isinstance(node, ast.Assign)
+                else []
+            )
             for target in targets:
                 if isinstance(target, ast.Name) and target.id.endswith("Fn"):
                     defined[target.id] += 1
@@ -61,8 +72,12 @@ def test_each_hook_type_is_defined_once():
 
 
 def test_schedule_helpers_and_schedules_take_a_loop():
-    for helper in (ktl.every_n_steps, ktl.n_times_during_loop, ktl.periodic_callback,
-                   ktl.exponential_callback):
+    for helper in (
+        ktl.every_n_steps,
+        ktl.n_times_during_loop,
+        ktl.periodic_callback,
+        ktl.exponential_callback,
+    ):
         hints = _hints(helper, _scheduled)
         assert hints["loop"] is ktl.Loop, helper.__name__
         assert typing.get_args(hints["fn"]) == ([ktl.Loop, list], object), helper.__name__

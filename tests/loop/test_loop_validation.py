@@ -22,14 +22,17 @@ def data():
 def _trainer(**kwargs):
     kwargs.setdefault("train_metrics", ["accuracy"])
     kwargs.setdefault("eval_metrics", ["accuracy"])
-    return ktl.Trainer(sequential(), "sparse_categorical_crossentropy",
-                       keras.optimizers.Adam(1e-2), **kwargs)
+    return ktl.Trainer(
+        sequential(), "sparse_categorical_crossentropy", keras.optimizers.Adam(1e-2), **kwargs
+    )
 
 
 def _datasets(data, loop_forever=False):
     x, y, xv, yv = data
-    return (ktl.ArrayDataset(x, y, batch_size=BATCH, loop_forever=loop_forever),
-            ktl.ArrayDataset(xv, yv, batch_size=BATCH))
+    return (
+        ktl.ArrayDataset(x, y, batch_size=BATCH, loop_forever=loop_forever),
+        ktl.ArrayDataset(xv, yv, batch_size=BATCH),
+    )
 
 
 def test_run_steps_validates_every_validation_freq_steps_and_at_the_end(data):
@@ -102,10 +105,14 @@ def test_progress_bar_shows_the_validation_values(data):
 
 
 # (x_val, y_val) is accepted as fit takes it (issue 17): see test_loop_fit_inputs.py.
-@pytest.mark.parametrize("bad, match", [
-    ("val", "validation_data to be a finite ktl.Dataset"),
-    (np.zeros((4, 64)), "validation_data to be a finite ktl.Dataset"),
-], ids=["string", "bare_array"])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ("val", "validation_data to be a finite ktl.Dataset"),
+        (np.zeros((4, 64)), "validation_data to be a finite ktl.Dataset"),
+    ],
+    ids=["string", "bare_array"],
+)
 def test_bad_validation_data_is_refused_before_anything_runs(data, bad, match):
     train, _ = _datasets(data, loop_forever=True)
     trainer = _trainer()
@@ -115,11 +122,27 @@ def test_bad_validation_data_is_refused_before_anything_runs(data, bad, match):
     assert loop.loop_step == 0 and trainer.global_step == 0
 
 
-@pytest.mark.parametrize("method, freq", [
-    ("run_steps", 0), ("run_steps", 2.5), ("run_epochs", 0), ("run_epochs", None),
-    ("run_epochs", [0, 2]), ("run_steps", [1, 2]), ("run_epochs", True),
-], ids=["steps-0", "steps-float", "epochs-0", "epochs-None", "epochs-list-0", "steps-list",
-        "epochs-bool"])
+@pytest.mark.parametrize(
+    "method, freq",
+    [
+        ("run_steps", 0),
+        ("run_steps", 2.5),
+        ("run_epochs", 0),
+        ("run_epochs", None),
+        ("run_epochs", [0, 2]),
+        ("run_steps", [1, 2]),
+        ("run_epochs", True),
+    ],
+    ids=[
+        "steps-0",
+        "steps-float",
+        "epochs-0",
+        "epochs-None",
+        "epochs-list-0",
+        "steps-list",
+        "epochs-bool",
+    ],
+)
 def test_bad_validation_freq_names_the_value(data, method, freq):
     train, val = _datasets(data, loop_forever=method == "run_steps")
     loop = ktl.Loop(_trainer())
@@ -130,17 +153,27 @@ def test_bad_validation_freq_names_the_value(data, method, freq):
 
 def test_logs_use_fits_names_and_keep_the_gomlx_short_names(data):
     train, _ = _datasets(data)
-    trainer = _trainer(train_metrics=[
-        "accuracy", "sparse_categorical_accuracy",
-        keras.metrics.SparseTopKCategoricalAccuracy(k=3, name="top3"),
-    ])
+    trainer = _trainer(
+        train_metrics=[
+            "accuracy",
+            "sparse_categorical_accuracy",
+            keras.metrics.SparseTopKCategoricalAccuracy(k=3, name="top3"),
+        ]
+    )
     loop = ktl.Loop(trainer)
     seen = []
     loop.on_epoch_end("logs", 0, lambda lp, m: seen.append(lp.logs(m)))
     loop.run_epochs(train, 1)
     logs = seen[0]
-    assert {"loss", "accuracy", "sparse_categorical_accuracy", "top3", "batch_loss", "~loss+",
-            "~loss"} <= set(logs)
+    assert {
+        "loss",
+        "accuracy",
+        "sparse_categorical_accuracy",
+        "top3",
+        "batch_loss",
+        "~loss+",
+        "~loss",
+    } <= set(logs)
     assert all(type(v) is float for v in logs.values())
     assert loop.logs([]) is logs  # one dict for the event, to every hook
 

@@ -36,8 +36,10 @@ BADGE = re.compile(
     r"https://colab\.research\.google\.com/github/([\w.-]+/[\w.-]+)/blob/main/notebooks/"
     r"([\w.-]+\.ipynb)"
 )
-INSTALL = re.compile(r'%pip install -q "keras-trainloop(\[[\w,]+\])? @ git\+(https://github\.com/'
-                     r'[\w.-]+/[\w.-]+)"')
+INSTALL = re.compile(
+    r'%pip install -q "keras-trainloop(\[[\w,]+\])? @ git\+(https://github\.com/'
+    r'[\w.-]+/[\w.-]+)"'
+)
 
 
 @dataclass
@@ -140,27 +142,33 @@ SPECS = {
     ),
     "keras_fit_hooks.ipynb": Spec(
         parameters={},
-        probe=("{'fired': fired, 'total': -(-len(x) // 128) * epochs, "
-               "'stopped_steps': loop2.loop_step - loop2.start_step, "
-               "'stopped_epochs': len(history2.epoch)}"),
+        probe=(
+            "{'fired': fired, 'total': -(-len(x) // 128) * epochs, "
+            "'stopped_steps': loop2.loop_step - loop2.start_step, "
+            "'stopped_epochs': len(history2.epoch)}"
+        ),
         check=_check_keras_fit_hooks,
     ),
     "from_fit_to_loop.ipynb": Spec(
         parameters={"EPOCHS": 4, "STEPS": 150},
-        probe=("{'fit_history': fit_history.history, 'loop_history': history.history, "
-               "'fit_test_accuracy': fit_results['accuracy'], "
-               "'loop_test_accuracy': loop_results['accuracy'], "
-               "'best_path': best_path, 'best_exists': os.path.exists(best_path), "
-               "'checkpoint_dir': checkpoint_dir, 'loop_step': loop.loop_step, "
-               "'checkpoint_steps': checkpoint.steps()}"),
+        probe=(
+            "{'fit_history': fit_history.history, 'loop_history': history.history, "
+            "'fit_test_accuracy': fit_results['accuracy'], "
+            "'loop_test_accuracy': loop_results['accuracy'], "
+            "'best_path': best_path, 'best_exists': os.path.exists(best_path), "
+            "'checkpoint_dir': checkpoint_dir, 'loop_step': loop.loop_step, "
+            "'checkpoint_steps': checkpoint.steps()}"
+        ),
         check=_check_from_fit_to_loop,
     ),
     "data_input.ipynb": Spec(
         parameters={"STEPS": 200},
-        probe=("{'kinds': [type(d).__name__ for d in (ktl.as_dataset(test_tf), tfds_train, "
-               "ktl.as_dataset(train_grain), py_dataset)], "
-               "'accuracies': {k: float(v[0][-1]) for k, v in results.items()}, "
-               "'data_dir': data_dir}"),
+        probe=(
+            "{'kinds': [type(d).__name__ for d in (ktl.as_dataset(test_tf), tfds_train, "
+            "ktl.as_dataset(train_grain), py_dataset)], "
+            "'accuracies': {k: float(v[0][-1]) for k, v in results.items()}, "
+            "'data_dir': data_dir}"
+        ),
         check=_check_data_input,
         extras={"examples", "grain"},
     ),
@@ -243,7 +251,9 @@ def _execute(path: pathlib.Path, tmp_path: pathlib.Path, monkeypatch: Any) -> tu
         source = "\n".join(f"{name} = {value!r}" for name, value in spec.parameters.items())
         injected = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
         nb.cells.insert(index + 1, injected)
-    probe = f"import json as _json\nprint({PROBE_MARKER!r} + _json.dumps({spec.probe}, default=float))"
+    probe = (
+        f"import json as _json\nprint({PROBE_MARKER!r} + _json.dumps({spec.probe}, default=float))"
+    )
     nb.cells.append(nbformat.v4.new_code_cell(probe))
     client = nbclient.NotebookClient(
         nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}

@@ -27,7 +27,8 @@ def _model_fn(ctx, spec, inputs):
 def make_trainer():
     def make():
         return ktl.Trainer(
-            _model_fn, ktl.losses.sparse_categorical_cross_entropy_logits,
+            _model_fn,
+            ktl.losses.sparse_categorical_cross_entropy_logits,
             keras.optimizers.Adam(1e-2),
             train_metrics=[ktl.metrics.MovingAverageSparseCategoricalAccuracy()],
             eval_metrics=[ktl.metrics.SparseCategoricalAccuracy()],

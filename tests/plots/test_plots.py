@@ -31,9 +31,12 @@ def test_points_of_train_and_eval_metrics_are_saved_as_json_lines_and_drawn(
     assert sorted({p.step for p in plots.points}) == [10, 20, 25]
     labels = {p.label for p in plots.points}
     assert labels == {
-        "Train: Moving Average Loss+Regularization", "Train: Moving Average Loss",
-        "Train: Moving Average Accuracy", "Eval on test: Mean Loss+Regularization",
-        "Eval on test: Mean Loss", "Eval on test: Mean Accuracy",
+        "Train: Moving Average Loss+Regularization",
+        "Train: Moving Average Loss",
+        "Train: Moving Average Accuracy",
+        "Eval on test: Mean Loss+Regularization",
+        "Eval on test: Mean Loss",
+        "Eval on test: Mean Accuracy",
     }  # the batch loss is left out
     at_25 = {p.label: p for p in plots.points if p.step == 25}
     assert at_25["Eval on test: Mean Accuracy"].value == pytest.approx(
@@ -47,16 +50,20 @@ def test_points_of_train_and_eval_metrics_are_saved_as_json_lines_and_drawn(
     lines = (tmp_path / POINTS_FILE_NAME).read_text().splitlines()
     assert len(lines) == len(plots.points) == 3 * 6
     assert set(json.loads(lines[0])) == {
-        "step", "metric_name", "short_name", "metric_type", "dataset", "kind", "value"
+        "step",
+        "metric_name",
+        "short_name",
+        "metric_type",
+        "dataset",
+        "kind",
+        "value",
     }
     assert plots.png_path == str(tmp_path / PLOT_FILE_NAME)
     assert (tmp_path / PLOT_FILE_NAME).read_bytes()[:8] == PNG_MAGIC
     assert loop.shared_data[ktl.plots.PLOTS_KEY] is plots
 
 
-def test_default_schedule_is_exponential_plus_the_last_step(
-    make_trainer, make_train_ds
-):
+def test_default_schedule_is_exponential_plus_the_last_step(make_trainer, make_train_ds):
     loop = ktl.Loop(make_trainer())
     plots = attach_plots(loop, start_step=4, factor=2.0)
     loop.run_steps(make_train_ds(), 30)
@@ -91,8 +98,10 @@ def test_resumed_run_drops_later_points_and_appends_new_ones(
 
 
 def _points(steps, metric_type, label_kind="train", value=1.0):
-    return [Point(s, f"Metric {metric_type}", "m", metric_type, "ds", label_kind, value / s)
-            for s in steps]
+    return [
+        Point(s, f"Metric {metric_type}", "m", metric_type, "ds", label_kind, value / s)
+        for s in steps
+    ]
 
 
 def test_plot_points_draws_one_subplot_per_metric_type(tmp_path):
@@ -104,9 +113,7 @@ def test_plot_points_draws_one_subplot_per_metric_type(tmp_path):
     assert [ax.get_title() for ax in fig.axes] == ["loss", "accuracy", "recall"]
     assert all(ax.get_xscale() == "log" for ax in fig.axes)  # steps span a factor 20
     assert (tmp_path / "plot.png").read_bytes()[:8] == PNG_MAGIC
-    assert [line.get_label() for line in fig.axes[1].get_lines()] == [
-        "Eval on ds: Metric accuracy"
-    ]
+    assert [line.get_label() for line in fig.axes[1].get_lines()] == ["Eval on ds: Metric accuracy"]
     linear = plot_points(_points([1, 2, 3], "loss"))
     assert linear.axes[0].get_xscale() == "linear"
 
@@ -165,8 +172,10 @@ def test_notebook_output_redraws_one_image_in_place(
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"output": "svg"}, "output must be one of"),
-     ({"n_points": 3, "every_n_steps": 5}, "at most one of n_points and every_n_steps")],
+    [
+        ({"output": "svg"}, "output must be one of"),
+        ({"n_points": 3, "every_n_steps": 5}, "at most one of n_points and every_n_steps"),
+    ],
     ids=["output", "two-schedules"],
 )
 def test_bad_arguments_are_rejected(make_trainer, kwargs, match):
@@ -193,21 +202,22 @@ def test_each_subplot_labels_its_y_axis():
 
 
 def test_accuracy_is_drawn_in_percent_as_the_eval_report_prints_it():
-    points = [Point(s, "Mean Accuracy", "#acc", "accuracy", "test", "eval", v)
-              for s, v in [(10, 0.5), (20, 0.9625)]]
+    points = [
+        Point(s, "Mean Accuracy", "#acc", "accuracy", "test", "eval", v)
+        for s, v in [(10, 0.5), (20, 0.9625)]
+    ]
     line = plot_points(points).axes[0].get_lines()[0]
     assert list(line.get_ydata()) == pytest.approx([50.0, 96.25])
 
 
-def test_each_dataset_keeps_one_colour_in_every_subplot(
-    make_trainer, make_train_ds, test_ds
-):
+def test_each_dataset_keeps_one_colour_in_every_subplot(make_trainer, make_train_ds, test_ds):
     fig = plot_points(_trained_points(make_trainer, make_train_ds, test_ds))
     loss, accuracy = (_lines_by_label(ax) for ax in fig.axes)
 
     def colour(lines, series):
-        colours = {line.get_color() for label, line in lines.items()
-                   if label.startswith(series + ":")}
+        colours = {
+            line.get_color() for label, line in lines.items() if label.startswith(series + ":")
+        }
         assert len(colours) == 1, (series, colours)
         return colours.pop()
 
@@ -216,9 +226,7 @@ def test_each_dataset_keeps_one_colour_in_every_subplot(
     assert colour(loss, "Train") != colour(loss, "Eval on test")
 
 
-def test_loss_plus_regularization_equal_to_loss_is_drawn_once(
-    make_trainer, make_train_ds, test_ds
-):
+def test_loss_plus_regularization_equal_to_loss_is_drawn_once(make_trainer, make_train_ds, test_ds):
     points = _trained_points(make_trainer, make_train_ds, test_ds)  # no regularization
     names = {p.metric_name for p in points}
     assert {"Moving Average Loss+Regularization", "Mean Loss+Regularization"} <= names  # kept
@@ -230,9 +238,15 @@ def test_loss_plus_regularization_that_differs_from_loss_is_drawn():
     def point(name, step, value):
         return Point(step, name, "#", "loss", "test", "eval", value)
 
-    points = [point("Mean Loss", 1, 1.0), point("Mean Loss+Regularization", 1, 1.25),
-              point("Mean Loss", 2, 0.5), point("Mean Loss+Regularization", 2, 0.5)]
+    points = [
+        point("Mean Loss", 1, 1.0),
+        point("Mean Loss+Regularization", 1, 1.25),
+        point("Mean Loss", 2, 0.5),
+        point("Mean Loss+Regularization", 2, 0.5),
+    ]
     lines = _lines_by_label(plot_points(points).axes[0])
     assert set(lines) == {"Eval on test: Mean Loss", "Eval on test: Mean Loss+Regularization"}
-    assert lines["Eval on test: Mean Loss"].get_linestyle() != lines[
-        "Eval on test: Mean Loss+Regularization"].get_linestyle()
+    assert (
+        lines["Eval on test: Mean Loss"].get_linestyle()
+        != lines["Eval on test: Mean Loss+Regularization"].get_linestyle()
+    )

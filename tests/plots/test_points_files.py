@@ -41,16 +41,22 @@ def _no_temporary_files(directory):
 def test_a_torn_last_line_is_dropped_with_a_warning_naming_file_and_line(tmp_path, torn):
     path = tmp_path / POINTS_FILE_NAME
     path.write_text(_lines(_points([1, 2])) + torn)
-    with pytest.warns(UserWarning, match=rf"Dropped line 3 of the plot points file "
-                                         rf"'{path}'.*write was cut short"):
+    with pytest.warns(
+        UserWarning,
+        match=rf"Dropped line 3 of the plot points file "
+        rf"'{path}'.*write was cut short",
+    ):
         assert load_points(tmp_path) == _points([1, 2])
 
 
 def test_a_bad_line_followed_by_points_is_an_error_with_the_fix(tmp_path):
     path = tmp_path / POINTS_FILE_NAME
     path.write_text(_lines(_points([1])) + '{"step": 2, "metric_na\n' + _lines(_points([3])))
-    with pytest.raises(ValueError, match=rf"Line 2 of the plot points file '{path}' is not a "
-                                         r"point.*the file is corrupt.*Fix: remove or repair"):
+    with pytest.raises(
+        ValueError,
+        match=rf"Line 2 of the plot points file '{path}' is not a "
+        r"point.*the file is corrupt.*Fix: remove or repair",
+    ):
         load_points(path)
 
 

@@ -23,8 +23,11 @@ import traceback
 
 def _set_up_environment(devices: int) -> None:
     """Before JAX starts: CPU backend, `devices` simulated devices, quiet logs."""
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-             if not f.startswith("--xla_force_host_platform_device_count")]
+    flags = [
+        f
+        for f in os.environ.get("XLA_FLAGS", "").split()
+        if not f.startswith("--xla_force_host_platform_device_count")
+    ]
     flags.append(f"--xla_force_host_platform_device_count={devices}")
     os.environ["XLA_FLAGS"] = " ".join(flags)
     os.environ["JAX_PLATFORMS"] = "cpu"
@@ -70,16 +73,19 @@ class ShardingLog:
     def model_fn(self, ctx, spec, inputs):
         shape = tuple(inputs[0].shape)
         jax.debug.inspect_array_sharding(
-            inputs[0], callback=lambda s: self.inputs.append(describe_sharding(s, shape)))
-        h = ctx.layer("hidden", lambda: keras.layers.Dense(32, activation="relu",
-                                                           name="hidden_dense"))(inputs[0])
+            inputs[0], callback=lambda s: self.inputs.append(describe_sharding(s, shape))
+        )
+        h = ctx.layer(
+            "hidden", lambda: keras.layers.Dense(32, activation="relu", name="hidden_dense")
+        )(inputs[0])
         h = ctx.layer("norm", lambda: keras.layers.BatchNormalization())(h, training=ctx.training)
         return [ctx.layer("logits", lambda: keras.layers.Dense(10, name="logits_dense"))(h)]
 
     def loss_fn(self, labels, predictions):
         shape = tuple(labels[0].shape)
         jax.debug.inspect_array_sharding(
-            labels[0], callback=lambda s: self.labels.append(describe_sharding(s, shape)))
+            labels[0], callback=lambda s: self.labels.append(describe_sharding(s, shape))
+        )
         return ktl.losses.sparse_categorical_cross_entropy_logits(labels, predictions)
 
 
@@ -107,8 +113,9 @@ def describe_sharding(sharding, shape: tuple | None = None) -> dict:
     return described
 
 
-def train_with_loop(trainer: ktl.Trainer, steps: int = STEPS,
-                    captured: dict | None = None) -> list[float]:
+def train_with_loop(
+    trainer: ktl.Trainer, steps: int = STEPS, captured: dict | None = None
+) -> list[float]:
     """Trains with a Loop over the first batches of digits; returns the batch losses.
 
     With `captured`, its "state" entry gets `state_vs_layouts` at the last step, while the
@@ -120,9 +127,14 @@ def train_with_loop(trainer: ktl.Trainer, steps: int = STEPS,
     loop = ktl.Loop(trainer)
     loop.on_step("losses", 0, lambda loop, metrics: losses.append(metrics[0]))
     if captured is not None:
-        loop.on_step("layouts", 1, lambda loop, metrics: (
-            loop.loop_step == loop.end_step - 1
-            and captured.update(state=state_vs_layouts(trainer))))
+        loop.on_step(
+            "layouts",
+            1,
+            lambda loop, metrics: (
+                loop.loop_step == loop.end_step - 1
+                and captured.update(state=state_vs_layouts(trainer))
+            ),
+        )
     loop.run_steps(ds, steps)
     return [float(v) for v in losses]
 
@@ -174,8 +186,7 @@ def data_parallel_equivalence(workdir: str) -> dict:
     keras.distribution.set_distribution(None)
     single = new_trainer(ShardingLog(), "sgd")
     initial = {}
-    single.on_exec_creation(
-        lambda e, g: initial.setdefault("weights", single.model.get_weights()))
+    single.on_exec_creation(lambda e, g: initial.setdefault("weights", single.model.get_weights()))
     single_losses = train_with_loop(single)
     single_weights = single.model.get_weights()
     x, y = digits()
@@ -189,22 +200,27 @@ def data_parallel_equivalence(workdir: str) -> dict:
     trainer = new_trainer(log, "sgd")
     executors = count_traces(trainer)
     trainer.on_exec_creation(  # The first executor (train) starts from the same weights.
-        lambda e, g: g is ktl.GraphType.TRAIN and trainer.model.set_weights(initial["weights"]))
+        lambda e, g: g is ktl.GraphType.TRAIN and trainer.model.set_weights(initial["weights"])
+    )
     captured = {}
     losses = train_with_loop(trainer, captured=captured)
     input_shardings, label_shardings = list(log.inputs), list(log.labels)
     state = captured["state"]  # Taken before anything synced the state back.
     weights = trainer.model.get_weights()
     weight_variables = trainer.model.weights
-    variables = {v.path: describe_sharding(v.value.sharding)
-                 for v in trainer.model.variables + trainer.optimizer.variables}
+    variables = {
+        v.path: describe_sharding(v.value.sharding)
+        for v in trainer.model.variables + trainer.optimizer.variables
+    }
     evaluated = [float(v) for v in trainer.eval(eval_ds)]
 
     saved_step = save_checkpoint(trainer, workdir, "data_parallel")
 
     # Steady state on batches already laid out: no transfer and no retrace.
-    batch = jax.device_put(([x[:BATCH]], [y[:BATCH]]), NamedSharding(
-        distribution.device_mesh.backend_mesh, P(distribution.batch_dim_name)))
+    batch = jax.device_put(
+        ([x[:BATCH]], [y[:BATCH]]),
+        NamedSharding(distribution.device_mesh.backend_mesh, P(distribution.batch_dim_name)),
+    )
     guard_error = None
     try:
         with jax.transfer_guard("disallow"):
@@ -219,11 +235,13 @@ def data_parallel_equivalence(workdir: str) -> dict:
         "single_losses": single_losses,
         "losses": losses,
         "max_loss_diff": float(np.max(np.abs(np.subtract(losses, single_losses)))),
-        "max_weight_diff": float(max(np.max(np.abs(a - b))
-                                     for a, b in zip(weights, single_weights))),
+        "max_weight_diff": float(
+            max(np.max(np.abs(a - b)) for a, b in zip(weights, single_weights))
+        ),
         "max_weight_diff_per_variable": {
             v.path.split("/", 1)[-1]: [float(np.max(np.abs(a - b))), float(np.max(np.abs(b)))]
-            for v, a, b in zip(weight_variables, weights, single_weights)},
+            for v, a, b in zip(weight_variables, weights, single_weights)
+        },
         "single_eval": single_eval,
         "eval": evaluated,
         "input_shardings": input_shardings,  # In the build call and the compiled steps.
@@ -249,10 +267,20 @@ def fused_data_parallel() -> dict:
         executors = count_traces(trainer)
         loop = ktl.Loop(trainer, max_fused_steps=cap)
         seen, captured = [], {}
-        ktl.every_n_steps(loop, 10, "losses", 0,
-                          lambda loop, m, seen=seen: seen.append([loop.loop_step, float(m[0])]))
-        ktl.every_n_steps(loop, 30, "layouts", 1,
-                          lambda loop, m, t=trainer, c=captured: c.update(state=state_vs_layouts(t)))
+        ktl.every_n_steps(
+            loop,
+            10,
+            "losses",
+            0,
+            lambda loop, m, seen=seen: seen.append([loop.loop_step, float(m[0])]),
+        )
+        ktl.every_n_steps(
+            loop,
+            30,
+            "layouts",
+            1,
+            lambda loop, m, t=trainer, c=captured: c.update(state=state_vs_layouts(t)),
+        )
         ds = ktl.ArrayDataset(x, y, batch_size=BATCH, loop_forever=True, drop_remainder=True)
         loop.run_steps(ds, 30)
         runs[cap] = {
@@ -266,8 +294,9 @@ def fused_data_parallel() -> dict:
     return {
         "seen_fused": fused["seen"],
         "seen_single": single["seen"],
-        "max_weight_diff": float(max(np.max(np.abs(a - b))
-                                     for a, b in zip(fused["weights"], single["weights"]))),
+        "max_weight_diff": float(
+            max(np.max(np.abs(a - b)) for a, b in zip(fused["weights"], single["weights"]))
+        ),
         "fused_sizes": fused["fused_sizes"],
         "single_fused_sizes": single["fused_sizes"],
         "state_vs_layouts": fused["state"],
@@ -277,8 +306,9 @@ def fused_data_parallel() -> dict:
 
 def save_checkpoint(trainer: ktl.Trainer, workdir: str, name: str) -> int:
     """Saves a checkpoint of `trainer` and its weights, for the `restore` mode."""
-    checkpoint = ktl.checkpoints.Checkpoint(trainer, os.path.join(workdir, name),
-                                            async_save=False, restore=False)
+    checkpoint = ktl.checkpoints.Checkpoint(
+        trainer, os.path.join(workdir, name), async_save=False, restore=False
+    )
     step = checkpoint.save()
     checkpoint.close()
     np.savez(os.path.join(workdir, f"{name}.npz"), *trainer.model.get_weights())
@@ -288,8 +318,9 @@ def save_checkpoint(trainer: ktl.Trainer, workdir: str, name: str) -> int:
 def model_parallel(workdir: str) -> dict:
     """ModelParallel given to the Trainer wins over a global DataParallel."""
     keras.distribution.set_distribution(keras.distribution.DataParallel())
-    mesh = keras.distribution.DeviceMesh((2, 4), ("batch", "model"),
-                                         keras.distribution.list_devices())
+    mesh = keras.distribution.DeviceMesh(
+        (2, 4), ("batch", "model"), keras.distribution.list_devices()
+    )
     layout_map = keras.distribution.LayoutMap(mesh)
     layout_map[".*hidden_dense.*kernel"] = (None, "model")
     layout_map[".*hidden_dense.*bias"] = ("model",)
@@ -300,16 +331,22 @@ def model_parallel(workdir: str) -> dict:
     captured = {}
     losses = train_with_loop(trainer, steps=5, captured=captured)
     state = captured["state"]
-    kernel = next(v for v in trainer.model.trainable_variables if "hidden_dense" in v.path
-                  and "kernel" in v.path)
+    kernel = next(
+        v
+        for v in trainer.model.trainable_variables
+        if "hidden_dense" in v.path and "kernel" in v.path
+    )
     return {
         "trainer_distribution": type(trainer.distribution).__name__,
         "losses": losses,
         "kernel_sharding": describe_sharding(kernel.value.sharding),
-        "kernel_shard_shapes": sorted({tuple(s.data.shape)
-                                       for s in kernel.value.addressable_shards}),
-        "variables": {v.path: describe_sharding(v.value.sharding)
-                      for v in trainer.model.variables + trainer.optimizer.variables},
+        "kernel_shard_shapes": sorted(
+            {tuple(s.data.shape) for s in kernel.value.addressable_shards}
+        ),
+        "variables": {
+            v.path: describe_sharding(v.value.sharding)
+            for v in trainer.model.variables + trainer.optimizer.variables
+        },
         "input_shardings": log.inputs,
         "state_vs_layouts": state,
         "trace_counts": [e.trace_count for e in executors],
@@ -367,7 +404,8 @@ def in_device_refused() -> dict:
     trainer = new_trainer(ShardingLog()).in_device(3)
     trainer.train_step(None, [x[:BATCH]], [y[:BATCH]])
     result["single_device_ids"] = sorted(
-        {d.id for g in trainer._state.values for v in g for d in v.devices()})
+        {d.id for g in trainer._state.values for v in g for d in v.devices()}
+    )
     return result
 
 

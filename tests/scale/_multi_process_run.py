@@ -30,8 +30,11 @@ import traceback
 
 def _set_up_environment(devices: int) -> None:
     """Before JAX starts: CPU backend, `devices` local devices, quiet logs."""
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-             if not f.startswith("--xla_force_host_platform_device_count")]
+    flags = [
+        f
+        for f in os.environ.get("XLA_FLAGS", "").split()
+        if not f.startswith("--xla_force_host_platform_device_count")
+    ]
     flags.append(f"--xla_force_host_platform_device_count={devices}")
     os.environ["XLA_FLAGS"] = " ".join(flags)
     os.environ["JAX_PLATFORMS"] = "cpu"
@@ -56,9 +59,11 @@ if __name__ == "__main__":
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     import keras
 
-    keras.distribution.initialize(job_addresses=ARGS.coordinator or f"127.0.0.1:{ARGS.port}",
-                                  num_processes=ARGS.num_processes,
-                                  process_id=ARGS.process_id)
+    keras.distribution.initialize(
+        job_addresses=ARGS.coordinator or f"127.0.0.1:{ARGS.port}",
+        num_processes=ARGS.num_processes,
+        process_id=ARGS.process_id,
+    )
 
 import jax
 import keras
@@ -83,36 +88,38 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 def local_dataset(**kwargs) -> ktl.ArrayDataset:
     """This process's shard, LOCAL_BATCH examples a batch (the global batch: 64)."""
     x, y = digits()
-    return ktl.ArrayDataset(x, y, batch_size=LOCAL_BATCH, shard=ktl.data.process_shard(),
-                            loop_forever=True, **kwargs)
+    return ktl.ArrayDataset(
+        x, y, batch_size=LOCAL_BATCH, shard=ktl.data.process_shard(), loop_forever=True, **kwargs
+    )
 
 
 def global_dataset() -> ktl.ArrayDataset:
     """The global batches of `local_dataset`, for one device: each process's rows in turn."""
     x, y = digits()
     count = jax.process_count()
-    parts = [ktl.ArrayDataset(x, y, batch_size=LOCAL_BATCH, shard=(i, count)) for i in
-             range(count)]
+    parts = [ktl.ArrayDataset(x, y, batch_size=LOCAL_BATCH, shard=(i, count)) for i in range(count)]
     xs, ys = [], []
     for _ in range(len(parts[0])):
         for part in parts:
             _, (bx,), (by,) = part.yield_batch()
             xs.append(bx)
             ys.append(by)
-    return ktl.ArrayDataset(np.concatenate(xs), np.concatenate(ys),
-                            batch_size=LOCAL_BATCH * count)
+    return ktl.ArrayDataset(np.concatenate(xs), np.concatenate(ys), batch_size=LOCAL_BATCH * count)
 
 
 def model_fn(ctx, spec, inputs):
-    h = ctx.layer("hidden", lambda: keras.layers.Dense(32, "relu", name="hidden_dense"))(
-        inputs[0])
+    h = ctx.layer("hidden", lambda: keras.layers.Dense(32, "relu", name="hidden_dense"))(inputs[0])
     return [ctx.layer("logits", lambda: keras.layers.Dense(10, name="logits_dense"))(h)]
 
 
 def new_trainer(distribution=None) -> ktl.Trainer:
     keras.utils.set_random_seed(0)
-    return ktl.Trainer(model_fn, ktl.losses.sparse_categorical_cross_entropy_logits,
-                       keras.optimizers.SGD(0.1, momentum=0.9), distribution=distribution)
+    return ktl.Trainer(
+        model_fn,
+        ktl.losses.sparse_categorical_cross_entropy_logits,
+        keras.optimizers.SGD(0.1, momentum=0.9),
+        distribution=distribution,
+    )
 
 
 def local_value(x) -> np.ndarray:
@@ -142,23 +149,34 @@ def data_parallel() -> keras.distribution.Distribution:
 def model_parallel(transposed: bool = False) -> keras.distribution.Distribution:
     """A (batch=2, model=2) mesh: the model axis within a process, or (transposed) across."""
     devices = np.array(keras.distribution.list_devices()).reshape(2, 2)
-    mesh = keras.distribution.DeviceMesh((2, 2), ("batch", "model"),
-                                         (devices.T if transposed else devices).tolist())
+    mesh = keras.distribution.DeviceMesh(
+        (2, 2), ("batch", "model"), (devices.T if transposed else devices).tolist()
+    )
     layout_map = keras.distribution.LayoutMap(mesh)
     layout_map[".*hidden_dense.*kernel"] = (None, "model")
     layout_map[".*hidden_dense.*bias"] = ("model",)
     return keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch")
 
 
-def train(trainer: ktl.Trainer, ds, *, fused: bool, steps: int = STEPS, initial=None,
-          every: int = 1, prepare=None, **loop_kwargs) -> dict:
+def train(
+    trainer: ktl.Trainer,
+    ds,
+    *,
+    fused: bool,
+    steps: int = STEPS,
+    initial=None,
+    every: int = 1,
+    prepare=None,
+    **loop_kwargs,
+) -> dict:
     """Trains `steps` steps; returns the losses seen every `every` steps and the call sizes.
 
     `prepare(loop)` is called on the new loop before the run.
     """
     if initial is not None:
-        trainer.on_exec_creation(lambda e, g: g is ktl.GraphType.TRAIN
-                                 and trainer.model.set_weights(initial))
+        trainer.on_exec_creation(
+            lambda e, g: g is ktl.GraphType.TRAIN and trainer.model.set_weights(initial)
+        )
     loop = ktl.Loop(trainer, max_fused_steps=8 if fused else 1, **loop_kwargs)
     if prepare is not None:
         prepare(loop)
@@ -166,8 +184,9 @@ def train(trainer: ktl.Trainer, ds, *, fused: bool, steps: int = STEPS, initial=
     if every == 1 and not fused:
         loop.on_step("losses", 0, lambda lp, m: seen.append([lp.loop_step, float(m[0])]))
     else:
-        ktl.every_n_steps(loop, every, "losses", 0,
-                          lambda lp, m: seen.append([lp.loop_step, float(m[0])]))
+        ktl.every_n_steps(
+            loop, every, "losses", 0, lambda lp, m: seen.append([lp.loop_step, float(m[0])])
+        )
     original = trainer.train_steps
 
     def train_steps(spec, inputs, labels):
@@ -181,8 +200,9 @@ def train(trainer: ktl.Trainer, ds, *, fused: bool, steps: int = STEPS, initial=
 
 def reference(initial: list, every: int = 1, steps: int = STEPS) -> dict:
     """The same steps on one local device, over the global batches."""
-    return train(new_trainer(), global_dataset(), fused=False, initial=initial, every=every,
-                 steps=steps)
+    return train(
+        new_trainer(), global_dataset(), fused=False, initial=initial, every=every, steps=steps
+    )
 
 
 def initial_weights(trainer: ktl.Trainer, into: dict) -> None:
@@ -198,10 +218,15 @@ def losses_match_one_process(distribution_fn) -> dict:
         trainer = new_trainer(distribution_fn())
         initial: dict = {}
         initial_weights(trainer, initial)
-        run = train(trainer, local_dataset(), fused=fused, every=1 if not fused else 5,
-                    measure_fusion=False)
-        runs[fused] = {"seen": run["seen"], "calls": run["calls"], "weights": weights(trainer),
-                       "initial": initial["weights"]}
+        run = train(
+            trainer, local_dataset(), fused=fused, every=1 if not fused else 5, measure_fusion=False
+        )
+        runs[fused] = {
+            "seen": run["seen"],
+            "calls": run["calls"],
+            "weights": weights(trainer),
+            "initial": initial["weights"],
+        }
     ref = reference(runs[False]["initial"])
     ref_losses = [loss for _, loss in ref["seen"]]
     unfused = [loss for _, loss in runs[False]["seen"]]
@@ -211,8 +236,9 @@ def losses_match_one_process(distribution_fn) -> dict:
         "reference_losses": ref_losses,
         "max_loss_diff": max_diff(unfused, ref_losses),
         "fused_seen": fused_seen,
-        "fused_vs_unfused_loss_diff": max_diff([loss for _, loss in fused_seen],
-                                               [unfused[s] for s, _ in fused_seen]),
+        "fused_vs_unfused_loss_diff": max_diff(
+            [loss for _, loss in fused_seen], [unfused[s] for s, _ in fused_seen]
+        ),
         "fused_vs_unfused_weight_diff": max_diff(runs[True]["weights"], runs[False]["weights"]),
         "fused_calls": runs[True]["calls"],
         "unfused_calls": runs[False]["calls"],
@@ -223,12 +249,16 @@ def model_parallel_layout() -> dict:
     """The kernel split over the model axis, within each process."""
     trainer = new_trainer(model_parallel())
     train(trainer, local_dataset(), fused=False, steps=2)
-    kernel = next(v for v in trainer.model.trainable_variables if "hidden_dense" in v.path
-                  and "kernel" in v.path)
+    kernel = next(
+        v
+        for v in trainer.model.trainable_variables
+        if "hidden_dense" in v.path and "kernel" in v.path
+    )
     return {
         "kernel_spec": str(kernel.value.sharding.spec),
-        "kernel_shard_shapes": sorted({tuple(s.data.shape)
-                                       for s in kernel.value.addressable_shards}),
+        "kernel_shard_shapes": sorted(
+            {tuple(s.data.shape) for s in kernel.value.addressable_shards}
+        ),
     }
 
 
@@ -257,8 +287,11 @@ def gate_agrees() -> dict:
         loop._gate.record = skewed
 
     run = train(trainer, local_dataset(), fused=True, steps=48, every=8, prepare=skew_gate)
-    return {"decisions": {str(k): v for k, v in run["loop"].fusion_decisions().items()},
-            "calls": run["calls"], "seen": run["seen"]}
+    return {
+        "decisions": {str(k): v for k, v in run["loop"].fusion_decisions().items()},
+        "calls": run["calls"],
+        "seen": run["seen"],
+    }
 
 
 class _TimedSchedule(ktl.loop.Schedule):
@@ -299,22 +332,29 @@ def periodic_hooks_agree(fused: bool) -> dict:
         multihost_utils.sync_global_devices(f"periodic {lp.loop_step}")
 
     ktl.periodic_callback(loop, 0.2, True, "collective", 0, collective, clock=clock)
-    loop.on_step("timed", 1, lambda lp, m: timed.append(lp.loop_step),
-                 schedule=_TimedSchedule(0.1, clock))
+    loop.on_step(
+        "timed", 1, lambda lp, m: timed.append(lp.loop_step), schedule=_TimedSchedule(0.1, clock)
+    )
     if not fused:
         loop.on_step("slow", 2, lambda lp, m: time.sleep(0.01))
     # The progress bar is attached on process 0 only (one bar per job): a time-based hook
     # that one process has and the other not.
-    bar = ktl.commandline.attach_progress_bar(loop, output="plain", file=io.StringIO(),
-                                              interval=0.05)
+    bar = ktl.commandline.attach_progress_bar(
+        loop, output="plain", file=io.StringIO(), interval=0.05
+    )
     original = trainer.train_steps
     trainer.train_steps = lambda *a: calls.append(int(np.shape(a[1][0])[0])) or original(*a)
     if process:
         time.sleep(1.5)
     start = time.monotonic()
     loop.run_steps(local_dataset(), PERIODIC_STEPS[fused])
-    return {"fired": fired, "timed": timed, "calls": calls, "bar_draws": bar.draws,
-            "seconds": time.monotonic() - start}
+    return {
+        "fired": fired,
+        "timed": timed,
+        "calls": calls,
+        "bar_draws": bar.draws,
+        "seconds": time.monotonic() - start,
+    }
 
 
 def prefetched_batches() -> dict:
@@ -326,8 +366,9 @@ def prefetched_batches() -> dict:
         step = trainer.train_step
 
         def train_step(spec, inputs, labels, step=step, kinds=kinds):
-            kinds.append([type(inputs[0]).__name__, getattr(inputs[0], "is_fully_addressable",
-                                                            None)])
+            kinds.append(
+                [type(inputs[0]).__name__, getattr(inputs[0], "is_fully_addressable", None)]
+            )
             return step(spec, inputs, labels)
 
         trainer.train_step = train_step
@@ -338,25 +379,32 @@ def prefetched_batches() -> dict:
             run = train(trainer, local_dataset(), fused=False, steps=8)
         finally:
             jax.default_backend = backend
-        runs[prefetch] = {"seen": run["seen"], "kinds": kinds,
-                          "feed": type(run["loop"]._device_feed(local_dataset())).__name__}
+        runs[prefetch] = {
+            "seen": run["seen"],
+            "kinds": kinds,
+            "feed": type(run["loop"]._device_feed(local_dataset())).__name__,
+        }
     return {
         "kinds": runs[True]["kinds"],
         "plain_kinds": runs[False]["kinds"],
-        "loss_diff": max_diff([v for _, v in runs[True]["seen"]],
-                              [v for _, v in runs[False]["seen"]]),
+        "loss_diff": max_diff(
+            [v for _, v in runs[True]["seen"]], [v for _, v in runs[False]["seen"]]
+        ),
     }
 
 
 def checkpoints(workdir: str) -> dict:
     """attach_checkpoint on a period and at the end, DataParallel and ModelParallel."""
     out = {}
-    for name, distribution_fn in [("data_parallel", data_parallel),
-                                  ("model_parallel", model_parallel)]:
+    for name, distribution_fn in [
+        ("data_parallel", data_parallel),
+        ("model_parallel", model_parallel),
+    ]:
         trainer = new_trainer(distribution_fn())
         directory = os.path.join(workdir, f"ckpt_{name}")
-        checkpoint = ktl.checkpoints.Checkpoint(trainer, directory, keep=None, async_save=False,
-                                                restore=False)
+        checkpoint = ktl.checkpoints.Checkpoint(
+            trainer, directory, keep=None, async_save=False, restore=False
+        )
         loop = ktl.Loop(trainer, measure_fusion=False)
         ktl.checkpoints.attach_checkpoint(loop, checkpoint, period=0.15)
         loop.on_step("slow", 0, lambda lp, m: time.sleep(0.01))
@@ -384,10 +432,15 @@ SCENARIOS = {
 
 
 def main(args: argparse.Namespace) -> int:
-    results = {"process_index": jax.process_index(), "process_count": jax.process_count(),
-               "devices": jax.device_count(), "local_devices": jax.local_device_count(),
-               "list_devices": keras.distribution.list_devices(),
-               "process_shard": list(ktl.data.process_shard()), "seconds": {}}
+    results = {
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+        "devices": jax.device_count(),
+        "local_devices": jax.local_device_count(),
+        "list_devices": keras.distribution.list_devices(),
+        "process_shard": list(ktl.data.process_shard()),
+        "seconds": {},
+    }
     only = [name for name in args.only.split(",") if name]
     for name, scenario in SCENARIOS.items():
         if only and name not in only:
@@ -401,8 +454,10 @@ def main(args: argparse.Namespace) -> int:
         finally:
             keras.distribution.set_distribution(None)
         results["seconds"][name] = round(time.monotonic() - start, 2)
-        print(f"process {jax.process_index()}: {name} done in "
-              f"{results['seconds'][name]} s", flush=True)
+        print(
+            f"process {jax.process_index()}: {name} done in {results['seconds'][name]} s",
+            flush=True,
+        )
         with open(args.out, "w") as f:  # After each scenario: a hang still leaves the rest.
             json.dump(results, f, indent=1, default=str)
     return 0

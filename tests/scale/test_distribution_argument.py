@@ -13,8 +13,9 @@ def model_fn(ctx, spec, inputs):
 
 
 def new_trainer(**kwargs):
-    return ktl.Trainer(model_fn, ktl.losses.sparse_categorical_cross_entropy_logits, "sgd",
-                       **kwargs)
+    return ktl.Trainer(
+        model_fn, ktl.losses.sparse_categorical_cross_entropy_logits, "sgd", **kwargs
+    )
 
 
 @pytest.fixture
@@ -58,8 +59,11 @@ def test_global_distribution_is_fixed_at_the_first_step(one_device_data_parallel
 
 def test_in_device_is_refused_under_any_distribution(one_device_data_parallel):
     trainer = new_trainer(distribution=one_device_data_parallel)
-    with pytest.raises(ValueError, match=r"in_device\(\).*Received: device_num=0 under "
-                                         r"DataParallel\(mesh batch=1\)\. Fix:"):
+    with pytest.raises(
+        ValueError,
+        match=r"in_device\(\).*Received: device_num=0 under "
+        r"DataParallel\(mesh batch=1\)\. Fix:",
+    ):
         trainer.in_device(0)
 
 
@@ -86,8 +90,11 @@ def _model_parallel(*patterns):
 
 def test_a_layout_map_key_matching_no_variable_is_warned_with_the_paths():
     trainer = new_trainer(distribution=_model_parallel(".*dense.*kernel", ".*hidden.*kernel"))
-    with pytest.warns(UserWarning, match=r"\['\.\*hidden\.\*kernel'\] match no variable.*"
-                                         r"fn_model/dense.*/kernel.*Fix"):
+    with pytest.warns(
+        UserWarning,
+        match=r"\['\.\*hidden\.\*kernel'\] match no variable.*"
+        r"fn_model/dense.*/kernel.*Fix",
+    ):
         trainer.train_step(None, [np.ones((4, 2), np.float32)], [np.zeros(4, np.int32)])
 
 

@@ -22,9 +22,22 @@ def run_helper(mode: str, devices: int, workdir: str) -> dict:
     out = os.path.join(workdir, f"{mode}.json")
     env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
     process = subprocess.run(
-        [sys.executable, HELPER, mode, "--devices", str(devices), "--workdir", workdir,
-         "--out", out],
-        check=False, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            HELPER,
+            mode,
+            "--devices",
+            str(devices),
+            "--workdir",
+            workdir,
+            "--out",
+            out,
+        ],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert process.returncode == 0 and os.path.exists(out), (
         f"{mode} exited with {process.returncode}:\n{process.stdout[-3000:]}\n"
@@ -103,7 +116,9 @@ def test_fused_steps_under_data_parallel_match_one_call_per_step(checks):
     fused = result(checks, "fused_data_parallel")
     assert fused["fused_sizes"] and set(fused["fused_sizes"]) <= {2, 4, 8}
     assert fused["single_fused_sizes"] == []
-    assert [s for s, _ in fused["seen_fused"]] == [s for s, _ in fused["seen_single"]] == [9, 19, 29]
+    assert (
+        [s for s, _ in fused["seen_fused"]] == [s for s, _ in fused["seen_single"]] == [9, 19, 29]
+    )
     for (_, a), (_, b) in zip(fused["seen_fused"], fused["seen_single"]):
         assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6)
     assert fused["max_weight_diff"] < 1e-5
@@ -166,8 +181,11 @@ def test_process_local_batches_make_the_same_global_arrays(checks):
 
 
 # Checkpoints -----------------------------------------------------------------------
-@pytest.mark.parametrize("name, step", [("data_parallel", 20), ("model_parallel", 5)],
-                         ids=["data_parallel", "model_parallel"])
+@pytest.mark.parametrize(
+    "name, step",
+    [("data_parallel", 20), ("model_parallel", 5)],
+    ids=["data_parallel", "model_parallel"],
+)
 def test_checkpoint_written_on_8_devices_restores_on_1(checks, restores, name, step):
     assert result(checks, name)["saved_step"] == step
     r = result(restores, name)

@@ -38,9 +38,20 @@ def _free_port() -> int:
 
 
 def _command(process_id: int, port: int, workdir: str) -> list[str]:
-    command = [sys.executable, HELPER, "--process-id", str(process_id), "--num-processes",
-               str(PROCESSES), "--port", str(port), "--workdir", workdir, "--out",
-               os.path.join(workdir, f"process_{process_id}.json")]
+    command = [
+        sys.executable,
+        HELPER,
+        "--process-id",
+        str(process_id),
+        "--num-processes",
+        str(PROCESSES),
+        "--port",
+        str(port),
+        "--workdir",
+        workdir,
+        "--out",
+        os.path.join(workdir, f"process_{process_id}.json"),
+    ]
     if shutil.which("timeout"):  # SIGKILL 10 s after SIGTERM: a process in a collective ignores it.
         command = ["timeout", "-k", "10", str(TIMEOUT_SECONDS), *command]
     return command
@@ -66,8 +77,11 @@ def _run_job(workdir: str) -> tuple[list[dict], float]:
             if i:
                 time.sleep(START_APART_SECONDS)
             log = stack.enter_context(open(os.path.join(workdir, f"process_{i}.log"), "w"))
-            processes.append(subprocess.Popen(_command(i, port, workdir), env=env,
-                                              stdout=log, stderr=subprocess.STDOUT))
+            processes.append(
+                subprocess.Popen(
+                    _command(i, port, workdir), env=env, stdout=log, stderr=subprocess.STDOUT
+                )
+            )
         for process in processes:
             try:
                 codes.append(process.wait(timeout=TIMEOUT_SECONDS + 30))
@@ -107,8 +121,9 @@ def scenario(job: list[dict], name: str) -> list[dict]:
 
 def test_the_job_runs_two_processes_of_two_devices_each_reading_its_shard(job):
     assert [r["process_index"] for r in job] == [0, 1]
-    assert all(r["process_count"] == 2 and r["devices"] == 4 and r["local_devices"] == 2
-               for r in job)
+    assert all(
+        r["process_count"] == 2 and r["devices"] == 4 and r["local_devices"] == 2 for r in job
+    )
     assert [r["process_shard"] for r in job] == [[0, 2], [1, 2]]
 
 

@@ -5,9 +5,10 @@ import os
 import signal
 import sys
 
-import keras_trainloop as ktl  # noqa: I001  (selects the JAX backend first)
 import keras
 import numpy as np
+
+import keras_trainloop as ktl
 
 
 def model_fn(ctx, spec, inputs):
@@ -62,7 +63,8 @@ def main(case):
         executor.fn = original
         result["step_after_interrupt"] = trainer.global_step
         result["weights_finite"] = bool(
-            all(np.isfinite(w).all() for w in trainer.model.get_weights()))
+            all(np.isfinite(w).all() for w in trainer.model.get_weights())
+        )
     trainer.train_step(None, [x], [y])
     result["step_after_next"] = trainer.global_step
     print(json.dumps(result))

@@ -29,8 +29,10 @@ def make_trainer():
     def make(hidden=32, **kwargs):
         kwargs.setdefault("eval_metrics", [ktl.metrics.SparseCategoricalAccuracy()])
         return ktl.Trainer(
-            mlp_fn(hidden), ktl.losses.sparse_categorical_cross_entropy_logits,
-            keras.optimizers.Adam(1e-2), **kwargs,
+            mlp_fn(hidden),
+            ktl.losses.sparse_categorical_cross_entropy_logits,
+            keras.optimizers.Adam(1e-2),
+            **kwargs,
         )
 
     return make

@@ -76,8 +76,12 @@ def test_string_arrays_are_refused_with_the_fix(where):
 
 
 @pytest.mark.parametrize(
-    "loss", [LOSS, "sparse_categorical_crossentropy",
-             keras.losses.SparseCategoricalCrossentropy(from_logits=True)],
+    "loss",
+    [
+        LOSS,
+        "sparse_categorical_crossentropy",
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    ],
     ids=["ktl", "keras_name", "keras_loss"],
 )
 @pytest.mark.parametrize("labels", [Y + 1, Y - 1], ids=["one_based", "negative"])

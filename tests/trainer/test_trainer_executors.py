@@ -18,7 +18,9 @@ def new_trainer():
 def test_one_executor_per_spec_and_graph_type():
     trainer = new_trainer()
     created = []
-    trainer.on_exec_creation(lambda executor, graph_type: created.append((executor.spec, graph_type)))
+    trainer.on_exec_creation(
+        lambda executor, graph_type: created.append((executor.spec, graph_type))
+    )
     x, y = np.ones((8, 4), np.float32), np.zeros((8,), np.int32)
     for spec in ["single", "double", "single", "double", {"a": 1}, {"a": 1}]:
         trainer.train_step(spec, [x], [y])

@@ -89,15 +89,19 @@ def test_train_steps_under_a_distribution_matches_train_step(make_trainer, digit
 
 
 def _convnet():
-    return keras.Sequential([
-        keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
-        keras.layers.Flatten(), keras.layers.Dense(10),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10),
+        ]
+    )
 
 
 def test_fused_steps_with_convolutions_are_unrolled_and_match_single_steps(digits):
     x, y, _, _ = digits
-    xs, ys = x[:4 * 16].reshape(4, 16, 8, 8, 1), y[:4 * 16].reshape(4, 16)
+    xs, ys = x[: 4 * 16].reshape(4, 16, 8, 8, 1), y[: 4 * 16].reshape(4, 16)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     keras.utils.set_random_seed(0)
     single = ktl.Trainer(_convnet(), loss, keras.optimizers.Adam(1e-2))

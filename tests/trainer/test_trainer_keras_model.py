@@ -28,13 +28,16 @@ class _Subclassed(keras.Model):
         return self.out(self.hidden(x))
 
 
-BATCH = (np.random.default_rng(0).normal(size=(16, 6)).astype(np.float32),
-         np.random.default_rng(1).integers(0, 3, 16).astype(np.int32))
+BATCH = (
+    np.random.default_rng(0).normal(size=(16, 6)).astype(np.float32),
+    np.random.default_rng(1).integers(0, 3, 16).astype(np.int32),
+)
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-@pytest.mark.parametrize("make", [_functional, _sequential, _Subclassed],
-                         ids=["functional", "sequential", "subclassed"])
+@pytest.mark.parametrize(
+    "make", [_functional, _sequential, _Subclassed], ids=["functional", "sequential", "subclassed"]
+)
 def test_trainer_model_is_the_users_model_and_holds_the_trained_weights(make):
     model = make()
     trainer = ktl.Trainer(model, LOSS, keras.optimizers.SGD(0.1))
@@ -75,8 +78,9 @@ def test_model_fn_model_can_be_called_and_predict_on_one_array():
     x, y = BATCH
     trainer.train_step(None, [x], [y])
     assert tuple(trainer.model(x).shape) == (16, 3)
-    np.testing.assert_allclose(trainer.model.predict(x, verbose=0),
-                               np.asarray(trainer.model(x)), rtol=1e-6)
+    np.testing.assert_allclose(
+        trainer.model.predict(x, verbose=0), np.asarray(trainer.model(x)), rtol=1e-6
+    )
 
 
 def test_model_fn_with_layers_created_outside_ctx_is_an_error_at_the_first_step():
@@ -132,8 +136,7 @@ def _live_bytes():
 def test_the_training_state_is_held_once_while_training():
     import gc
 
-    model = keras.Sequential([keras.Input((512,)), keras.layers.Dense(1024),
-                              keras.layers.Dense(3)])
+    model = keras.Sequential([keras.Input((512,)), keras.layers.Dense(1024), keras.layers.Dense(3)])
     trainer = ktl.Trainer(model, LOSS, keras.optimizers.Adam())
     x = np.ones((4, 512), np.float32)
     y = np.zeros(4, np.int32)

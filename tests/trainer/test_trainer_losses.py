@@ -58,9 +58,15 @@ def test_get_losses_sums_terms_or_returns_none():
 
 def test_keras_regularizers_count_in_loss_plus_regularization():
     def model_fn(ctx, spec, inputs):
-        dense = ctx.layer("d", lambda: keras.layers.Dense(
-            1, kernel_initializer="ones", use_bias=False,
-            kernel_regularizer=keras.regularizers.L2(0.5)))
+        dense = ctx.layer(
+            "d",
+            lambda: keras.layers.Dense(
+                1,
+                kernel_initializer="ones",
+                use_bias=False,
+                kernel_regularizer=keras.regularizers.L2(0.5),
+            ),
+        )
         return [dense(inputs[0])]
 
     def loss_fn(labels, predictions):

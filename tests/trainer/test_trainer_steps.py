@@ -20,8 +20,9 @@ def _maths(seed=0):
     train, evals = metric_sets([], ["accuracy"], loss)
     state = TrainState(model, optimizer)
     state.pull(None)
-    maths = StepMaths(model, ktl.Context(), loss, optimizer, train, evals,
-                      state.refs_and_step_index)
+    maths = StepMaths(
+        model, ktl.Context(), loss, optimizer, train, evals, state.refs_and_step_index
+    )
     return maths, state, train, evals
 
 
@@ -35,7 +36,8 @@ def test_train_fn_is_one_sgd_step_of_the_loss():
     inputs, labels = _batch(1)
     kernel, bias = (np.asarray(v) for v in state.values[0])
     (variables, _), values = jax.jit(maths.train_fn(None))(
-        state.values, train.new_states(None), inputs, labels)
+        state.values, train.new_states(None), inputs, labels
+    )
 
     def loss(params):
         logits = inputs[0] @ params[0] + params[1]
@@ -59,7 +61,8 @@ def test_fuse_equals_single_steps_bit_for_bit():
     fused = jax.jit(fuse(maths.train_fn(None), traces.append))
     stacked = [np.stack([b[0][0] for b in batches])], [np.stack([b[1][0] for b in batches])]
     (variables, _), values, batch_losses = fused(
-        jax.tree.map(np.copy, state.values), train.new_states(None), *stacked)
+        jax.tree.map(np.copy, state.values), train.new_states(None), *stacked
+    )
     assert traces == [False]  # Traced once; a dense step is not unrolled.
     assert batch_losses.shape == (4,)
     for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(variables)):
@@ -70,8 +73,7 @@ def test_fuse_equals_single_steps_bit_for_bit():
 def test_eval_fn_accumulates_means_and_accuracy():
     maths, state, _, evals = _maths()
     inputs, labels = _batch(2)
-    mstates, values = jax.jit(maths.eval_fn(None))(
-        state.values, evals.new_states(None), inputs, labels)
+    _, values = jax.jit(maths.eval_fn(None))(state.values, evals.new_states(None), inputs, labels)
     logits = maths.model(inputs[0])
     expected = np.mean(np.argmax(np.asarray(logits), -1) == labels[0])
     assert evals.logs(values)["accuracy"] == pytest.approx(expected)

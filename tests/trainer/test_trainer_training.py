@@ -49,7 +49,9 @@ def test_keras_layer_loss_name_and_optimizer_name_are_accepted(digits):
     x, y, _, _ = digits
     model = keras.Sequential([keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
     trainer = ktl.Trainer(
-        model, keras.losses.SparseCategoricalCrossentropy(from_logits=True), "adam",
+        model,
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        "adam",
         eval_metrics=["sparse_categorical_accuracy"],
     )
     first = float(trainer.train_step(None, [x[:256]], [y[:256]])[0])
