@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from keras_trainloop._describe import short_repr
+from keras_trainloop.checkpoints._params import decode_param, encode_param
 from keras_trainloop.context import SCOPE_SEPARATOR
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,31 +35,6 @@ def _context_names(trainer: Any) -> dict[int, str]:
     do not. Used in messages only: variables are matched by position.
     """
     return {id(variable): name for name, variable in trainer.context.named_variables().items()}
-
-
-def _encode_param(scope: str, key: str, value: Any) -> dict | None:
-    """A JSON record for one hyperparameter, or None when JSON cannot hold it."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    kind = type(value).__name__
-    if isinstance(value, tuple):
-        value = list(value)
-    if isinstance(value, (bool, int, float, str, type(None), list, dict)):
-        try:
-            json.dumps(value, allow_nan=True)
-        except (TypeError, ValueError):
-            return None
-        return {"scope": scope, "key": key, "value": value, "type": kind}
-    return None
-
-
-def _decode_param(record: dict) -> Any:
-    value = record["value"]
-    if record.get("type") == "tuple" and isinstance(value, list):
-        return tuple(value)
-    if record.get("type") == "float" and isinstance(value, int):
-        return float(value)
-    return value
 
 
 def _local_or_remote(directory: str | os.PathLike) -> str:
@@ -244,7 +220,7 @@ class Checkpoint:
         records = []
         for scope, values in self.trainer.context.root().params().items():
             for key, value in values.items():
-                record = _encode_param(scope, key, value)
+                record = encode_param(scope, key, value)
                 if record is None:
                     warnings.warn(
                         f"Hyperparameter {key!r} in scope {scope!r} is not saved in the "
@@ -433,7 +409,7 @@ class Checkpoint:
                 for part in str(record["scope"]).split(SCOPE_SEPARATOR):
                     if part:
                         target = target.in_scope(part)
-                target.set_param(record["key"], _decode_param(record))
+                target.set_param(record["key"], decode_param(record))
         self.restored_step = int(metadata["global_step"])
         data_state = metadata.get("data_state")
         self.restored_data_state = None if data_state is None else json.loads(data_state)

@@ -20,6 +20,7 @@ Example:
 
 from keras_trainloop.data._array import ArrayDataset
 from keras_trainloop.data._dispatch import as_dataset, as_validation_data
+from keras_trainloop.data._from_tfds import from_tfds
 from keras_trainloop.data._generator import GeneratorDataset
 from keras_trainloop.data._grain import GrainDataset
 from keras_trainloop.data._iterable import IterableDataset
@@ -27,7 +28,7 @@ from keras_trainloop.data._prefetch import maybe_prefetch_to_device
 from keras_trainloop.data._protocol import Dataset
 from keras_trainloop.data._pydataset import PyDatasetSource
 from keras_trainloop.data._shard import process_shard
-from keras_trainloop.data._tf import TFDataset, from_tfds
+from keras_trainloop.data._tf import TFDataset
 
 __all__ = [
     "ArrayDataset",

@@ -10,6 +10,8 @@ from keras_trainloop.data._common import (
     check_batch_size,
     check_name,
     is_array_like,
+    is_int,
+    plain,
     short_repr,
 )
 from keras_trainloop.data._shard import check_shard, shard_arrays
@@ -397,7 +399,7 @@ class ArrayDataset:
             **self._arguments(),
             "pass": self._pass,
             "offset": self._pos,
-            "rng": _plain(self._pass_rng_state),
+            "rng": plain(self._pass_rng_state),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -444,9 +446,9 @@ class ArrayDataset:
             )
         self._check_arguments(state)
         pass_index, offset = state.get("pass"), state.get("offset")
-        if not _is_int(pass_index) or pass_index < 0:
+        if not is_int(pass_index) or pass_index < 0:
             raise self._bad_state(state, f"pass={pass_index!r}", "pass a non-negative integer")
-        if not _is_int(offset) or not 0 <= offset <= self._num_examples:
+        if not is_int(offset) or not 0 <= offset <= self._num_examples:
             raise self._bad_state(
                 state, f"offset={offset!r}", f"pass an integer in [0, {self._num_examples}]"
             )
@@ -493,18 +495,3 @@ class ArrayDataset:
             f"Received: state={short_repr(state, 200)}. Fix: {fix}; use the dict that "
             "get_state() returned, unchanged."
         )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _plain(value: Any) -> Any:
-    """`value` with numpy scalars and arrays turned into plain ints, floats and lists."""
-    if isinstance(value, dict):
-        return {str(key): _plain(v) for key, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+import numpy as np
+
 from keras_trainloop._describe import short_repr
 
 
@@ -77,3 +79,18 @@ def side_to_list(side: str, value: Any, where: str) -> list[Any]:
                 f"Fix: yield arrays, e.g. np.asarray(...), or a list/tuple/dict of arrays."
             )
     return leaves
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def plain(value: Any) -> Any:
+    """`value` with numpy scalars and arrays turned into plain ints, floats and lists."""
+    if isinstance(value, dict):
+        return {str(key): plain(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

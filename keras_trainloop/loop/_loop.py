@@ -14,7 +14,7 @@ part is a small module, in the order the data flows:
 - loop/_nonfinite.py: when batch losses are read, and the NonFiniteLossError;
   loop/_loss_watch.py: the reads themselves and the running mean `"loss"`;
 - loop/_fusion_gate.py: whether fused calls pay, per dataset spec;
-- loop/_plan.py: `loop.plan`;
+- loop/_plan.py: `loop.plan`; loop/_data_position.py: the data position for resumes;
 - loop/_interop.py: Keras callbacks and external drivers; loop/_keras_bridge.py: the
   Keras side, through the public API only.
 """
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from keras_trainloop._describe import short_repr
 from keras_trainloop.loop import _runs
+from keras_trainloop.loop._data_position import DataPosition
 from keras_trainloop.loop._durations import StepDurations
 from keras_trainloop.loop._events import LoopEvents
 from keras_trainloop.loop._fusion_gate import FusionGate
@@ -63,7 +64,7 @@ A call's losses are checked after the next call is dispatched, so with two calls
 a NaN surfaces at most `SYNC_EVERY - 1` steps late."""
 
 
-class Loop(LoopEvents, KerasInterop):
+class Loop(LoopEvents, KerasInterop, DataPosition):
     """Runs `trainer.train_step` over a dataset and calls hooks by priority.
 
     The loop itself only counts steps; hooks attach everything else (progress
@@ -381,43 +382,6 @@ class Loop(LoopEvents, KerasInterop):
                 f"step={step} at loop step {self.loop_step}. Fix: call it between runs."
             )
         self.loop_step = self.start_step = step
-
-    def data_state(self) -> dict | None:
-        """The position of the run's data after the steps done, for an exact resume.
-
-        The dataset's `get_state()`, taken through whatever the loop reads it
-        with (read-ahead for the first step or device prefetching included):
-        restoring it yields exactly the batches the next steps would get.
-        None outside a run, or when the dataset has no `get_state`.
-        """
-        feed = self._feed
-        if feed is None or not callable(getattr(feed, "get_state", None)):
-            return None
-        return feed.get_state()
-
-    def restore_data_state(self, state: dict) -> bool:
-        """Makes this run's data continue from `state` (what `data_state()` returned).
-
-        Call it from an `on_start` hook (the run's first batch is read after
-        them); `attach_checkpoint` does, with the state its checkpoint saved.
-
-        Returns:
-            Whether the dataset took the state (False: it has no `set_state`).
-
-        Raises:
-            RuntimeError: called outside a run.
-            ValueError: the dataset refuses the state (another dataset's).
-        """
-        feed = self._feed
-        if feed is None:
-            raise RuntimeError(
-                "loop.restore_data_state() sets the position of a run's data, but no run is "
-                "starting. Fix: call it from an on_start hook."
-            )
-        if not callable(getattr(feed, "set_state", None)):
-            return False
-        feed.set_state(state)
-        return True
 
     def median_train_step_duration(self) -> float:
         """The median of `train_step_durations` (the last ones kept) in seconds; 0.001 when empty.

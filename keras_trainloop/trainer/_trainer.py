@@ -104,25 +104,16 @@ class Trainer:
     def _set_model(self, context: Context) -> None:
         """The user's `keras.Model` itself, or an `FnModel` around a function or layer."""
         self._context = context
-        model = self._model_fn
+        model = model_fn = self._model_fn
         if not isinstance(model, keras.Model):
             model = FnModel(model, context)
         model.optimizer = self.optimizer
         self._model = model
-        self._state = TrainState(model, self.optimizer)
-        maths = StepMaths(
-            model,
-            context,
-            self._loss_fn,
-            self.optimizer,
-            self._train,
-            self._eval,
-            self._state.refs_and_step_index,
-        )
-        self._compiler = StepCompiler(
-            self._cache, self._placement, self._state, maths, context, self._model_fn
-        )
-        self._compiler.takes_class_ids = self._takes_class_ids
+        state = self._state = TrainState(model, self.optimizer)
+        refs, optimizer = state.refs_and_step_index, self.optimizer
+        maths = StepMaths(model, context, self._loss_fn, optimizer, self._train, self._eval, refs)
+        compiler = StepCompiler(self._cache, self._placement, state, maths, context, model_fn)
+        compiler.takes_class_ids, self._compiler = self._takes_class_ids, compiler
         context.bind_global_step(lambda: self.global_step)
         self.reset_train_metrics()
         self._reset_eval_metrics()
