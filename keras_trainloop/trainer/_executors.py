@@ -37,6 +37,8 @@ class StepCompiler:
         maths: the step functions to jit.
         context: where `model_fn` creates its variables.
         model_fn: the user's `model_fn`, named in errors.
+        takes_class_ids: whether the loss reads the labels as class ids (their range
+            is then checked on each spec's first batch).
     """
 
     def __init__(
@@ -47,9 +49,10 @@ class StepCompiler:
         maths: StepMaths,
         context: Context,
         model_fn: Any,
+        takes_class_ids: bool = False,
     ):
         self.cache = cache
-        self.takes_class_ids = False  # Whether the loss reads the labels as class ids.
+        self.takes_class_ids = takes_class_ids  # Whether the loss reads labels as class ids.
         self._placement = placement
         self._state = state
         self._maths = maths

@@ -112,8 +112,9 @@ class Trainer:
         state = self._state = TrainState(model, self.optimizer)
         refs, optimizer = state.refs_and_step_index, self.optimizer
         maths = StepMaths(model, context, self._loss_fn, optimizer, self._train, self._eval, refs)
-        compiler = StepCompiler(self._cache, self._placement, state, maths, context, model_fn)
-        compiler.takes_class_ids, self._compiler = self._takes_class_ids, compiler
+        self._compiler = StepCompiler(
+            self._cache, self._placement, state, maths, context, model_fn, self._takes_class_ids
+        )
         context.bind_global_step(lambda: self.global_step)
         self.reset_train_metrics()
         self._reset_eval_metrics()
