@@ -429,6 +429,9 @@ class KtlLoop(System):
             if max_fused_steps == 1:
                 self.name += "1"
                 feed += ", one call per step (max_fused_steps=1)"
+            elif max_fused_steps != 8:
+                self.name += str(max_fused_steps)
+                feed += f", up to {max_fused_steps} steps fused per call"
             else:
                 feed += f", up to {max_fused_steps} steps fused per call"
         self.what = (

@@ -38,13 +38,13 @@ def chunked(tf: Any, dataset: Any) -> tuple[Any, bool]:
     """
     static = all(spec.shape.is_fully_defined() for spec in tf.nest.flatten(dataset.element_spec))
     if static:
-        return dataset.batch(CHUNK).prefetch(1), False
+        return dataset.batch(CHUNK).prefetch(2), False
 
     def with_shapes(inputs: Any, labels: Any) -> Any:
         element = (inputs, labels)
         return element, tf.nest.map_structure(tf.shape, element)
 
-    return dataset.map(with_shapes).padded_batch(CHUNK).prefetch(1), True
+    return dataset.map(with_shapes).padded_batch(CHUNK).prefetch(2), True
 
 
 def static_shapes(arrays: list) -> list:

@@ -11,7 +11,13 @@ from keras_trainloop.loop._errors import HookError, NonFiniteLossError
 from keras_trainloop.loop._hooks import HookCost
 from keras_trainloop.loop._interop import ExternalRun
 from keras_trainloop.loop._keras_bridge import LOG_NAMES_KEY, LoopCallback
-from keras_trainloop.loop._loop import MAX_FUSED_STEPS, SYNC_EVERY, VAL_LOGS_KEY, Loop
+from keras_trainloop.loop._loop import (
+    FUSED_STEPS_LIMIT,
+    MAX_FUSED_STEPS,
+    SYNC_EVERY,
+    VAL_LOGS_KEY,
+    Loop,
+)
 from keras_trainloop.loop._plan import Plan, PlannedHook
 from keras_trainloop.loop._scheduled import (
     every_n_steps,
@@ -28,6 +34,7 @@ from keras_trainloop.loop._schedules import (
 )
 
 __all__ = [
+    "FUSED_STEPS_LIMIT",
     "LOG_NAMES_KEY",
     "MAX_FUSED_STEPS",
     "SYNC_EVERY",

@@ -53,15 +53,18 @@ if TYPE_CHECKING:
     from keras_trainloop.data import Dataset
     from keras_trainloop.trainer import Trainer
 
-__all__ = ["MAX_FUSED_STEPS", "SYNC_EVERY", "VAL_LOGS_KEY", "Loop"]
+__all__ = ["FUSED_STEPS_LIMIT", "MAX_FUSED_STEPS", "SYNC_EVERY", "VAL_LOGS_KEY", "Loop"]
 
 SYNC_EVERY = 16
 """The loop waits on the device at least once every this many steps (and at the end)."""
 
 MAX_FUSED_STEPS = 8
-"""Default and largest `max_fused_steps`: at most this many steps run in one compiled call.
-A call's losses are checked after the next call is dispatched, so with two calls in flight
-a NaN surfaces at most `SYNC_EVERY - 1` steps late."""
+"""The default `max_fused_steps`: at most this many steps run in one compiled call."""
+
+FUSED_STEPS_LIMIT = 32
+"""The largest `max_fused_steps`. A call's losses are read after the next call is
+dispatched, so with two calls in flight a NaN surfaces at most `2 * max_fused_steps - 1`
+steps late (15 with the default 8, 63 at this limit)."""
 
 
 class Loop(LoopEvents, KerasInterop, DataPosition):
@@ -123,7 +126,8 @@ class Loop(LoopEvents, KerasInterop, DataPosition):
     the next one, except every `SYNC_EVERY` (16) steps and at the end of a
     run. There it also checks the batch losses of the steps since the last
     wait (one small dispatch), so a NaN or Inf batch loss raises
-    `NonFiniteLossError`, naming the first bad step, at most 15 steps after it.
+    `NonFiniteLossError`, naming the first bad step, at most 15 steps after it
+    (`2 * max_fused_steps - 1` steps with fused calls longer than 8).
     The steps in between were trained (their hooks saw the non-finite values,
     and the weights took their updates): keep a checkpoint to go back to.
 
@@ -147,7 +151,9 @@ class Loop(LoopEvents, KerasInterop, DataPosition):
         trainer: a `ktl.Trainer` (or an object with the same `train_step`,
             `global_step` and `reset_train_metrics`), or None.
         max_fused_steps: the most steps run in one compiled call, a power of
-            two from 1 (off) to `MAX_FUSED_STEPS` (8, the default).
+            two from 1 (off) to `FUSED_STEPS_LIMIT` (32); `MAX_FUSED_STEPS` (8) by
+            default. Longer calls dispatch less often, and a NaN loss surfaces up
+            to `2 * max_fused_steps - 1` steps late.
         measure_fusion: True (the default): for each dataset spec, the first
             calls are timed (5 single steps, then 5 fused calls of 2 steps,
             each waited on) and fused calls are kept only if a fused step
@@ -205,11 +211,11 @@ class Loop(LoopEvents, KerasInterop, DataPosition):
     @max_fused_steps.setter
     def max_fused_steps(self, value: int) -> None:
         value = check_max_fused_steps(value)
-        if value > MAX_FUSED_STEPS:
+        if value > FUSED_STEPS_LIMIT:
             raise ValueError(
-                f"max_fused_steps may not exceed {MAX_FUSED_STEPS}: with two calls in flight, "
-                f"a NaN loss must surface within SYNC_EVERY={SYNC_EVERY} steps. Received: "
-                f"max_fused_steps={value}. Fix: pass a power of two up to {MAX_FUSED_STEPS}."
+                f"max_fused_steps may not exceed {FUSED_STEPS_LIMIT}: with two calls in flight, "
+                f"a NaN loss surfaces up to 2 * max_fused_steps - 1 steps late. Received: "
+                f"max_fused_steps={value}. Fix: pass a power of two up to {FUSED_STEPS_LIMIT}."
             )
         self._max_fused_steps = value
 

@@ -8,7 +8,8 @@ not read yet and reads it (loop/_loss_watch.py) where waiting costs nothing extr
   loop's `SYNC_EVERY`, 16) the loop waits for the last step and reads them all;
 - a fused call (`dispatched` with its losses): they wait until the next call is
   dispatched, so the device is never idle while the host reads them; with calls of at
-  most 8 steps a NaN surfaces at most 15 steps late. Single steps pending before a
+  most `max_fused_steps` steps (8 by default) a NaN surfaces at most
+  `2 * max_fused_steps - 1` steps late (15). Single steps pending before a
   fused call are read first (`call_starting`).
 
 Contract: a `NonFiniteLossError` names the first bad step (`step`) and the last step

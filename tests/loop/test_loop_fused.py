@@ -205,14 +205,14 @@ def _fake_run(specs, runs, cap):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(specs=_hook_specs, runs=_runs, cap=st.sampled_from([2, 4, 8]))
+@given(specs=_hook_specs, runs=_runs, cap=st.sampled_from([2, 4, 8, 32]))
 def test_schedule_mixes_fire_identically_fused_or_not_and_as_planned(specs, runs, cap):
     fused_trainer, fused, fused_plans = _fake_run(specs, runs, cap)
     plain_trainer, plain, _ = _fake_run(specs, runs, 1)
     assert fused == plain
     assert fused_trainer.total == plain_trainer.total
     assert not plain_trainer.fused_calls
-    assert all(n in {2, 4, 8} and n <= cap for n in fused_trainer.fused_calls)
+    assert all(n in {2, 4, 8, 16, 32} and n <= cap for n in fused_trainer.fused_calls)
     for expected, fired in fused_plans:  # The plan told the recording hooks' steps.
         assert fired == expected
 
@@ -289,10 +289,25 @@ def test_stop_from_a_scheduled_hook_ends_at_its_step(make_trainer):
     assert loop.loop_step == 6 and trainer.global_step == 6
 
 
-@pytest.mark.parametrize("bad", [0, 3, 16, 2.0, True])
-def test_max_fused_steps_must_be_a_power_of_two_up_to_sync_every(make_trainer, bad):
+@pytest.mark.parametrize("bad", [0, 3, 64, 2.0, True])
+def test_max_fused_steps_must_be_a_power_of_two_up_to_32(make_trainer, bad):
     with pytest.raises(ValueError, match="max_fused_steps"):
         ktl.Loop(make_trainer(), max_fused_steps=bad)
+
+
+def test_a_nan_in_calls_of_32_steps_surfaces_within_2_times_32_minus_1_steps(make_trainer):
+    trainer = make_trainer()
+    loop = ktl.Loop(trainer, max_fused_steps=32, measure_fusion=False)  # exact call sizes
+    x = np.ones((4 * 32, 3), np.float32)
+    x[4 * 32 - 4] = np.nan  # batch 31: the last step of the first call of 32
+    with pytest.raises(ktl.NonFiniteLossError) as info:
+        loop.run_steps(ktl.ArrayDataset(x, x[:, :1], batch_size=4, loop_forever=True), 200)
+    assert info.value.step == 31
+    # Steps 0-31 ran in one call, checked once the next call (32-63) was dispatched.
+    assert info.value.detected_at == 63 and info.value.detected_at - info.value.step <= 2 * 32 - 1
+    assert loop.loop_step == 64
+    (executor,) = trainer._cache.executors()
+    assert set(executor.fused_fns) == {32}
 
 
 def test_progress_bar_redraws_let_steps_fuse_and_draw_at_the_same_steps(make_trainer):

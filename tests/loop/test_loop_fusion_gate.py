@@ -175,6 +175,31 @@ def test_loop_keeps_fused_calls_when_they_pay(monkeypatch):
     assert [n for _, n in plan.calls] == trainer.calls
 
 
+def test_reading_the_single_steps_losses_before_a_fused_call_is_not_timed_as_that_call(
+    monkeypatch,
+):
+    # While probing, single steps and fused calls alternate, so each fused call starts by
+    # reading the losses of the single step before it (a wait and a small reduction). A
+    # loop of fused calls never pays that, so the gate must not see it as the call's.
+    clock = _FakeClock()
+    monkeypatch.setattr(_loop, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    trainer = _TimedTrainer(clock, single=1.0, fused_per_step=0.8)
+    loop = ktl.Loop(trainer)
+    check = loop._nonfinite
+    read = check.call_starting
+
+    def slow_read(metrics, step):
+        if check.pending:
+            clock.now += 5.0  # Far more than the fused call's whole gain.
+        read(metrics, step)
+
+    monkeypatch.setattr(check, "call_starting", slow_read)
+    x = np.ones((512, 2), np.float32)
+    loop.run_steps(ktl.ArrayDataset(x, x[:, :1], batch_size=4, loop_forever=True), 64)
+    assert loop.fusion_decisions() == {None: True}
+    assert 8 in trainer.calls
+
+
 def test_loop_stops_probing_at_much_slower_fused_calls(monkeypatch):
     loop, trainer, _ = _run(monkeypatch, single=1.0, fused_per_step=30.0)
     # Compile, two timed singles, the fused compile, fused, single, fused: dropped.

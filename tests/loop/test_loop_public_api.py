@@ -25,6 +25,7 @@ PUBLIC = [
     "n_times_during_loop",
     "periodic_callback",
     "MAX_FUSED_STEPS",
+    "FUSED_STEPS_LIMIT",
     "HookCost",
     "Plan",
     "PlannedHook",
