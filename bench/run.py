@@ -23,6 +23,8 @@ Systems:
             end exactly at the hooks' steps.
     L1_np1  L1_np with Loop(max_fused_steps=1): one call per step.
     L1_dev  L1 fed pre-made device batches (one call per step).
+    L0_np32, L1_np32  L0_np and L1_np with Loop(max_fused_steps=32), the longest calls
+            allowed (a NaN loss then surfaces up to 63 steps late; 15 with the default 8).
 
 On W1 a profile follows (`--profile on|off|only`): a ladder of rungs from A to L1, host-only
 micro-timings and a cProfile of L1_np, in this process and again in a child process pinned to
@@ -498,6 +500,8 @@ def make_systems(data: Data) -> list[System]:
         KtlLoop(data, hooks=True, on_device=False),
         KtlLoop(data, hooks=True, on_device=False, max_fused_steps=1),
         KtlLoop(data, hooks=True, on_device=True),
+        KtlLoop(data, hooks=False, on_device=False, max_fused_steps=32),
+        KtlLoop(data, hooks=True, on_device=False, max_fused_steps=32),
     ]
 
 

@@ -70,6 +70,16 @@ def test_much_slower_fused_calls_end_the_probe_at_once():
     assert gate.decisions() == {"s": False}
 
 
+def test_two_fused_calls_twice_as_slow_as_warm_steps_do_not_end_the_probe():
+    # A run's first calls are often slow (allocations, compile threads finishing): the
+    # early no is for a badly compiled scan (20x), the full probe decides the rest.
+    gate = FusionGate()
+    _probe(gate, single_seconds=1.0, fused_seconds_per_step=2.0, calls=2)
+    assert gate.decisions() == {"s": None}
+    _probe(gate, single_seconds=1.0, fused_seconds_per_step=0.5)
+    assert gate.decisions() == {"s": True}
+
+
 def test_a_compute_bound_step_is_decided_without_compiling_a_fused_call():
     gate = FusionGate()
     gate.record("s", 1, 9.0, host_seconds=0.01)  # the compiling step
