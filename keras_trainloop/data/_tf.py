@@ -141,7 +141,8 @@ class TFDataset:
         self._unsaveable: str | None = None  # Why tf.data cannot save the iterator.
         self._warned_restart = False  # set_state warns once that the data order restarts.
         if can_chunk(input_leaves + label_leaves):  # Up to 8 batches per iterator call.
-            self._chunks, self._chunk_shapes = chunked(tf, tf_dataset)
+            self._chunks, self._chunk_shapes = chunked(tf, tf_dataset, get_inputs, get_labels)
+            self._num_inputs, self._num_leaves = len(input_leaves), len(input_leaves + label_leaves)
             self._stacker: BatchStacker | ChunkReader = ChunkReader(self._read_chunk, self._spec)
         else:  # A tensor of unknown rank: one batch per call, stacked on the host.
             self._chunks = None
@@ -227,17 +228,12 @@ class TFDataset:
         return self._spec, self._get_inputs(element), self._get_labels(element)
 
     def _read_chunk(self) -> tuple[list, list, list, list]:
-        element = self._next_element(self._chunks)
+        element = self._next_element(self._chunks)  # A flat tuple (see `chunked`).
+        i, k = self._num_inputs, self._num_leaves
+        inputs, labels = list(element[:i]), list(element[i:k])
         if not self._chunk_shapes:  # Static shapes: every batch has the stack's.
-            inputs, labels = self._get_inputs(element), self._get_labels(element)
             return inputs, labels, static_shapes(inputs), static_shapes(labels)
-        element, shapes = element
-        return (
-            self._get_inputs(element),
-            self._get_labels(element),
-            self._get_inputs(shapes),
-            self._get_labels(shapes),
-        )
+        return inputs, labels, list(element[k : k + i]), list(element[k + i :])
 
     def reset(self) -> None:
         """Starts a fresh pass; the pipeline is restarted on the next `yield_batch()`.

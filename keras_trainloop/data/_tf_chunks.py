@@ -27,22 +27,32 @@ CHUNK = 8
 """Batches per tf.data iterator call (the Loop's largest fused call by default)."""
 
 
-def chunked(tf: Any, dataset: Any) -> tuple[Any, bool]:
+def chunked(
+    tf: Any, dataset: Any, get_inputs: Callable[[tuple], list], get_labels: Callable[[tuple], list]
+) -> tuple[Any, bool]:
     """`dataset` of `(inputs, labels)` in chunks of `CHUNK` stacked batches.
 
-    Returns the chunked dataset and whether its elements carry each batch's
-    shapes: `((inputs, labels), shapes)` from `padded_batch` when a
-    dimension is unknown (a short last batch, variable lengths); plain
-    `(inputs, labels)` stacks from `batch` when every shape is static (no
-    per-batch function: tf.data's per-element calls cost tens of µs).
+    Each chunk is one flat tuple of tensors, the inputs' leaves then the
+    labels' (`get_inputs`/`get_labels` of an `(inputs, labels)` element give
+    them), so that reading one costs tf.data no nested structure to pack.
+    Returns the chunked dataset and whether the tuple also carries each
+    batch's shapes (one int tensor per leaf after the leaves), from
+    `padded_batch`, when a dimension is unknown (a short last batch, variable
+    lengths); with every shape static it is `batch`, with no per-batch
+    function (tf.data's per-element calls cost tens of µs).
     """
+
+    def leaves(inputs: Any, labels: Any) -> list:
+        element = (inputs, labels)
+        return get_inputs(element) + get_labels(element)
+
     static = all(spec.shape.is_fully_defined() for spec in tf.nest.flatten(dataset.element_spec))
     if static:
-        return dataset.batch(CHUNK).prefetch(2), False
+        return dataset.batch(CHUNK).map(lambda *e: tuple(leaves(*e))).prefetch(2), False
 
-    def with_shapes(inputs: Any, labels: Any) -> Any:
-        element = (inputs, labels)
-        return element, tf.nest.map_structure(tf.shape, element)
+    def with_shapes(inputs: Any, labels: Any) -> tuple:
+        tensors = leaves(inputs, labels)
+        return (*tensors, *(tf.shape(t) for t in tensors))
 
     return dataset.map(with_shapes).padded_batch(CHUNK).prefetch(2), True
 

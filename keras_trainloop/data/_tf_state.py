@@ -30,7 +30,7 @@ import numpy as np
 
 from keras_trainloop.data._common import short_repr
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 """Version of the TFDataset state; `set_state` refuses others."""
 
 _PREFIX = "iterator"

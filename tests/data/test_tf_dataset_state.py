@@ -251,7 +251,7 @@ def test_state_of_a_pipeline_with_other_ops_is_refused_unchanged():
     [
         (lambda s: [s], r"takes the dict that TFDataset.get_state\(\) returns"),
         (lambda s: s | {"dataset": "ArrayDataset"}, r"Received: state=\{'dataset'"),
-        (lambda s: s | {"version": 0}, r"version=0, expected 1"),
+        (lambda s: s | {"version": 0}, r"version=0, expected 2"),
         (
             lambda s: s | {"pending": {"sides": [[1, 1]], "npz": "eA=="}},
             r"its pending batches are not readable",
