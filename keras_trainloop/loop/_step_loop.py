@@ -73,14 +73,14 @@ class StepLoop:
             if read is None:
                 return metrics, True
             n, batch = read
-            start = last
+            start = timed_from = last
             if n == 1:
                 losses = None
                 metrics, dispatch = self._train_one(loop, train_step, step, batch, probe, clock)
             else:
-                flush = clock()
+                flushed = clock()
                 check.call_starting(metrics, step)  # Reads single steps' losses: theirs ...
-                start += clock() - flush  # ... not this call's (the gate compares the two).
+                timed_from += clock() - flushed  # ... not this call's, for the gate's probe.
                 metrics, losses = train_steps(*batch)
                 dispatch = None
             try:
@@ -88,7 +88,7 @@ class StepLoop:
                 spec = batch[0]
                 if probe.active and probe.measures(spec):  # Its whole cost, waited on.
                     jax.block_until_ready(metrics)
-                    probe.record(spec, n, clock() - start, dispatch)
+                    probe.record(spec, n, clock() - timed_from, dispatch)
                 self.last_spec = spec
                 loop.loop_step = step + n - 1  # The step that just finished, for the hooks.
                 if on_step.hooks:

@@ -228,7 +228,7 @@ def test_gate_takes_process_zeros_verdict_at_fixed_points():
     replay = list(verdicts0)
     gate1 = FusionGate()
     gate1.agree = lambda verdict: verdicts1.append(verdict) or replay.pop(0)
-    _probe(gate1, single_seconds=1.0, fused_per_step=3.0)  # Process 1: far slower fused.
+    _probe(gate1, single_seconds=1.0, fused_per_step=4.0)  # Process 1: far slower fused.
     assert gate0.decisions() == gate1.decisions() == {"s": True}
     assert replay == [] and len(verdicts1) == len(verdicts0) == 3
     assert verdicts0 == [None, None, True]  # Host check, second fused call, final.
@@ -237,7 +237,7 @@ def test_gate_takes_process_zeros_verdict_at_fixed_points():
 
 def test_gate_alone_decides_from_its_own_timings_as_before():
     gate = FusionGate()
-    _probe(gate, single_seconds=1.0, fused_per_step=3.0)
+    _probe(gate, single_seconds=1.0, fused_per_step=4.0)  # Over EARLY_NO (3x).
     assert gate.decisions() == {"s": False}
     assert len(gate._probes["s"].fused) == 2  # The early no, after two fused calls.
 
