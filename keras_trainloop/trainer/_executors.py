@@ -59,10 +59,18 @@ class StepCompiler:
         self._context = context
         self._model_fn = model_fn
 
-    def executor(self, graph_type: GraphType, spec: Any, inputs: list, labels: list) -> Executor:
-        """The executor of `spec`, created on first use; the batch checked against it."""
+    def executor(
+        self, graph_type: GraphType, spec: Any, inputs: list, labels: list, stacked: bool = False
+    ) -> Executor:
+        """The executor of `spec`, created on first use; the batch checked against it.
+
+        `stacked`: the arrays hold batches on a leading axis; the first is sliced
+        out only to create the executor (slicing a device array is a dispatch).
+        """
         executor = self.cache.get(graph_type, spec)
         if executor is None:
+            if stacked:
+                inputs, labels = [x[0] for x in inputs], [y[0] for y in labels]
             return self._create(graph_type, spec, inputs, labels)
         _inputs.check_batch(executor, spec, inputs, labels)
         return executor

@@ -265,9 +265,7 @@ class Trainer:
         inputs = _inputs.as_array_list("inputs", inputs, spec)
         labels = _inputs.as_array_list("labels", labels, spec)
         num_steps = _inputs.stacked_count(spec, inputs, labels)
-        executor = self._compiler.executor(
-            GraphType.TRAIN, spec, [x[0] for x in inputs], [y[0] for y in labels]
-        )
+        executor = self._compiler.executor(GraphType.TRAIN, spec, inputs, labels, stacked=True)
         fn = self._compiler.fused_fn(executor, num_steps)
         self._state.ensure_pulled(self._placement.place_state)
         inputs, labels = self._placement.put_stacked(spec, inputs, labels)

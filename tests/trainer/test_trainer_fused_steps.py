@@ -55,6 +55,30 @@ def test_train_steps_first_call_builds_the_model(make_trainer, digits):
     assert trainer.global_step == 2
 
 
+def test_train_steps_on_device_arrays_slices_none_once_the_executor_exists(
+    make_trainer, digits, monkeypatch
+):
+    import jax.numpy as jnp
+
+    x, y, _, _ = digits
+    xs, ys = (jnp.asarray(a) for a in _stack(x, y, 4, 16))
+    keras.utils.set_random_seed(0)
+    on_device = make_trainer()
+    on_device.train_steps(None, [xs], [ys])  # Creates the executor from the first batch.
+    sliced = []
+    array_type = type(xs)  # jax's concrete array class
+    getitem = array_type.__getitem__
+    monkeypatch.setattr(array_type, "__getitem__", lambda a, i: sliced.append(i) or getitem(a, i))
+    _, device_losses = on_device.train_steps(None, [xs], [ys])
+    assert sliced == []  # Slicing a device array is a dispatch of its own, each call.
+    monkeypatch.undo()
+    keras.utils.set_random_seed(0)
+    on_host = make_trainer()
+    on_host.train_steps(None, [np.asarray(xs)], [np.asarray(ys)])
+    _, host_losses = on_host.train_steps(None, [np.asarray(xs)], [np.asarray(ys)])
+    np.testing.assert_array_equal(np.asarray(device_losses), np.asarray(host_losses))
+
+
 @pytest.mark.parametrize(
     "inputs, labels",
     [
