@@ -489,6 +489,7 @@ def _synthetic_mlp(dims: tuple[int, ...], examples: int) -> tuple[np.ndarray, np
 W6_DIMS = (784, 1024, 1024, 1024, 10)
 W6_BATCH = 256
 W6_STEPS = 200
+W6_REPS = 5  # fresh processes per system, interleaved (a run moves by ±10% here)
 
 
 def _since_process_start() -> float:
@@ -522,10 +523,10 @@ def _w6_child(system: str) -> None:
 
 
 def w6_section(log: Callable[[str], None]) -> str:
-    """Wall time of fresh processes training W6_STEPS steps (the median of 3 each, interleaved)."""
+    """Wall time of fresh processes training W6_STEPS steps (W6_REPS each, interleaved)."""
     results: dict[str, list[float]] = {}
     phases: dict[str, list[dict[str, float]]] = {}
-    for _ in range(3):
+    for _ in range(W6_REPS):
         for system in ("keras.fit", "ktl.Loop"):
             cmd = [sys.executable, os.path.abspath(__file__), "--w6-child", system]
             t0 = perf_counter()
@@ -537,9 +538,11 @@ def w6_section(log: Callable[[str], None]) -> str:
             phases.setdefault(system, []).append(json.loads(done.stdout.strip().splitlines()[-1]))
             log(f"  W6 {system:10s} {wall:.1f} s")
     loop, fit = statistics.median(results["ktl.Loop"]), statistics.median(results["keras.fit"])
+    ratios = [f / lo for f, lo in zip(results["keras.fit"], results["ktl.Loop"])]
+    paired = statistics.median(ratios)
     rows = [
         (
-            "| system | process start to 200 steps done, s (median of 3) | imports "
+            f"| system | process start to {W6_STEPS} steps done, s (median of {W6_REPS}) | imports "
             "| model built | training (compile included) |"
         ),
         "|---|---:|---:|---:|---:|",
@@ -562,14 +565,16 @@ def w6_section(log: Callable[[str], None]) -> str:
             *rows,
             "",
             (
-                "Phases from process start, each the median of 3: `imports` (Python, jax, "
+                f"Phases from process start, each the median of {W6_REPS}: `imports` (Python, jax, "
                 "keras, keras_trainloop, the same for both), `model built` (the user's Keras "
                 "model, the same), `training` (what differs: compile, setup and the 200 steps)."
             ),
             "",
             (
                 f"Loop speed relative to keras.fit (fit's time / the Loop's): {fit / loop:.2f}x "
-                f"from process start; {fit_train / loop_train:.2f}x for the training phase. "
+                f"from process start (paired per repetition: {paired:.2f}x, range "
+                f"{min(ratios):.2f}-{max(ratios):.2f}x); {fit_train / loop_train:.2f}x for the "
+                "training phase. "
                 f"Issue 13 goal >= 1.1x: {'met' if fit / loop >= 1.1 else 'not met'}."
             ),
             "",
