@@ -37,6 +37,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from keras_trainloop._specs import spec_key
+
 HOST_CHECK_SINGLE = 2
 """Timed single steps before any fused call (the compute-bound check)."""
 
@@ -61,14 +63,6 @@ TOLERANCE = 1.0
 """A fused step is kept if it costs at most this times a single step."""
 
 
-def _key(spec: Any) -> Any:
-    try:
-        hash(spec)
-    except TypeError:
-        return repr(spec)
-    return spec
-
-
 def _next_size(singles: int, fused: int, compiled: set[int]) -> int:
     """The probe's next call size from what it timed so far (one rule for run and plan)."""
     if 1 not in compiled or singles < HOST_CHECK_SINGLE:
@@ -85,7 +79,7 @@ def _next_size(singles: int, fused: int, compiled: set[int]) -> int:
 class _Probe:
     """What was measured for one spec, and the decision once made."""
 
-    __slots__ = ("compiled", "decided", "fused", "host", "keep", "single")
+    __slots__ = ("compiled", "decided", "first", "fused", "host", "keep", "label", "single")
 
     def __init__(self) -> None:
         self.single: list[float] = []  # seconds per single step
@@ -94,6 +88,8 @@ class _Probe:
         self.compiled: set[int] = set()  # call sizes whose first (compiling) call ran
         self.decided = False
         self.keep = True
+        self.label: Any = None  # The spec, or its repr if unhashable (`decisions`' key).
+        self.first: float | None = None  # Seconds of the first single step (it compiled).
 
 
 def _at_host_check(probe: _Probe) -> bool:
@@ -145,10 +141,11 @@ class FusionGate:
         self._probes: dict[Any, _Probe] = {}
 
     def _probe(self, spec: Any) -> _Probe:
-        key = _key(spec)
+        key = spec_key(spec)
         probe = self._probes.get(key)
         if probe is None:
             probe = self._probes[key] = _Probe()
+            probe.label = spec if key is spec else repr(spec)
         return probe
 
     def cap(self, spec: Any, cap: int) -> int:
@@ -159,7 +156,7 @@ class FusionGate:
         """
         if not self.enabled:
             return cap
-        probe = self._probes.get(_key(spec))
+        probe = self._probes.get(spec_key(spec))
         if probe is None:
             return 1
         if probe.decided:
@@ -187,6 +184,8 @@ class FusionGate:
             return
         if num_steps not in probe.compiled:
             probe.compiled.add(num_steps)  # Its first call compiled: not timed.
+            if num_steps == 1:
+                probe.first = seconds
             return
         if num_steps == 1:
             probe.single.append(seconds)
@@ -201,9 +200,20 @@ class FusionGate:
         if verdict is not None:
             probe.keep, probe.decided = verdict, True
 
+    def compile_seconds(self, spec: Any) -> float | None:
+        """How long the first single step for `spec` took, its compile included (None:
+        not timed): what compiling a fused call of it about costs."""
+        probe = self._probes.get(spec_key(spec))
+        return None if probe is None else probe.first
+
+    def step_seconds(self, spec: Any) -> float | None:
+        """The fastest timed single step for `spec` (None: none timed yet)."""
+        probe = self._probes.get(spec_key(spec))
+        return min(probe.single) if probe is not None and probe.single else None
+
     def decisions(self) -> dict[Any, bool | None]:
         """Per spec seen: True (fused kept), False (single steps), None (still probing)."""
-        return {key: (p.keep if p.decided else None) for key, p in self._probes.items()}
+        return {p.label: (p.keep if p.decided else None) for p in self._probes.values()}
 
     def planned_caps(self) -> list[int]:
         """The caps of a run's first calls while it probes (for `loop.plan`); then the loop's.

@@ -161,7 +161,12 @@ class Loop(LoopEvents, KerasInterop, DataPosition):
             under 5% of its time (compute-bound) is decided against fusion
             after the single steps, with no fused compile (see
             `loop/_fusion_gate.py`, `fusion_decisions`). The decision holds
-            for this loop's later runs. False: fuse without measuring.
+            for this loop's later runs. Fused calls compile off the critical
+            path (one process, numpy batches): the steps run one by one
+            while XLA compiles a call size in a background thread, from the
+            second call that asks for it and only when the training ahead
+            outlasts a compile (a short run compiles none). False: fuse
+            without measuring, each call size compiled where first used.
 
     Example:
         loop = ktl.Loop(trainer)

@@ -23,6 +23,7 @@ from typing import Any
 
 import jax
 
+from keras_trainloop._specs import spec_key
 from keras_trainloop.loop._fusion_gate import FusionGate, GateProbe
 from keras_trainloop.loop._loss_watch import batch_size_of
 from keras_trainloop.loop._nonfinite import NonFiniteCheck
@@ -49,6 +50,8 @@ class StepLoop:
         self.nonfinite = nonfinite
         self.last_spec: Any = NO_SPEC
         self.step_seconds: float | None = None
+        self._ready: set[tuple] = set()  # (spec key, n): fused calls compiled.
+        self._asks: dict[tuple, int] = {}  # (spec key, n): calls that asked for them.
 
     def run(self, loop: Any, ds: Any, limit: int, metrics: list) -> tuple[list, bool]:
         """Runs steps until `loop.loop_step == limit` (-1: no limit), the data ends or a stop.
@@ -74,6 +77,7 @@ class StepLoop:
                 return metrics, True
             n, batch = read
             start = timed_from = last
+            fused = True  # False: n steps one by one while their fused call compiles.
             if n == 1:
                 losses = None
                 metrics, dispatch = self._train_one(loop, train_step, step, batch, probe, clock)
@@ -81,12 +85,13 @@ class StepLoop:
                 flushed = clock()
                 check.call_starting(metrics, step)  # Reads single steps' losses: theirs ...
                 timed_from += clock() - flushed  # ... not this call's, for the gate's probe.
-                metrics, losses = train_steps(*batch)
+                fused = self._compiled(loop, n, batch)
+                metrics, losses = train_steps(*batch) if fused else train_steps(*batch, fused=False)
                 dispatch = None
             try:
                 check.dispatched(metrics, step, n, batch_size_of(batch[1], stacked=n > 1), losses)
                 spec = batch[0]
-                if probe.active and probe.measures(spec):  # Its whole cost, waited on.
+                if fused and probe.active and probe.measures(spec):  # Its whole cost, waited.
                     jax.block_until_ready(metrics)
                     probe.record(spec, n, clock() - timed_from, dispatch)
                 self.last_spec = spec
@@ -105,6 +110,44 @@ class StepLoop:
                 step += n
                 loop.loop_step = step  # The one advance: the call's steps were trained.
         return metrics, False
+
+    def _compiled(self, loop: Any, n: int, batch: tuple) -> bool:
+        """Whether the fused call of `n` steps on `batch` runs now, compiled (else the
+        steps run one by one while XLA compiles it in the background).
+
+        With the gate measuring (one process) the calls' sizes are the loop's own
+        choice, so their compiles leave the critical path: a size is compiled in
+        the background the second time a call asks for it (a run's odd-sized last
+        call compiles nothing), and only when the work ahead, at the last step's
+        speed, outlasts a compile (`work_ahead`). `measure_fusion=False` keeps
+        exact fused calls, compiled where they are first made.
+        """
+        key = (spec_key(batch[0]), n)
+        if key in self._ready:
+            return True
+        gate = self.gate
+        prepare = getattr(loop.trainer, "prepare_train_steps", None)
+        if prepare is None or not gate.enabled or gate.agree is not None:
+            self._ready.add(key)
+            return True
+        asks = self._asks[key] = self._asks.get(key, 0) + 1
+        start = asks >= 2 and self.work_ahead(loop, gate.step_seconds(batch[0])) >= (
+            gate.compile_seconds(batch[0]) or 0.0
+        )
+        if prepare(*batch, start=start):
+            self._ready.add(key)
+            return True
+        return False
+
+    def work_ahead(self, loop: Any, step_seconds: float | None) -> float:
+        """Seconds of training ahead, guessed: the run's steps left, or as many as the
+        loop trained so far if more (runs tend to be followed by runs), at
+        `step_seconds` a step (None: the last call's); infinite while the run's end
+        is unknown."""
+        step_seconds = step_seconds or self.step_seconds
+        if loop.end_step < 0 or step_seconds is None:
+            return float("inf")
+        return max(loop.end_step - loop.loop_step, loop.loop_step) * step_seconds
 
     def _train_one(
         self, loop: Any, train_step: Any, step: int, batch: tuple, probe: GateProbe, clock: Any

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from keras_trainloop._describe import short_repr
+from keras_trainloop._specs import spec_key
 
 
 class GraphType(enum.Enum):
@@ -18,15 +19,6 @@ class GraphType(enum.Enum):
 
 class ExecutorLimitError(ValueError, RuntimeError):
     """More distinct specs than `trainer.max_executors` allows."""
-
-
-def spec_key(spec: Any) -> Any:
-    """Hashable specs are keys as they are; unhashable ones are keyed by `repr`."""
-    try:
-        hash(spec)
-    except TypeError:
-        return ("repr", repr(spec))
-    return spec
 
 
 class Executor:
@@ -43,6 +35,8 @@ class Executor:
         fused_trace_counts: how many times each of those was traced.
         fused_unrolled: by step count, whether the fused body was unrolled (a
             step with convolutions: XLA:CPU compiles them badly inside a loop).
+        background: fused functions compiling (or compiled) in the background, by
+            step count and batch signature: their futures (`trainer/_background`).
     """
 
     def __init__(self, spec: Any, graph_type: GraphType, num_inputs: int, num_labels: int):
@@ -55,6 +49,7 @@ class Executor:
         self.fused_fns: dict[int, Callable] = {}
         self.fused_trace_counts: dict[int, int] = {}
         self.fused_unrolled: dict[int, bool] = {}
+        self.background: dict[tuple, Any] = {}
 
     def __repr__(self) -> str:
         return (

@@ -11,9 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import jax
+import numpy as np
+
 from keras_trainloop.context import Context
 from keras_trainloop.trainer import _inputs
 from keras_trainloop.trainer import _interrupts as interrupts
+from keras_trainloop.trainer._background import WORKER
 from keras_trainloop.trainer._build import create_variables
 from keras_trainloop.trainer._cache import Executor, ExecutorCache, GraphType
 from keras_trainloop.trainer._placement import Placement
@@ -120,6 +124,7 @@ class StepCompiler:
             return step_fn(*args)
 
         executor.fused_fns.clear()
+        executor.background.clear()
         executor.fn = self._placement.jit(
             fn, (0, 1) if train else (1,), "train" if train else "eval"
         )
@@ -137,3 +142,29 @@ class StepCompiler:
             fused = fuse(self._maths.train_fn(executor.spec), on_trace)
             fn = executor.fused_fns[num_steps] = self._placement.jit(fused, (0, 1), "fused")
         return fn
+
+    def compiles_in_background(self, arrays: list) -> bool:
+        """Whether a fused call on `arrays` may compile in the background: one process,
+        no distribution or device placement, numpy batches (so the compiled argument
+        types are exactly those of the call)."""
+        placement = self._placement
+        return (
+            placement.distribution is None
+            and placement.put_batch is None
+            and jax.process_count() == 1
+            and all(isinstance(a, np.ndarray) for a in arrays)
+        )
+
+    def fused_ready(self, executor: Executor, num_steps: int, args: tuple, start: bool) -> bool:
+        """Whether the fused call of `num_steps` on `args` is compiled (see
+        `Trainer.prepare_train_steps`); if not and `start`, traces it here and has
+        it compiled in the background."""
+        inputs, labels = args[2], args[3]
+        key = (num_steps, tuple((a.shape, a.dtype) for a in inputs + labels))
+        job = executor.background.get(key)
+        if job is None:
+            if start:
+                lowered = self.fused_fn(executor, num_steps).lower(*args)
+                executor.background[key] = WORKER.submit(lowered)
+            return False
+        return job.done()  # A failed compile: the call compiles (and raises) in front.
