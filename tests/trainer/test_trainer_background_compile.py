@@ -1,0 +1,185 @@
+"""trainer.prepare_train_steps: fused calls compiled off the critical path, and
+train_steps(fused=False): the same steps one call each meanwhile."""
+
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import Future
+
+import jax
+import keras
+import numpy as np
+import pytest
+
+import keras_trainloop as ktl
+from keras_trainloop.trainer import _background, _executors
+
+
+def _stack(x, y, steps, batch):
+    n = steps * batch
+    return x[:n].reshape(steps, batch, -1), y[:n].reshape(steps, batch)
+
+
+class HeldWorker:
+    """A compile worker whose compiles run only when the test says (`finish`)."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def submit(self, lowered):
+        future = Future()
+        self.jobs.append((future, lowered))
+        return future
+
+    def finish(self):
+        for future, lowered in self.jobs:
+            lowered.compile()
+            future.set_result(None)
+
+
+@pytest.fixture
+def held(monkeypatch):
+    worker = HeldWorker()
+    monkeypatch.setattr(_executors, "WORKER", worker)
+    return worker
+
+
+def test_train_steps_one_by_one_equals_the_fused_call_bit_for_bit(make_trainer, digits):
+    x, y, _, _ = digits
+    xs, ys = _stack(x, y, 8, 32)
+    results = []
+    for fused in (True, False):
+        keras.utils.set_random_seed(0)
+        trainer = make_trainer(train_metrics=[ktl.metrics.SparseCategoricalAccuracy()])
+        metrics, losses = trainer.train_steps(None, [xs], [ys], fused=fused)
+        results.append((metrics, np.asarray(losses), trainer.model.get_weights()))
+        assert trainer.global_step == 8
+        (executor,) = trainer._cache.executors()
+        assert executor.fused_trace_counts == ({8: 1} if fused else {})
+    (m1, l1, w1), (m2, l2, w2) = results
+    assert l2.shape == (8,)
+    np.testing.assert_array_equal(l1, l2)
+    for a, b in zip(m1, m2):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(w1, w2):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_prepare_compiles_in_the_background_and_the_call_then_does_not_trace(
+    make_trainer, digits, held
+):
+    x, y, _, _ = digits
+    xs, ys = _stack(x, y, 4, 32)
+    trainer = make_trainer()
+    trainer.train_step(None, [x[:32]], [y[:32]])
+    assert not trainer.prepare_train_steps(None, [xs], [ys], start=False)
+    assert held.jobs == []  # Not asked to start: nothing traced or queued.
+    assert not trainer.prepare_train_steps(None, [xs], [ys])
+    assert not trainer.prepare_train_steps(None, [xs], [ys])  # Still compiling ...
+    assert len(held.jobs) == 1  # ... and queued once.
+    (executor,) = trainer._cache.executors()
+    assert executor.fused_trace_counts == {4: 1}  # Traced here, in the caller's thread.
+    held.finish()
+    assert trainer.prepare_train_steps(None, [xs], [ys])
+    trainer.train_steps(None, [xs], [ys])
+    assert executor.fused_trace_counts == {4: 1}  # The call found it compiled.
+    assert trainer.global_step == 5
+    # Another batch shape of the spec is another compile.
+    assert not trainer.prepare_train_steps(None, *([a] for a in _stack(x, y, 4, 16)))
+    assert len(held.jobs) == 2
+
+
+def test_prepare_is_true_where_the_fused_call_compiles_in_the_foreground(
+    make_trainer, digits, held
+):
+    x, y, _, _ = digits
+    xs, ys = _stack(x, y, 4, 32)
+    on_device = make_trainer()
+    on_device.train_step(None, [x[:32]], [y[:32]])
+    assert on_device.prepare_train_steps(None, [jax.numpy.asarray(xs)], [jax.numpy.asarray(ys)])
+    placed = make_trainer().in_device(0)
+    placed.train_step(None, [x[:32]], [y[:32]])
+    assert placed.prepare_train_steps(None, [xs], [ys])
+    assert held.jobs == []
+
+
+def test_a_failed_background_compile_lets_the_call_compile_in_front(
+    make_trainer, digits, monkeypatch
+):
+    x, y, _, _ = digits
+    xs, ys = _stack(x, y, 2, 32)
+
+    class FailingWorker:
+        def submit(self, lowered):
+            future = Future()
+            future.set_exception(RuntimeError("XLA ran out of memory"))
+            return future
+
+    monkeypatch.setattr(_executors, "WORKER", FailingWorker())
+    trainer = make_trainer()
+    trainer.train_step(None, [x[:32]], [y[:32]])
+    assert not trainer.prepare_train_steps(None, [xs], [ys])
+    assert trainer.prepare_train_steps(None, [xs], [ys])  # Done (failed): call it.
+    trainer.train_steps(None, [xs], [ys])
+    assert trainer.global_step == 3
+
+
+def test_compile_worker_runs_in_order_and_drops_the_queue_on_close():
+    ran = []
+
+    class Lowered:
+        def __init__(self, name, fail=False):
+            self.name, self.fail = name, fail
+
+        def compile(self):
+            ran.append(self.name)
+            if self.fail:
+                raise ValueError(self.name)
+
+    worker = _background.CompileWorker()
+    first = worker.submit(Lowered("a"))
+    failing = worker.submit(Lowered("b", fail=True))
+    first.result(timeout=10)
+    with pytest.raises(ValueError, match="b"):
+        failing.result(timeout=10)
+    assert ran == ["a", "b"]
+    worker.close()
+    late = worker.submit(Lowered("c"))
+    with pytest.raises(RuntimeError, match="exiting"):
+        late.result(timeout=1)
+    assert ran == ["a", "b"]
+
+
+def test_the_process_exits_cleanly_while_a_fused_call_compiles(tmp_path):
+    # Exiting while XLA compiles on another thread aborts the interpreter ("FATAL:
+    # exception not rethrown") unless the exit waits for it.
+    script = tmp_path / "exit_while_compiling.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os
+            os.environ["KERAS_BACKEND"] = "jax"
+            import keras, numpy as np
+            import keras_trainloop as ktl
+            from keras_trainloop.trainer import _background
+
+            model = keras.Sequential([keras.Input((64,))] + [
+                keras.layers.Dense(256, "relu") for _ in range(6)] + [keras.layers.Dense(10)])
+            trainer = ktl.Trainer(
+                model, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                keras.optimizers.Adam(1e-3))
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((8, 32, 64), dtype=np.float32)
+            y = rng.integers(0, 10, (8, 32)).astype(np.int32)
+            trainer.train_step(None, [x[0]], [y[0]])
+            assert not trainer.prepare_train_steps(None, [x], [y])
+            print("compiling at exit:", _background.WORKER._thread.is_alive(), flush=True)
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "compiling at exit: True" in done.stdout
+    assert "FATAL" not in done.stderr
