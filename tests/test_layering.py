@@ -32,6 +32,7 @@ LAYER_OF = {
     "_backend": "base",
     "_forwarding": "base",
     "_describe": "base",
+    "_specs": "base",
     "_labels": "base",
     "context": "base",
     "losses": "base",
