@@ -582,6 +582,77 @@ def w6_section(log: Callable[[str], None]) -> str:
     )
 
 
+# W7: a short run of a small model -------------------------------------------------------------
+
+W7_STEPS = 200
+W7_SYSTEMS = ("keras.fit", "ktl.Loop", "ktl.Loop(max_fused_steps=1)")
+
+
+def _w7_child(system: str) -> None:
+    """Trains W1's digits MLP (batch 64) for W7_STEPS steps from a cold process; prints
+    the seconds from process start to the steps done (JSON)."""
+    x, y = _digits()
+    x = x.reshape(len(x), -1)
+    model = _mlp()
+    if system == "keras.fit":
+        model.compile(keras.optimizers.Adam(1e-3), _loss())
+        n = W7_STEPS * 64
+        reps = -(-n // len(x))
+        xs, ys = np.concatenate([x] * reps)[:n], np.concatenate([y] * reps)[:n]
+        model.fit(xs, ys, batch_size=64, epochs=1, verbose=0, shuffle=True)
+    else:
+        trainer = ktl.Trainer(model, _loss(), keras.optimizers.Adam(1e-3))
+        ds = ktl.ArrayDataset(x, y, batch_size=64, shuffle=True, seed=0, loop_forever=True)
+        cap = 1 if system.endswith("(max_fused_steps=1)") else ktl.loop.MAX_FUSED_STEPS
+        ktl.Loop(trainer, max_fused_steps=cap).run_steps(ds, W7_STEPS)
+        assert trainer.global_step == W7_STEPS
+    print(json.dumps({"done": _since_process_start()}))
+
+
+def w7_section(log: Callable[[str], None]) -> str:
+    """A short run: fresh processes, W6_REPS each, interleaved; to the steps done and to exit."""
+    done: dict[str, list[float]] = {s: [] for s in W7_SYSTEMS}
+    exited: dict[str, list[float]] = {s: [] for s in W7_SYSTEMS}
+    for _ in range(W6_REPS):
+        for system in W7_SYSTEMS:
+            cmd = [sys.executable, os.path.abspath(__file__), "--w7-child", system]
+            t0 = perf_counter()
+            run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+            if run.returncode != 0:
+                return f"## W7\n\n{system} failed: {run.stderr[-2000:]}\n"
+            exited[system].append(perf_counter() - t0)
+            done[system].append(json.loads(run.stdout.strip().splitlines()[-1])["done"])
+            log(f"  W7 {system:28s} {exited[system][-1]:.1f} s")
+    rows = [
+        (
+            f"| system | process start to {W7_STEPS} steps done, s (median of {W6_REPS}) "
+            "| to process exit, s |"
+        ),
+        "|---|---:|---:|",
+    ]
+    rows += [
+        f"| {s} | {statistics.median(done[s]):.2f} | {statistics.median(exited[s]):.2f} |"
+        for s in W7_SYSTEMS
+    ]
+    default, plain = W7_SYSTEMS[1], W7_SYSTEMS[2]
+    paired = statistics.median(p / d for p, d in zip(exited[plain], exited[default]))
+    return "\n".join(
+        [
+            f"## W7: a short run, W1's digits MLP 64-128-10, batch 64, {W7_STEPS} steps, cold",
+            "",
+            *rows,
+            "",
+            (
+                "Fused calls compile in a background thread only when the training ahead "
+                "outlasts a compile, so a short run compiles none: the default Loop against "
+                f"`max_fused_steps=1`, to process exit, paired per repetition: {paired:.2f}x "
+                "(1.00: the same; the exit waits for a compile still running)."
+            ),
+            "",
+        ]
+    )
+
+
 # W8: peak memory ------------------------------------------------------------------------------
 
 W8_DIMS = (1024, 4096, 4096, 10)
@@ -664,5 +735,7 @@ def w8_section(log: Callable[[str], None]) -> str:
 
 if __name__ == "__main__" and "--w8-child" in sys.argv:
     _w8_child(sys.argv[sys.argv.index("--w8-child") + 1])
+if __name__ == "__main__" and "--w7-child" in sys.argv:
+    _w7_child(sys.argv[sys.argv.index("--w7-child") + 1])
 if __name__ == "__main__" and "--w6-child" in sys.argv:
     _w6_child(sys.argv[sys.argv.index("--w6-child") + 1])

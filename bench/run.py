@@ -142,6 +142,7 @@ EXTRA_WORKLOADS = {
     "W4": more_workloads.W4_TITLE,
     "W5": more_workloads.W5_TITLE,
     "W6": "cold start: process start to 200 steps, MLP 784-1024x3-10, keras.fit vs ktl.Loop",
+    "W7": "a short cold run: W1's MLP for 200 steps, keras.fit vs ktl.Loop vs max_fused_steps=1",
     "W8": "peak RSS of W3's MLP in fresh processes: hand-written, keras.fit, ktl.Loop",
 }
 """Workloads with their own systems (bench/more_workloads.py)."""
@@ -1182,7 +1183,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
         "--workloads",
-        default="W1,W2,W3,W4,W5,W6,W8",
+        default="W1,W2,W3,W4,W5,W6,W7,W8",
         help="comma-separated: W1,W2,W3 (MLPs), W4 (convnet), W5 (tf.data), "
         "W6 (cold start), W8 (peak memory)",
     )
@@ -1254,6 +1255,8 @@ def main(argv: list[str] | None = None) -> None:
                 sections.append(more_workloads.w5_section(steps, reps, log))
             elif name == "W6":
                 sections.append(more_workloads.w6_section(log))
+            elif name == "W7":
+                sections.append(more_workloads.w7_section(log))
             else:
                 sections.append(more_workloads.w8_section(log))
             print(sections[-1], flush=True)
