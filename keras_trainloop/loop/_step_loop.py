@@ -28,6 +28,7 @@ from keras_trainloop.loop._fusion_gate import FusionGate, GateProbe
 from keras_trainloop.loop._loss_watch import batch_size_of
 from keras_trainloop.loop._nonfinite import NonFiniteCheck
 from keras_trainloop.loop._step_source import StepSource, can_fuse
+from keras_trainloop.trainer import interrupts
 
 NO_SPEC = object()
 """`last_spec` before any batch: fusion waits for the gate's probe."""
@@ -52,6 +53,7 @@ class StepLoop:
         self.step_seconds: float | None = None
         self._ready: set[tuple] = set()  # (spec key, n): fused calls compiled.
         self._asks: dict[tuple, int] = {}  # (spec key, n): calls that asked for them.
+        self._started: set[tuple] = set()  # (spec key, n): compiling in the background.
 
     def run(self, loop: Any, ds: Any, limit: int, metrics: list) -> tuple[list, bool]:
         """Runs steps until `loop.loop_step == limit` (-1: no limit), the data ends or a stop.
@@ -86,7 +88,10 @@ class StepLoop:
                 check.call_starting(metrics, step)  # Reads single steps' losses: theirs ...
                 timed_from += clock() - flushed  # ... not this call's, for the gate's probe.
                 fused = self._compiled(loop, n, batch)
-                metrics, losses = train_steps(*batch) if fused else train_steps(*batch, fused=False)
+                if fused:
+                    metrics, losses = train_steps(*batch)
+                else:
+                    metrics, losses = _one_by_one(train_step, batch)
                 dispatch = None
             try:
                 check.dispatched(metrics, step, n, batch_size_of(batch[1], stacked=n > 1), losses)
@@ -134,6 +139,10 @@ class StepLoop:
         start = asks >= 2 and self.work_ahead(loop, gate.step_seconds(batch[0])) >= (
             gate.compile_seconds(batch[0]) or 0.0
         )
+        if asks >= 2 and not start and key not in self._started:
+            return False  # Not worth a compile: no need to ask the trainer again.
+        if start:
+            self._started.add(key)
         if prepare(*batch, start=start):
             self._ready.add(key)
             return True
@@ -168,3 +177,20 @@ class StepLoop:
         dispatch = clock()
         metrics = train_step(spec, inputs, labels)
         return metrics, clock() - dispatch  # The host's share (async dispatch).
+
+
+def _one_by_one(train_step: Any, batch: tuple) -> tuple[list, list]:
+    """The steps of a stacked batch, one `train_step` each (their fused call compiles
+    meanwhile), all under one Ctrl-C guard as the fused call is: all trained or none.
+
+    Returns:
+        The last step's metrics and the batch losses (device scalars), read as a
+        fused call's are.
+    """
+    spec, inputs, labels = batch
+    losses = []
+    with interrupts.guard():
+        for i in range(len(inputs[0])):
+            metrics = train_step(spec, [x[i] for x in inputs], [y[i] for y in labels])
+            losses.append(metrics[0])
+    return metrics, losses

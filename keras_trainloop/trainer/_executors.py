@@ -143,6 +143,10 @@ class StepCompiler:
             fn = executor.fused_fns[num_steps] = self._placement.jit(fused, (0, 1), "fused")
         return fn
 
+    def compiling(self) -> bool:
+        """Whether a fused function of an executor still compiles in the background."""
+        return any(not job.done() for e in self.cache.executors() for job in e.background.values())
+
     def compiles_in_background(self, arrays: list) -> bool:
         """Whether a fused call on `arrays` may compile in the background: one process,
         no distribution or device placement, numpy batches (so the compiled argument

@@ -350,6 +350,11 @@ class Trainer:
         """`eval`'s values by name, as `model.evaluate(return_dict=True)` names them."""
         return self._eval.logs(values)
 
+    @property
+    def compiling(self) -> bool:
+        """Whether fused calls (`prepare_train_steps`) still compile in the background."""
+        return self._compiler.compiling()
+
     # Keras' run protocol ------------------------------------------------------
     @property
     def built(self) -> bool:

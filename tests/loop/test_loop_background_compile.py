@@ -148,8 +148,8 @@ def test_no_compile_starts_when_the_training_ahead_is_shorter_than_a_compile():
     # 990 steps left at 0.1 ms: 0.1 s ahead, a compile takes 0.5 s.
     step_loop = _step_loop(compile_seconds=0.5, step_seconds=0.0001)
     for _ in range(3):
-        _ask(step_loop, trainer, 8)
-    assert trainer.asked == [(8, False)] * 3
+        assert not _ask(step_loop, trainer, 8)
+    assert trainer.asked == [(8, False)]  # Asked once; not worth a compile, not asked again.
     # As many steps trained before as the compile needs: the loop's runs go on.
     _ask(step_loop, trainer, 8, loop_step=6000, end_step=6100)
     assert trainer.asked[-1] == (8, True)

@@ -79,7 +79,9 @@ def test_prepare_compiles_in_the_background_and_the_call_then_does_not_trace(
     assert len(held.jobs) == 1  # ... and queued once.
     (executor,) = trainer._cache.executors()
     assert executor.fused_trace_counts == {4: 1}  # Traced here, in the caller's thread.
+    assert trainer.compiling
     held.finish()
+    assert not trainer.compiling
     assert trainer.prepare_train_steps(None, [xs], [ys])
     trainer.train_steps(None, [xs], [ys])
     assert executor.fused_trace_counts == {4: 1}  # The call found it compiled.
