@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+import keras_trainloop as ktl
+
 
 class Batches:
     """A finite (or looping) dataset of small regression batches, counting its calls.
@@ -84,3 +86,27 @@ class Recorder:
 
     def labels(self):
         return [name for name, _ in self.events]
+
+
+# A real model with dropout, Adam, moving averages and an accuracy metric, and its data --------------------------
+def classifier_data(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    y = (x[:, :3].sum(axis=1) > 0).astype(np.int32)
+    return x, y
+
+
+def classifier_trainer():
+    keras.utils.set_random_seed(1)
+
+    def model_fn(ctx, spec, inputs):
+        h = ctx.layer("hidden", lambda: keras.layers.Dense(16, "relu"))(inputs[0])
+        h = ctx.layer("dropout", lambda: keras.layers.Dropout(0.3))(h, training=ctx.training)
+        return [ctx.layer("logits", lambda: keras.layers.Dense(2))(h)]
+
+    return ktl.Trainer(
+        model_fn,
+        ktl.losses.sparse_categorical_cross_entropy_logits,
+        keras.optimizers.Adam(1e-2),
+        train_metrics=[ktl.metrics.SparseCategoricalAccuracy()],
+    )

@@ -3,72 +3,28 @@ same results and hooks, and a call size compiles only when the loop will use it.
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from types import SimpleNamespace
 
-import keras
 import numpy as np
 import pytest
+from loop_helpers import classifier_data, classifier_trainer
 
 import keras_trainloop as ktl
 from keras_trainloop.loop._fusion_gate import FusionGate
 from keras_trainloop.loop._nonfinite import NonFiniteCheck
 from keras_trainloop.loop._step_loop import StepLoop
-from keras_trainloop.trainer import _executors
-
-
-class HeldWorker:
-    """A compile worker whose compiles run only when the test says (`finish`)."""
-
-    def __init__(self):
-        self.jobs = []
-
-    def submit(self, lowered):
-        future = Future()
-        self.jobs.append((future, lowered))
-        return future
-
-    def finish(self):
-        for future, lowered in self.jobs:
-            if not future.done():
-                lowered.compile()
-                future.set_result(None)
 
 
 @pytest.fixture
-def held(monkeypatch):
-    worker = HeldWorker()
-    monkeypatch.setattr(_executors, "WORKER", worker)
+def held(held_compiles, monkeypatch):
+    worker = held_compiles
     # Compiles "cost nothing": every size asked twice starts (the cost rule is tested below).
     monkeypatch.setattr(FusionGate, "compile_seconds", lambda self, spec: 0.0)
     return worker
 
 
-def _data(n=640, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 8)).astype(np.float32)
-    y = (x[:, :3].sum(axis=1) > 0).astype(np.int32)
-    return x, y
-
-
-def _trainer():
-    keras.utils.set_random_seed(1)
-
-    def model_fn(ctx, spec, inputs):
-        h = ctx.layer("hidden", lambda: keras.layers.Dense(16, "relu"))(inputs[0])
-        h = ctx.layer("dropout", lambda: keras.layers.Dropout(0.3))(h, training=ctx.training)
-        return [ctx.layer("logits", lambda: keras.layers.Dense(2))(h)]
-
-    return ktl.Trainer(
-        model_fn,
-        ktl.losses.sparse_categorical_cross_entropy_logits,
-        keras.optimizers.Adam(1e-2),
-        train_metrics=[ktl.metrics.SparseCategoricalAccuracy()],
-    )
-
-
 def _run(loop, steps, seen):
-    x, y = _data()
+    x, y = classifier_data(640)
     ds = ktl.ArrayDataset(x, y, batch_size=16, shuffle=True, seed=3, loop_forever=True)
     ktl.every_n_steps(
         loop, 10, "log", 0, lambda lp, m: seen.append((lp.loop_step, dict(lp.logs(m))))
@@ -77,9 +33,9 @@ def _run(loop, steps, seen):
 
 
 def test_steps_run_one_by_one_while_their_fused_call_compiles_with_the_same_results(held):
-    single_seen, single = [], ktl.Loop(_trainer(), max_fused_steps=1)
+    single_seen, single = [], ktl.Loop(classifier_trainer(), max_fused_steps=1)
     _run(single, 60, single_seen)
-    seen, loop = [], ktl.Loop(_trainer())
+    seen, loop = [], ktl.Loop(classifier_trainer())
     _run(loop, 60, seen)
     assert held.jobs, "no fused call was compiled in the background"
     (executor,) = loop.trainer._cache.executors()
@@ -103,7 +59,7 @@ def test_steps_run_one_by_one_while_their_fused_call_compiles_with_the_same_resu
 
 
 def test_measure_fusion_false_compiles_each_size_where_it_is_first_used(held):
-    loop = ktl.Loop(_trainer(), measure_fusion=False)
+    loop = ktl.Loop(classifier_trainer(), measure_fusion=False)
     _run(loop, 40, [])
     assert held.jobs == []
     (executor,) = loop.trainer._cache.executors()

@@ -9,33 +9,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from loop_helpers import Batches
+from loop_helpers import Batches, classifier_data, classifier_trainer
 
 import keras_trainloop as ktl
-
-
-# A real model with dropout, Adam, moving averages and an accuracy metric --------------------------
-def _data(n=300, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 8)).astype(np.float32)
-    y = (x[:, :3].sum(axis=1) > 0).astype(np.int32)
-    return x, y
-
-
-def _classifier_trainer():
-    keras.utils.set_random_seed(1)
-
-    def model_fn(ctx, spec, inputs):
-        h = ctx.layer("hidden", lambda: keras.layers.Dense(16, "relu"))(inputs[0])
-        h = ctx.layer("dropout", lambda: keras.layers.Dropout(0.3))(h, training=ctx.training)
-        return [ctx.layer("logits", lambda: keras.layers.Dense(2))(h)]
-
-    return ktl.Trainer(
-        model_fn,
-        ktl.losses.sparse_categorical_cross_entropy_logits,
-        keras.optimizers.Adam(1e-2),
-        train_metrics=[ktl.metrics.SparseCategoricalAccuracy()],
-    )
 
 
 def _record(events, label):
@@ -62,11 +38,11 @@ def _attach_all_schedules(loop, events, ticks):
 
 
 def _train(max_fused_steps, runs):
-    trainer = _classifier_trainer()
+    trainer = classifier_trainer()
     loop = ktl.Loop(trainer, max_fused_steps=max_fused_steps)
     events, ticks = [], [0.0]
     _attach_all_schedules(loop, events, ticks)
-    x, y = _data()
+    x, y = classifier_data()
     forever = ktl.ArrayDataset(x, y, batch_size=32, shuffle=True, seed=3, loop_forever=True)
     finite = ktl.ArrayDataset(x, y, batch_size=32, shuffle=True, seed=4)
     for kind, length in runs:
@@ -95,11 +71,11 @@ def test_every_schedule_fires_at_the_same_steps_with_the_same_metrics_fused_or_n
 
 
 def test_number_of_compiled_sizes_stays_bounded_over_a_long_run():
-    trainer = _classifier_trainer()
+    trainer = classifier_trainer()
     loop = ktl.Loop(trainer)
     ktl.exponential_callback(loop, 3, 1.3, False, "exp", 0, lambda loop, m: None)
     ktl.every_n_steps(loop, 13, "every13", 0, lambda loop, m: None)
-    x, y = _data()
+    x, y = classifier_data()
     loop.run_steps(ktl.ArrayDataset(x, y, batch_size=16, loop_forever=True), 1500)
     (executor,) = trainer._cache.executors()
     assert set(executor.fused_fns) <= {2, 4, 8}

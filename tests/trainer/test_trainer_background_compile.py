@@ -10,43 +10,15 @@ import jax
 import keras
 import numpy as np
 import pytest
+from trainer_helpers import stack_batches
 
 import keras_trainloop as ktl
 from keras_trainloop.trainer import _background, _executors
 
 
-def _stack(x, y, steps, batch):
-    n = steps * batch
-    return x[:n].reshape(steps, batch, -1), y[:n].reshape(steps, batch)
-
-
-class HeldWorker:
-    """A compile worker whose compiles run only when the test says (`finish`)."""
-
-    def __init__(self):
-        self.jobs = []
-
-    def submit(self, lowered):
-        future = Future()
-        self.jobs.append((future, lowered))
-        return future
-
-    def finish(self):
-        for future, lowered in self.jobs:
-            lowered.compile()
-            future.set_result(None)
-
-
-@pytest.fixture
-def held(monkeypatch):
-    worker = HeldWorker()
-    monkeypatch.setattr(_executors, "WORKER", worker)
-    return worker
-
-
 def test_train_steps_one_by_one_equals_the_fused_call_bit_for_bit(make_trainer, digits):
     x, y, _, _ = digits
-    xs, ys = _stack(x, y, 8, 32)
+    xs, ys = stack_batches(x, y, 8, 32)
     results = []
     for fused in (True, False):
         keras.utils.set_random_seed(0)
@@ -66,50 +38,50 @@ def test_train_steps_one_by_one_equals_the_fused_call_bit_for_bit(make_trainer, 
 
 
 def test_prepare_compiles_in_the_background_and_the_call_then_does_not_trace(
-    make_trainer, digits, held
+    make_trainer, digits, held_compiles
 ):
     x, y, _, _ = digits
-    xs, ys = _stack(x, y, 4, 32)
+    xs, ys = stack_batches(x, y, 4, 32)
     trainer = make_trainer()
     trainer.train_step(None, [x[:32]], [y[:32]])
     assert not trainer.prepare_train_steps(None, [xs], [ys], start=False)
-    assert held.jobs == []  # Not asked to start: nothing traced or queued.
+    assert held_compiles.jobs == []  # Not asked to start: nothing traced or queued.
     assert not trainer.prepare_train_steps(None, [xs], [ys])
     assert not trainer.prepare_train_steps(None, [xs], [ys])  # Still compiling ...
-    assert len(held.jobs) == 1  # ... and queued once.
+    assert len(held_compiles.jobs) == 1  # ... and queued once.
     (executor,) = trainer._cache.executors()
     assert executor.fused_trace_counts == {4: 1}  # Traced here, in the caller's thread.
     assert trainer.compiling
-    held.finish()
+    held_compiles.finish()
     assert not trainer.compiling
     assert trainer.prepare_train_steps(None, [xs], [ys])
     trainer.train_steps(None, [xs], [ys])
     assert executor.fused_trace_counts == {4: 1}  # The call found it compiled.
     assert trainer.global_step == 5
     # Another batch shape of the spec is another compile.
-    assert not trainer.prepare_train_steps(None, *([a] for a in _stack(x, y, 4, 16)))
-    assert len(held.jobs) == 2
+    assert not trainer.prepare_train_steps(None, *([a] for a in stack_batches(x, y, 4, 16)))
+    assert len(held_compiles.jobs) == 2
 
 
 def test_prepare_is_true_where_the_fused_call_compiles_in_the_foreground(
-    make_trainer, digits, held
+    make_trainer, digits, held_compiles
 ):
     x, y, _, _ = digits
-    xs, ys = _stack(x, y, 4, 32)
+    xs, ys = stack_batches(x, y, 4, 32)
     on_device = make_trainer()
     on_device.train_step(None, [x[:32]], [y[:32]])
     assert on_device.prepare_train_steps(None, [jax.numpy.asarray(xs)], [jax.numpy.asarray(ys)])
     placed = make_trainer().in_device(0)
     placed.train_step(None, [x[:32]], [y[:32]])
     assert placed.prepare_train_steps(None, [xs], [ys])
-    assert held.jobs == []
+    assert held_compiles.jobs == []
 
 
 def test_a_failed_background_compile_lets_the_call_compile_in_front(
     make_trainer, digits, monkeypatch
 ):
     x, y, _, _ = digits
-    xs, ys = _stack(x, y, 2, 32)
+    xs, ys = stack_batches(x, y, 2, 32)
 
     class FailingWorker:
         def submit(self, lowered):

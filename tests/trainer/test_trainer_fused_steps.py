@@ -3,18 +3,14 @@
 import keras
 import numpy as np
 import pytest
+from trainer_helpers import stack_batches
 
 import keras_trainloop as ktl
 
 
-def _stack(x, y, steps, batch):
-    n = steps * batch
-    return x[:n].reshape(steps, batch, -1), y[:n].reshape(steps, batch)
-
-
 def test_train_steps_matches_train_step_one_batch_at_a_time(make_trainer, digits):
     x, y, _, _ = digits
-    xs, ys = _stack(x, y, 8, 32)
+    xs, ys = stack_batches(x, y, 8, 32)
     keras.utils.set_random_seed(0)  # The weights are drawn at the first step.
     one_by_one = make_trainer(train_metrics=[ktl.metrics.SparseCategoricalAccuracy()])
     losses = []
@@ -38,7 +34,7 @@ def test_train_steps_compiles_once_per_count_and_shares_the_spec_executor(make_t
     trainer = make_trainer()
     trainer.train_step(None, [x[:32]], [y[:32]])
     for steps in (4, 4, 2, 4):
-        trainer.train_steps(None, *([a] for a in _stack(x, y, steps, 32)))
+        trainer.train_steps(None, *([a] for a in stack_batches(x, y, steps, 32)))
     (executor,) = trainer._cache.executors()
     assert executor.fused_trace_counts == {4: 1, 2: 1}
     assert executor.trace_count == 1
@@ -50,7 +46,7 @@ def test_train_steps_first_call_builds_the_model(make_trainer, digits):
     created = []
     trainer = make_trainer()
     trainer.on_exec_creation(lambda executor, graph_type: created.append(graph_type))
-    trainer.train_steps(None, *([a] for a in _stack(x, y, 2, 16)))
+    trainer.train_steps(None, *([a] for a in stack_batches(x, y, 2, 16)))
     assert created == [ktl.GraphType.TRAIN]
     assert trainer.global_step == 2
 
@@ -61,7 +57,7 @@ def test_train_steps_on_device_arrays_slices_none_once_the_executor_exists(
     import jax.numpy as jnp
 
     x, y, _, _ = digits
-    xs, ys = (jnp.asarray(a) for a in _stack(x, y, 4, 16))
+    xs, ys = (jnp.asarray(a) for a in stack_batches(x, y, 4, 16))
     keras.utils.set_random_seed(0)
     on_device = make_trainer()
     on_device.train_steps(None, [xs], [ys])  # Creates the executor from the first batch.
@@ -96,7 +92,7 @@ def test_train_steps_rejects_unstacked_arrays_before_anything_runs(make_trainer,
 
 def test_train_steps_under_a_distribution_matches_train_step(make_trainer, digits):
     x, y, _, _ = digits
-    xs, ys = _stack(x, y, 4, 16)
+    xs, ys = stack_batches(x, y, 4, 16)
     results = []
     for fused in (False, True):
         keras.utils.set_random_seed(0)
@@ -142,7 +138,7 @@ def test_fused_steps_with_convolutions_are_unrolled_and_match_single_steps(digit
 
 def test_fused_steps_without_convolutions_stay_a_rolled_loop(make_trainer, digits):
     x, y, _, _ = digits
-    xs, ys = _stack(x, y, 4, 16)
+    xs, ys = stack_batches(x, y, 4, 16)
     trainer = make_trainer()
     trainer.train_steps(None, [xs], [ys])
     assert trainer._cache.get(ktl.GraphType.TRAIN, None).fused_unrolled == {4: False}
