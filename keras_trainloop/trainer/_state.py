@@ -134,24 +134,6 @@ class TrainState:
             )
         return values, batch_losses
 
-    def train_one_by_one(
-        self, fn: Callable, inputs: list, labels: list, put: Callable | None
-    ) -> tuple[list, Any]:
-        """Runs the jitted single step `fn` on each stacked batch in turn (placed by `put`
-        if given), all under one Ctrl-C guard as one fused call is; returns the last
-        values and the batch losses."""
-        losses = []
-        with interrupts.guard():
-            for i in range(len(inputs[0])):
-                x, y = [a[i] for a in inputs], [a[i] for a in labels]
-                if put is not None:
-                    x, y = put(x, y)
-                (self.values, self.train_mstates), values = fn(
-                    self.values, self.train_mstates, x, y
-                )
-                losses.append(values[0])
-        return values, jnp.stack(losses)
-
     def eval(self, fn: Callable, inputs: list, labels: list) -> list:
         """Runs a jitted eval step on the state; returns the metric values so far."""
         with interrupts.guard():

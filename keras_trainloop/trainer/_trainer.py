@@ -245,7 +245,7 @@ class Trainer:
         return self._placement.put_ahead(spec, list(inputs), list(labels))
 
     def train_steps(
-        self, spec: Any, inputs: Sequence[Any], labels: Sequence[Any], *, fused: bool = True
+        self, spec: Any, inputs: Sequence[Any], labels: Sequence[Any]
     ) -> tuple[list, jax.Array]:
         """Runs `n` train steps in one compiled call (`lax.scan`) over stacked batches.
 
@@ -253,9 +253,7 @@ class Trainer:
         batch_size, ...)`, split over the data axis under a distribution as in
         `train_step`); the results equal `n` calls of `train_step` on `x[0]`,
         `x[1]`, ... One function is compiled per spec and `n`: keep `n` to a
-        few values (the Loop uses powers of two). `fused=False` runs the same
-        steps one call each (no compile of the fused call, e.g. while
-        `prepare_train_steps` has it compiled in the background).
+        few values (the Loop uses powers of two).
 
         Returns:
             `(metrics, batch_losses)`: the last step's metric values and the `n`
@@ -269,10 +267,6 @@ class Trainer:
         num_steps = _inputs.stacked_count(spec, inputs, labels)
         executor = self._compiler.executor(GraphType.TRAIN, spec, inputs, labels, stacked=True)
         self._state.ensure_pulled(self._placement.place_state)
-        if not fused:
-            put = self._placement.put_batch
-            put = None if put is None else (lambda x, y: put(spec, x, y))
-            return self._state.train_one_by_one(executor.fn, inputs, labels, put)
         fn = self._compiler.fused_fn(executor, num_steps)
         inputs, labels = self._placement.put_stacked(spec, inputs, labels)
         return self._state.train_fused(fn, inputs, labels)
@@ -283,8 +277,8 @@ class Trainer:
         """Whether `train_steps` on stacked batches like these runs without compiling.
 
         If its call is not compiled yet and `start`, it is traced now and XLA
-        compiles it on a background thread while steps go on (`train_steps(...,
-        fused=False)` trains them meanwhile); this returns False until that is
+        compiles it on a background thread while steps go on (`train_step` on
+        each batch trains them meanwhile); this returns False until that is
         done. Where the fused call compiles in the foreground only (several
         processes, a distribution or device placement, batches that are not
         numpy arrays) it returns True: `train_steps` then compiles it.

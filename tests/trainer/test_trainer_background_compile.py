@@ -1,5 +1,5 @@
-"""trainer.prepare_train_steps: fused calls compiled off the critical path, and
-train_steps(fused=False): the same steps one call each meanwhile."""
+"""trainer.prepare_train_steps: fused calls compiled off the critical path (the Loop
+trains the same steps one `train_step` each meanwhile: tests/loop/test_loop_background_compile.py)."""
 
 import subprocess
 import sys
@@ -7,34 +7,10 @@ import textwrap
 from concurrent.futures import Future
 
 import jax
-import keras
-import numpy as np
 import pytest
 from trainer_helpers import stack_batches
 
-import keras_trainloop as ktl
 from keras_trainloop.trainer import _background, _executors
-
-
-def test_train_steps_one_by_one_equals_the_fused_call_bit_for_bit(make_trainer, digits):
-    x, y, _, _ = digits
-    xs, ys = stack_batches(x, y, 8, 32)
-    results = []
-    for fused in (True, False):
-        keras.utils.set_random_seed(0)
-        trainer = make_trainer(train_metrics=[ktl.metrics.SparseCategoricalAccuracy()])
-        metrics, losses = trainer.train_steps(None, [xs], [ys], fused=fused)
-        results.append((metrics, np.asarray(losses), trainer.model.get_weights()))
-        assert trainer.global_step == 8
-        (executor,) = trainer._cache.executors()
-        assert executor.fused_trace_counts == ({8: 1} if fused else {})
-    (m1, l1, w1), (m2, l2, w2) = results
-    assert l2.shape == (8,)
-    np.testing.assert_array_equal(l1, l2)
-    for a, b in zip(m1, m2):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    for a, b in zip(w1, w2):
-        np.testing.assert_array_equal(a, b)
 
 
 def test_prepare_compiles_in_the_background_and_the_call_then_does_not_trace(
