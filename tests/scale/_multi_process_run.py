@@ -282,6 +282,10 @@ def gate_agrees() -> dict:
         record = loop._gate.record
 
         def skewed(spec, num_steps, seconds, host_seconds=None):
+            # Dispatch-bound, as on a quiet machine: under CI load the compute-bound check
+            # could decide on process 0 before any fused call is timed.
+            if host_seconds is not None:
+                host_seconds = max(host_seconds, 0.5 * seconds)
             record(spec, num_steps, seconds * (skew if num_steps > 1 else 1.0), host_seconds)
 
         loop._gate.record = skewed
