@@ -53,7 +53,6 @@ class StepLoop:
         self.step_seconds: float | None = None
         self._ready: set[tuple] = set()  # (spec key, n): fused calls compiled.
         self._asks: dict[tuple, int] = {}  # (spec key, n): calls that asked for them.
-        self._started: set[tuple] = set()  # (spec key, n): compiling in the background.
 
     def run(self, loop: Any, ds: Any, limit: int, metrics: list) -> tuple[list, bool]:
         """Runs steps until `loop.loop_step == limit` (-1: no limit), the data ends or a stop.
@@ -87,11 +86,7 @@ class StepLoop:
                 flushed = clock()
                 check.call_starting(metrics, step)  # Reads single steps' losses: theirs ...
                 timed_from += clock() - flushed  # ... not this call's, for the gate's probe.
-                fused = self._compiled(loop, n, batch)
-                if fused:
-                    metrics, losses = train_steps(*batch)
-                else:
-                    metrics, losses = _one_by_one(train_step, batch)
+                fused, metrics, losses = self._train_stacked(loop, n, batch, train_steps)
                 dispatch = None
             try:
                 check.dispatched(metrics, step, n, batch_size_of(batch[1], stacked=n > 1), losses)
@@ -116,6 +111,17 @@ class StepLoop:
                 loop.loop_step = step  # The one advance: the call's steps were trained.
         return metrics, False
 
+    def _train_stacked(self, loop: Any, n: int, batch: tuple, train_steps: Any) -> tuple:
+        """Trains the `n` stacked steps of `batch`: one fused call if it is compiled
+        (`_compiled`), else one `train_step` each while it compiles.
+
+        Returns:
+            Whether the fused call ran, the last step's metrics and the losses.
+        """
+        if self._compiled(loop, n, batch):
+            return (True, *train_steps(*batch))
+        return (False, *_one_by_one(loop.trainer.train_step, batch))
+
     def _compiled(self, loop: Any, n: int, batch: tuple) -> bool:
         """Whether the fused call of `n` steps on `batch` runs now, compiled (else the
         steps run one by one while XLA compiles it in the background).
@@ -123,9 +129,10 @@ class StepLoop:
         With the gate measuring (one process) the calls' sizes are the loop's own
         choice, so their compiles leave the critical path: a size is compiled in
         the background the second time a call asks for it (a run's odd-sized last
-        call compiles nothing), and only when the work ahead, at the last step's
-        speed, outlasts a compile (`work_ahead`). `measure_fusion=False` keeps
-        exact fused calls, compiled where they are first made.
+        call compiles nothing), and only when the work ahead, at the fastest timed
+        single step, outlasts a compile (`work_ahead`). The trainer knows whether
+        it compiles (`prepare_train_steps`). `measure_fusion=False` keeps exact
+        fused calls, compiled where they are first made.
         """
         key = (spec_key(batch[0]), n)
         if key in self._ready:
@@ -139,10 +146,6 @@ class StepLoop:
         start = asks >= 2 and self.work_ahead(loop, gate.step_seconds(batch[0])) >= (
             gate.compile_seconds(batch[0]) or 0.0
         )
-        if asks >= 2 and not start and key not in self._started:
-            return False  # Not worth a compile: no need to ask the trainer again.
-        if start:
-            self._started.add(key)
         if prepare(*batch, start=start):
             self._ready.add(key)
             return True
