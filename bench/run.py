@@ -1202,7 +1202,7 @@ def main(argv: list[str] | None = None) -> None:
         "--workloads",
         default="W1,W2,W3,W4,W5,W6,W7,W8",
         help="comma-separated: W1,W2,W3 (MLPs), W4 (convnet), W5 (tf.data), "
-        "W6 (cold start), W8 (peak memory)",
+        "W6 (cold start), W7 (short cold run), W8 (peak memory)",
     )
     p.add_argument("--reps", type=int, default=None, help="measured repetitions (per workload)")
     p.add_argument("--steps", type=int, default=None, help="steps per system per repetition")
