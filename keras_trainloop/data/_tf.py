@@ -336,13 +336,20 @@ class TFDataset:
                 warnings.warn(restart_warning(self.name, state.get("reason")), stacklevel=2)
             self.reset()
             return
+        next_files = state.get("next_iterator")
         try:
             pending = decode_stacks(state.get("pending"))
             iterator = self._restored(tf, state.get("iterator"))
-            next_files = state.get("next_iterator")
             next_iterator = None if next_files is None else self._restored(tf, next_files)
         except (ValueError, TypeError, AttributeError) as error:
             raise bad_state(self.name, state, str(error)) from None
+        if self._iterator is not None or self._next_iterator is not None:
+            # The iterators of one pipeline share its reshuffling shuffles' seed generator,
+            # which a restore sets: an old iterator still prefetching would draw seeds from
+            # it behind the restored one's back. Restored again with the old ones gone.
+            self._iterator = self._next_iterator = iterator = next_iterator = None
+            iterator = self._restored(tf, state["iterator"])
+            next_iterator = None if next_files is None else self._restored(tf, next_files)
         held = None
         if state.get("ended"):
             held = EOFError(f"End of dataset {self.name!r}; call reset() to start a new pass.")
