@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -11,6 +10,7 @@ import numpy as np
 
 from keras_trainloop._describe import short_repr
 from keras_trainloop.checkpoints._params import decode_param, encode_param
+from keras_trainloop.checkpoints._process_states import restored_state, saved_entries
 from keras_trainloop.context import SCOPE_SEPARATOR
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -114,7 +114,8 @@ class Checkpoint:
         keep: the number of checkpoints kept (None: all).
         restored_data_state: the data position saved with the restored
             checkpoint (`save(data_state=...)`), None when it has none;
-            `attach_checkpoint` hands it to the next run's dataset.
+            with several processes, this process's own (each reads its
+            shard). `attach_checkpoint` hands it to the next run's dataset.
         restored_step: the step restored on construction or by `restore()`,
             None when nothing was restored.
 
@@ -238,7 +239,10 @@ class Checkpoint:
         `data_state` is the position of the training data after that step
         (`loop.data_state()`, JSON-serializable), saved with it so a resumed
         run reads exactly the batches an uninterrupted one would;
-        `attach_checkpoint` and `on_step` pass it.
+        `attach_checkpoint` and `on_step` pass it. With several processes
+        each passes its own (they read different shards): all are gathered
+        and kept, so every process calls `save` at the same steps (orbax
+        needs that anyway).
 
         Asynchronous unless `async_save=False`: it returns once the values are
         copied. Nothing is written when this Checkpoint already saved (or
@@ -267,7 +271,7 @@ class Checkpoint:
             "optimizer": type(self.trainer.optimizer).__name__,
             "variables": self._describe(variables),
             "params": self._params() if self.include_params else [],
-            "data_state": None if data_state is None else json.dumps(data_state),
+            **saved_entries(data_state),
         }
         self._manager.save(
             step,
@@ -411,8 +415,7 @@ class Checkpoint:
                         target = target.in_scope(part)
                 target.set_param(record["key"], decode_param(record))
         self.restored_step = int(metadata["global_step"])
-        data_state = metadata.get("data_state")
-        self.restored_data_state = None if data_state is None else json.loads(data_state)
+        self.restored_data_state = restored_state(metadata, step, self.directory)
         self._last_saved = self.restored_step
         if self.trainer.optimizer.built:
             self._pending_restore = None

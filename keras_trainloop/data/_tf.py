@@ -129,7 +129,9 @@ class TFDataset:
                 "first in each (inputs, labels) element."
             )
         check_batched(tf_dataset, input_leaves + label_leaves, element_spec)
-        tf_dataset = shard_batches(tf_dataset, check_shard(shard, "TFDataset"))
+        shard = check_shard(shard, "TFDataset")
+        self._shard = None if shard is None else list(shard)  # Recorded in its states.
+        tf_dataset = shard_batches(tf_dataset, shard)
         self._dataset = tf_dataset
         self._get_inputs, self._get_labels = get_inputs, get_labels
         self.name = check_name("tf.data" if name is None else name)
@@ -269,7 +271,7 @@ class TFDataset:
         Returns:
             A dict of plain JSON values: `saved`, the checkpoint files and the
             pending batches as base64 text, whether the pass had ended, and
-            the pipeline's `element_spec` (checked by `set_state`).
+            the pipeline's `element_spec` and `shard` (checked by `set_state`).
         """
         tf = _import_tf()
         state = {
@@ -277,6 +279,7 @@ class TFDataset:
             "version": STATE_VERSION,
             "name": self.name,
             "element_spec": repr(self._dataset.element_spec),
+            "shard": self._shard,
         }
         if self._unsaveable is not None:
             return state | {"saved": False, "reason": self._unsaveable}
@@ -324,12 +327,12 @@ class TFDataset:
 
         Raises:
             ValueError: `state` is not such a dict, comes from a pipeline with
-                another `element_spec`, or tf.data cannot restore its
+                another `element_spec` or `shard`, or tf.data cannot restore its
                 checkpoint into this pipeline (other ops). The position is
                 unchanged then.
         """
         tf = _import_tf()
-        check_state(state, self.name, repr(self._dataset.element_spec))
+        check_state(state, self.name, repr(self._dataset.element_spec), self._shard)
         if not state.get("saved"):
             if not self._warned_restart:
                 self._warned_restart = True

@@ -138,8 +138,10 @@ def decode_stacks(encoded: Any) -> list[tuple[list, list]]:
     return stacks
 
 
-def check_state(state: Any, name: str, element_spec: str) -> None:
-    """Raises unless `state` is a TFDataset state of a pipeline with this `element_spec` repr."""
+def check_state(state: Any, name: str, element_spec: str, shard: list[int] | None) -> None:
+    """Raises unless `state` is a TFDataset state of a pipeline with this `element_spec` repr,
+    reading this `shard` (`[index, count]`, None: all the data; a state without one, from
+    before shards were recorded, is taken as this shard's)."""
     if not isinstance(state, dict) or state.get("dataset") != "TFDataset":
         raise ValueError(
             "TFDataset.set_state takes the dict that TFDataset.get_state() returns. "
@@ -155,6 +157,19 @@ def check_state(state: Any, name: str, element_spec: str) -> None:
             "here. Fix: build the pipeline with the same code and arguments as the one "
             "whose state was saved, or start without the saved state."
         )
+    saved = state.get("shard", shard)
+    if saved != shard:
+        raise ValueError(
+            f"TFDataset {name!r} cannot take a state saved from another shard of the data: "
+            f"shard={_shard_text(saved)} in the state but shard={_shard_text(shard)} here "
+            "(its tf.data checkpoint would read the other shard's batches). Fix: restore "
+            "each process's own state (ktl.checkpoints.Checkpoint keeps one per process), "
+            "or build the dataset with the saved shard."
+        )
+
+
+def _shard_text(shard: Any) -> str:
+    return "None" if shard is None else repr(tuple(shard))
 
 
 def bad_state(name: str, state: dict[str, Any], what: str) -> ValueError:

@@ -246,6 +246,26 @@ def test_state_of_a_pipeline_with_other_ops_is_refused_unchanged():
     np.testing.assert_array_equal(other.yield_batch()[2][0], [4, 5, 6, 7])
 
 
+def test_state_of_another_shard_is_refused_unchanged():
+    # Restored into shard 1, shard 0's tf.data checkpoint would read shard 0's batches.
+    shard0 = ktl.TFDataset(_slices().batch(2), shard=(0, 2))
+    shard0.yield_batch()
+    shard1 = ktl.TFDataset(_slices().batch(2), shard=(1, 2), name="other")
+    shard1.yield_batch()
+    with pytest.raises(
+        ValueError,
+        match=r"'other' cannot take a state saved from another shard of the data: "
+        r"shard=\(0, 2\) in the state but shard=\(1, 2\) here.*Fix: restore each process's own",
+    ):
+        shard1.set_state(shard0.get_state())
+    np.testing.assert_array_equal(shard1.yield_batch()[2][0], [6, 7])
+    with pytest.raises(ValueError, match=r"shard=None in the state but shard=\(1, 2\)"):
+        shard1.set_state(ktl.TFDataset(_slices().batch(2)).get_state())
+    resumed = ktl.TFDataset(_slices().batch(2), shard=(1, 2))
+    resumed.set_state(_round_trip(shard1.get_state()))  # Its own shard's state: taken.
+    np.testing.assert_array_equal(resumed.yield_batch()[2][0], [10, 11])
+
+
 @pytest.mark.parametrize(
     "change, match",
     [

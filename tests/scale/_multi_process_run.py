@@ -422,6 +422,54 @@ def checkpoints(workdir: str) -> dict:
     return out
 
 
+RESUME_STEPS = 10
+
+
+def sharded_resume(workdir: str) -> dict:
+    """A run over sharded tf.data, stopped at a checkpoint and resumed by new objects, trains
+    as a run that did not stop: each process resumes its own shard's position."""
+    import warnings
+
+    import tensorflow as tf
+
+    x, y = digits()
+
+    def dataset() -> ktl.TFDataset:
+        pipeline = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=1)
+        pipeline = pipeline.batch(LOCAL_BATCH, drop_remainder=True).repeat()
+        return ktl.TFDataset(pipeline, shard=ktl.data.process_shard())
+
+    def run(trainer, steps, checkpoint=None) -> list:
+        loop = ktl.Loop(trainer, measure_fusion=False)
+        if checkpoint is not None:
+            ktl.checkpoints.attach_checkpoint(loop, checkpoint)
+        losses = []
+        loop.on_step("losses", 0, lambda lp, m: losses.append(float(m[0])))
+        loop.run_steps(dataset(), steps)
+        return losses
+
+    uninterrupted = run(new_trainer(data_parallel()), 2 * RESUME_STEPS)
+    directory = os.path.join(workdir, "ckpt_sharded_resume")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with ktl.checkpoints.Checkpoint(
+            new_trainer(data_parallel()), directory, async_save=False, restore=False
+        ) as checkpoint:
+            first = run(checkpoint.trainer, RESUME_STEPS, checkpoint)
+        trainer = new_trainer(data_parallel())
+        with ktl.checkpoints.Checkpoint(trainer, directory, async_save=False) as checkpoint:
+            restored_step = checkpoint.restored_step
+            resumed = run(trainer, RESUME_STEPS, checkpoint)
+    return {
+        "restored_step": restored_step,
+        "global_step": trainer.global_step,
+        "warnings": [str(w.message) for w in caught if "data position" in str(w.message)],
+        "first_diff": max_diff(first, uninterrupted[:RESUME_STEPS]),
+        "resumed_diff": max_diff(resumed, uninterrupted[RESUME_STEPS:]),
+        "resumed": resumed,
+    }
+
+
 SCENARIOS = {
     "data_parallel": lambda workdir: losses_match_one_process(data_parallel),
     "model_parallel": lambda workdir: losses_match_one_process(model_parallel),
@@ -432,6 +480,7 @@ SCENARIOS = {
     "periodic_fused": lambda workdir: periodic_hooks_agree(fused=True),
     "prefetch": lambda workdir: prefetched_batches(),
     "checkpoints": checkpoints,
+    "sharded_resume": sharded_resume,
 }
 
 
