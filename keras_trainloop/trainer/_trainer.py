@@ -26,6 +26,7 @@ from keras_trainloop.trainer import _inputs
 from keras_trainloop.trainer._cache import Executor, ExecutorCache, GraphType
 from keras_trainloop.trainer._evaluate import evaluate
 from keras_trainloop.trainer._executors import StepCompiler
+from keras_trainloop.trainer._keras_compile import compile_like_trainer
 from keras_trainloop.trainer._metric_set import metric_sets
 from keras_trainloop.trainer._model import FnModel
 from keras_trainloop.trainer._placement import Placement
@@ -46,7 +47,10 @@ class Trainer:
             is: `trainer.model is model_fn`, its `optimizer` is set to this
             trainer's, and its variables hold the trained weights whenever
             they are read through Keras' JAX state protocol (a callback's
-            `.model`, `trainer.model`) and after every run.
+            `.model`, `trainer.model`) and after every run. If it is not
+            compiled, it is compiled with this trainer's optimizer and its
+            Keras loss and metrics, so that a `.keras` file saved from it
+            (`ModelCheckpoint`) loads compiled, as one saved during `fit`.
         loss_fn: `loss_fn(labels: list, predictions: list) -> array`
             (mean-reduced if not scalar), a `keras.losses.Loss`, a Keras loss
             name, or None to optimize only `ktl.add_loss` terms.
@@ -96,6 +100,10 @@ class Trainer:
         with distribution_lib.scope(distribution):
             self.optimizer = optimizers_lib.get(optimizer)
             self._train, self._eval = metric_sets(train_metrics, eval_metrics, self._loss_fn)
+            if isinstance(model_fn, keras.Model):  # Saved whole, it loads compiled.
+                compile_like_trainer(
+                    model_fn, self.optimizer, loss_fn, eval_metrics or train_metrics
+                )
         self._model_fn = model_fn
         self._cache = ExecutorCache(max_executors or cache_lib.DEFAULT_MAX_EXECUTORS)
         self._last_train: tuple[Any, Executor | None] = (None, None)

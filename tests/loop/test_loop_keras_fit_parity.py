@@ -106,6 +106,48 @@ def test_model_checkpoint_saves_the_users_model_as_keras_file(data, tmp_path):
     )
 
 
+def test_a_keras_file_saved_during_a_run_loads_compiled_as_one_saved_during_fit(data, tmp_path):
+    # The user's model was not compiled: the Trainer compiles it with its own pieces.
+    fit_model, loop_model = twin_models()
+    fit_run(fit_model, data, [keras.callbacks.ModelCheckpoint(str(tmp_path / "fit.keras"))], 2)
+    loop_run(loop_model, data, [keras.callbacks.ModelCheckpoint(str(tmp_path / "loop.keras"))], 2)
+    fit_saved = keras.models.load_model(tmp_path / "fit.keras")
+    loop_saved = keras.models.load_model(tmp_path / "loop.keras")
+    assert fit_saved.compiled and loop_saved.compiled
+    configs = [m.get_compile_config() for m in (loop_saved, fit_saved)]
+    for config in configs:
+        del config["optimizer"]["config"]["name"]  # "adam_1", "adam_2": Keras numbers them.
+    assert configs[0] == configs[1]
+    assert int(loop_saved.optimizer.iterations) == int(fit_saved.optimizer.iterations) == 12
+    for a, b in zip(loop_saved.optimizer.variables, fit_saved.optimizer.variables):
+        _close(a, b)  # The optimizer's state, current when the callback saved.
+    x, y = data[2], data[3]
+    fit_logs = fit_saved.evaluate(x, y, batch_size=BATCH, verbose=0, return_dict=True)
+    loop_logs = loop_saved.evaluate(x, y, batch_size=BATCH, verbose=0, return_dict=True)
+    assert sorted(loop_logs) == sorted(fit_logs) == ["accuracy", "loss"]
+    for key in fit_logs:
+        _close(loop_logs[key], fit_logs[key])
+
+
+def test_only_what_keras_can_load_back_is_compiled_into_the_users_model():
+    compiled = sequential()
+    compiled.compile(keras.optimizers.SGD(0.1), "mse")
+    ktl.Trainer(compiled, "sparse_categorical_crossentropy", "adam")
+    assert compiled.get_compile_config()["loss"] == "mse"  # The user's own compile is kept.
+    python_loss = sequential()
+    ktl.Trainer(python_loss, ktl.losses.sparse_categorical_cross_entropy_logits, "adam")
+    assert not python_loss.compiled  # load_model could not rebuild a Python loss_fn.
+    own_metrics = sequential()
+    ktl.Trainer(
+        own_metrics,
+        keras.losses.SparseCategoricalCrossentropy(),
+        "adam",
+        eval_metrics=[ktl.metrics.SparseCategoricalAccuracy(), keras.metrics.MeanSquaredError()],
+    )
+    metrics = own_metrics.get_compile_config()["metrics"]
+    assert [m["class_name"] for m in metrics] == ["MeanSquaredError"]  # Keras' copy only.
+
+
 def test_saved_weights_load_into_a_fresh_copy_of_the_architecture(data, tmp_path):
     model = sequential()
     loop_run(model, data, [], 1)
