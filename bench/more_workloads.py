@@ -552,15 +552,18 @@ def w6_section(log: Callable[[str], None]) -> str:
             results.setdefault(system, []).append(wall)
             phases.setdefault(system, []).append(json.loads(done.stdout.strip().splitlines()[-1]))
             log(f"  W6 {system:10s} {wall:.1f} s")
-    loop, fit = statistics.median(results["ktl.Loop"]), statistics.median(results["keras.fit"])
-    ratios = [f / lo for f, lo in zip(results["keras.fit"], results["ktl.Loop"])]
+    # The goal's measure: process start to the steps done (the child's own clock); the exit
+    # (interpreter and backends shutting down, the same for both) is shown beside it.
+    done = {system: [q["done"] for q in p] for system, p in phases.items()}
+    loop, fit = statistics.median(done["ktl.Loop"]), statistics.median(done["keras.fit"])
+    ratios = [f / lo for f, lo in zip(done["keras.fit"], done["ktl.Loop"])]
     paired = statistics.median(ratios)
     rows = [
         (
             f"| system | process start to {W6_STEPS} steps done, s (median of {W6_REPS}) | imports "
-            "| model built | training (compile included) |"
+            "| model built | training (compile included) | to process exit, s |"
         ),
-        "|---|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for system, walls in results.items():
         p = phases[system]
@@ -568,8 +571,8 @@ def w6_section(log: Callable[[str], None]) -> str:
         model = statistics.median(q["model"] - q["imports"] for q in p)
         train = statistics.median(q["done"] - q["model"] for q in p)
         rows.append(
-            f"| {system} | {statistics.median(walls):.1f} | {imports:.1f} | {model:.1f} | "
-            f"{train:.1f} |"
+            f"| {system} | {statistics.median(done[system]):.1f} | {imports:.1f} | {model:.1f} "
+            f"| {train:.1f} | {statistics.median(walls):.1f} |"
         )
     fit_train = statistics.median(q["done"] - q["model"] for q in phases["keras.fit"])
     loop_train = statistics.median(q["done"] - q["model"] for q in phases["ktl.Loop"])
@@ -587,7 +590,7 @@ def w6_section(log: Callable[[str], None]) -> str:
             "",
             (
                 f"Loop speed relative to keras.fit (fit's time / the Loop's): {fit / loop:.2f}x "
-                f"from process start (paired per repetition: {paired:.2f}x, range "
+                f"from process start to the steps done (paired per repetition: {paired:.2f}x, range "
                 f"{min(ratios):.2f}-{max(ratios):.2f}x); {fit_train / loop_train:.2f}x for the "
                 "training phase. "
                 f"Issue 13 goal >= 1.1x: {'met' if fit / loop >= 1.1 else 'not met'}."

@@ -48,8 +48,9 @@ def restored_state(metadata: dict[str, Any], step: int, directory: str) -> dict 
     if len(states) != count:
         warnings.warn(
             f"The checkpoint at step {step} in {directory!r} holds the data positions of "
-            f"{len(states)} processes, but this job runs {count}: each process's data order "
-            "starts afresh. Fix: resume with as many processes as saved it.",
+            f"{len(states)} processes, but this job runs {count}: the weights, the optimizer "
+            "and the step are restored, and a run resumed from it starts each process's data "
+            "order afresh. Fix, for an exact resume: run as many processes as saved it.",
             stacklevel=3,
         )
         return None

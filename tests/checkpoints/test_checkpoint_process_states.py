@@ -27,6 +27,7 @@ def test_positions_saved_by_another_number_of_processes_start_the_data_afresh_wi
     with pytest.warns(
         UserWarning,
         match=r"step 7 in '/ckpt' holds the data positions of 2 processes, but this job runs "
-        r"1: each process's data order starts afresh\. Fix: resume with as many processes",
+        r"1: the weights, the optimizer and the step are restored, and a run resumed from it "
+        r"starts each process's data order afresh\. Fix, for an exact resume: run as many",
     ):
         assert restored_state(metadata, 7, "/ckpt") is None

@@ -205,7 +205,8 @@ def test_checkpoints_saved_by_the_job_restore_in_one_process(job, workdir, name)
     import keras_trainloop as ktl
 
     trainer = run.new_trainer()
-    checkpoint = ktl.checkpoints.Checkpoint(trainer, os.path.join(workdir, f"ckpt_{name}"))
+    with pytest.warns(UserWarning, match="holds the data positions of 2 processes"):
+        checkpoint = ktl.checkpoints.Checkpoint(trainer, os.path.join(workdir, f"ckpt_{name}"))
     x, y = run.digits()
     trainer.eval_step(None, [x[:32]], [y[:32]])  # Creates the variables: restores them.
     assert checkpoint.restored_step == trainer.global_step == 40
