@@ -26,10 +26,12 @@ And the host feed alone: `yield_batches(8)` per call; and the pipeline's own spe
 read inside tf.data (`take(n).reduce`, no Python per batch).
 
 W6: cold start: process start to 200 steps done, MLP 784-1024x3-10, batch 256, Adam, synthetic
-data, each system in a fresh process (wall time of the whole process, imports included).
+data, each system in a fresh process: from process start (imports included) to the steps
+done, by the child's own clock; the whole process's wall time (to exit) beside it.
 
 W8: peak RSS of a fresh process that trains W3's MLP (1024-4096-4096-10, batch 1024, Adam)
-for a few steps: the hand-written loop, keras.fit and the Loop, each in its own process.
+for a few steps: the hand-written loop, keras.fit and the Loop, each in its own process
+(W8_REPS processes each, interleaved).
 """
 
 from __future__ import annotations
