@@ -25,11 +25,10 @@ def saved_entries(data_state: dict | None) -> dict[str, Any]:
     """
     import jax
 
-    text = None if data_state is None else json.dumps(data_state)
+    text = json.dumps(data_state)  # "null" for None.
     if jax.process_count() == 1:
-        return {"data_state": text}
-    texts = _gathered(json.dumps(data_state))
-    return {"data_state": None, "data_states": [None if t == "null" else t for t in texts]}
+        return {"data_state": _or_none(text)}
+    return {"data_state": None, "data_states": [_or_none(t) for t in _gathered(text)]}
 
 
 def restored_state(metadata: dict[str, Any], step: int, directory: str) -> dict | None:
@@ -42,8 +41,7 @@ def restored_state(metadata: dict[str, Any], step: int, directory: str) -> dict 
 
     states = metadata.get("data_states")
     if states is None:
-        text = metadata.get("data_state")
-        return None if text is None else json.loads(text)
+        return _loaded(metadata.get("data_state"))
     count = jax.process_count()
     if len(states) != count:
         warnings.warn(
@@ -54,7 +52,15 @@ def restored_state(metadata: dict[str, Any], step: int, directory: str) -> dict 
             stacklevel=3,
         )
         return None
-    text = states[jax.process_index()]
+    return _loaded(states[jax.process_index()])
+
+
+def _or_none(text: str) -> str | None:
+    """A state's JSON text as the metadata holds it: None for no state."""
+    return None if text == "null" else text
+
+
+def _loaded(text: str | None) -> dict | None:
     return None if text is None else json.loads(text)
 
 

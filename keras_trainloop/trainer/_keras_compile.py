@@ -39,9 +39,7 @@ def _keras_metric(metric: Any) -> Any:
     """A metric as `compile` takes it: a name, a copy of a Keras metric, or None (not Keras')."""
     if isinstance(metric, str):
         return metric
-    if type(metric).__module__.startswith("keras_trainloop"):
-        return None
-    if isinstance(metric, keras.metrics.Metric):
+    if isinstance(metric, keras.metrics.Metric):  # ktl.metrics objects are not Keras metrics.
         try:
             return keras.metrics.deserialize(keras.metrics.serialize(metric))
         except (TypeError, ValueError):  # A custom metric Keras cannot rebuild from its config.
