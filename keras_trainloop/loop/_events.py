@@ -42,6 +42,8 @@ class LoopEvents:
         self._on_batch_begin = HookList("OnBatchBegin", "fn(loop, step)")
         self._on_validation_begin = HookList("OnValidationBegin", "fn(loop, ds)")
         self._on_validation_end = HookList("OnValidationEnd", "fn(loop, logs)")
+        self._on_validation_batch_begin = HookList("OnValidationBatchBegin", "fn(loop, batch)")
+        self._on_validation_batch_end = HookList("OnValidationBatchEnd", "fn(loop, logs)")
         self._on_interrupt = HookList("OnInterrupt", "fn(loop, interrupt)")
         self._build_model_first = False
         self._event_logs: dict[str, Any] | None = None  # The current event's Keras logs.
@@ -169,6 +171,27 @@ class LoopEvents:
             TypeError: bad name or priority, or `fn` cannot be called as `fn(loop, logs)`.
         """
         self._on_validation_end.add(name, priority, fn)
+
+    def on_validation_batch_begin(self, name: str, priority: float, fn: OnEpochBeginFn) -> None:
+        """Adds `fn(loop, batch)`, called before each batch of a validation (from 0).
+
+        Raises:
+            TypeError: bad name or priority, or `fn` cannot be called as `fn(loop, batch)`.
+        """
+        self._on_validation_batch_begin.add(name, priority, fn)
+
+    def on_validation_batch_end(self, name: str, priority: float, fn: OnValidationEndFn) -> None:
+        """Adds `fn(loop, logs)`, called after each batch of a validation.
+
+        `logs` holds the validation's values so far (`{"loss": ..., "accuracy":
+        ...}`, as Keras' `on_test_batch_end` gets them), one dict shared by the
+        hooks of the batch. While such a hook is registered a validation waits
+        for the device after every batch.
+
+        Raises:
+            TypeError: bad name or priority, or `fn` cannot be called as `fn(loop, logs)`.
+        """
+        self._on_validation_batch_end.add(name, priority, fn)
 
     def request_built_model(self) -> None:
         """Asks that the model be built before the `on_start` hooks of every run.

@@ -50,6 +50,44 @@ def add_keras_callback(loop: Any, callback: Any, priority: float) -> None:
     _KerasDriver(callback).register(loop, priority)
 
 
+def _metric_direction(metric: Any) -> str | None:
+    """ "up" or "down" for a trainer metric: its Keras metric's direction, else its type's."""
+    direction = getattr(getattr(metric, "keras_metric", None), "_direction", None)
+    if direction in ("up", "down"):
+        return direction
+    return {"accuracy": "up", "loss": "down"}.get(getattr(metric, "metric_type", None))
+
+
+def resolve_auto_mode(callback: Any, trainer: Any) -> None:
+    """Gives a Keras monitor callback in `mode="auto"` the trainer's metric direction.
+
+    `EarlyStopping`, `ModelCheckpoint`, `ReduceLROnPlateau` (Keras' monitor callbacks)
+    find an auto mode's direction among the model's compiled metrics, built by `fit`'s
+    first step; a Loop trains without them, so the monitored metric's direction comes
+    from the trainer's metric of that name, and `callback.mode` becomes `"max"` or
+    `"min"` (what `fit` would pick). Names neither knows stay `"auto"`: Keras then asks
+    for a mode, as under `fit`.
+    """
+    monitor = getattr(callback, "monitor", None)
+    if (
+        getattr(callback, "mode", None) != "auto"
+        or not isinstance(monitor, str)
+        or not hasattr(callback, "_set_monitor_op")  # Not a Keras monitor callback.
+        or getattr(callback, "monitor_op", None) is not None
+    ):
+        return
+    name = monitor.removeprefix("val_")
+    if name == "loss":  # Keras' own rule.
+        return
+    metrics = [*getattr(trainer, "train_metrics", []), *getattr(trainer, "eval_metrics", [])]
+    for metric in metrics:
+        if getattr(metric, "keras_name", None) == name:
+            direction = _metric_direction(metric)
+            if direction is not None:
+                callback.mode = "max" if direction == "up" else "min"
+                return
+
+
 def _steps_per_epoch(loop: Any, ds: Any) -> int | None:
     """`params["steps"]`: the run's steps (`run_steps`), or the dataset's length if known."""
     if not loop.epochs:
@@ -75,6 +113,7 @@ class _KerasDriver:
         self.callback = callback
         self.model: Any = None
         self.epoch_start = 0
+        self.test_batch = 0  # The validation batch running (Keras' `on_test_batch_*`).
 
     def register(self, loop: Any, priority: float) -> None:
         cb = self.callback
@@ -90,6 +129,9 @@ class _KerasDriver:
             loop.on_validation_begin(name, priority, self.on_validation_begin)
         if _overrides(cb, "on_test_end"):
             loop.on_validation_end(name, priority, self.on_validation_end)
+        if _overrides(cb, "on_test_batch_begin", "on_test_batch_end"):
+            loop.on_validation_batch_begin(name, priority, self.on_validation_batch_begin)
+            loop.on_validation_batch_end(name, priority, self.on_validation_batch_end)
         loop.on_end(name, priority, self.on_end)
 
     def _check_stop(self, loop: Any) -> None:
@@ -101,6 +143,7 @@ class _KerasDriver:
         model.stop_training = False
         self.epoch_start = loop.loop_step
         self.callback.set_model(model)
+        resolve_auto_mode(self.callback, loop.trainer)
         self.callback.set_params(
             {
                 "verbose": 1,
@@ -137,6 +180,13 @@ class _KerasDriver:
     def on_validation_begin(self, loop: Any, ds: Any) -> None:
         _ = loop.trainer.model  # The callback may change the weights evaluated (SwapEMAWeights).
         self.callback.on_test_begin({})
+
+    def on_validation_batch_begin(self, loop: Any, batch: int) -> None:
+        self.test_batch = batch
+        self.callback.on_test_batch_begin(batch)
+
+    def on_validation_batch_end(self, loop: Any, logs: dict) -> None:
+        self.callback.on_test_batch_end(self.test_batch, logs)
 
     def on_validation_end(self, loop: Any, logs: dict) -> None:
         _ = loop.trainer.model  # What the callback writes back is used by the next step.

@@ -215,7 +215,16 @@ def validate(loop: Any, validation_data: Any) -> None:
     if loop._on_validation_begin.hooks:
         loop._event_logs = None
         loop._on_validation_begin.fire(loop, validation_data)
-    values = loop.trainer.eval(validation_data, return_dict=True)
+    batch_hooks = {}
+    if loop._on_validation_batch_begin.hooks:
+        batch_hooks["on_batch_begin"] = lambda batch: loop._on_validation_batch_begin.fire(
+            loop, batch
+        )
+    if loop._on_validation_batch_end.hooks:
+        batch_hooks["on_batch_end"] = lambda batch, logs: loop._on_validation_batch_end.fire(
+            loop, logs
+        )
+    values = loop.trainer.eval(validation_data, return_dict=True, **batch_hooks)
     if loop._on_validation_end.hooks:
         loop._on_validation_end.fire(loop, dict(values))
     loop._val_logs = {f"val_{name}": value for name, value in values.items()}

@@ -317,7 +317,14 @@ class Trainer:
             inputs, labels = self._placement.put_batch(spec, inputs, labels)
         return self._state.eval(executor.fn, inputs, labels)
 
-    def eval(self, ds: Dataset, *, return_dict: bool = False) -> list | dict[str, Any]:
+    def eval(
+        self,
+        ds: Dataset,
+        *,
+        return_dict: bool = False,
+        on_batch_begin: Callable[[int], object] | None = None,
+        on_batch_end: Callable[[int, dict[str, Any]], object] | None = None,
+    ) -> list | dict[str, Any]:
         """Evaluates the model on a finite dataset (reset first, with the eval metrics).
 
         Args:
@@ -326,6 +333,12 @@ class Trainer:
                 `eval_metrics`. True: `{name: float}` as
                 `model.evaluate(..., return_dict=True)`: `"loss"` (loss +
                 regularization), then each eval metric under its Keras name.
+            on_batch_begin: called as `on_batch_begin(batch)` before each batch
+                (numbered from 0), as Keras' `on_test_batch_begin`.
+            on_batch_end: called as `on_batch_end(batch, logs)` after each batch,
+                `logs` the values so far by name (as `return_dict=True` gives
+                them, and Keras' `on_test_batch_end` gets them); it waits for
+                the device after every batch.
 
         Raises:
             ValueError: `ds` yielded no batch.
@@ -333,7 +346,13 @@ class Trainer:
         ds = _inputs.as_eval_dataset(ds)
         ds.reset()
         self._reset_eval_metrics()
-        values = evaluate(self.eval_step, ds, _EVAL_SYNC_EVERY)
+        batch_end = None
+        if on_batch_end is not None:
+
+            def batch_end(batch: int, values: list) -> None:
+                on_batch_end(batch, self.eval_logs(values))
+
+        values = evaluate(self.eval_step, ds, _EVAL_SYNC_EVERY, on_batch_begin, batch_end)
         return self.eval_logs(values) if return_dict else values
 
     # Keras-shaped names ----------------------------------------------------------

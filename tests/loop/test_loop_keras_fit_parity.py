@@ -341,3 +341,95 @@ def test_terminate_on_nan_raises_non_finite_loss_error():
     loop.add_keras_callback(keras.callbacks.TerminateOnNaN())
     with pytest.raises(ktl.NonFiniteLossError, match="at step 1"):
         loop.run_epochs(ktl.ArrayDataset(x, np.zeros((8, 1), np.float32), batch_size=4), 3)
+
+
+class _TestBatchRecorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.events = []
+
+    def on_test_begin(self, logs=None):
+        self.events.append(("test_begin",))
+
+    def on_test_batch_begin(self, batch, logs=None):
+        self.events.append(("batch_begin", batch))
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.events.append(("batch_end", batch, dict(logs)))
+
+    def on_test_end(self, logs=None):
+        self.events.append(("test_end", dict(logs)))
+
+
+def test_validation_batches_reach_on_test_batch_hooks_with_fits_logs(data):
+    x, y, xv, yv = data
+    data = (x, y, xv[:75], yv[:75])  # Two validation batches, the last one short.
+    fit_model, loop_model = twin_models()
+    fit_rec, loop_rec = _TestBatchRecorder(), _TestBatchRecorder()
+    fit_run(fit_model, data, [fit_rec], 2)
+    loop_run(loop_model, data, [loop_rec], 2)
+    assert [e[:2] for e in loop_rec.events] == [e[:2] for e in fit_rec.events]
+    assert [e[1] for e in loop_rec.events if e[0] == "batch_end"] == [0, 1, 0, 1]
+    for fit_event, loop_event in zip(fit_rec.events, loop_rec.events):
+        if fit_event[0] == "batch_end":
+            assert set(loop_event[2]) == set(fit_event[2]) == {"loss", "accuracy"}
+            for key in fit_event[2]:
+                _close(loop_event[2][key], fit_event[2][key])
+
+
+@pytest.mark.parametrize("monitor", ["val_accuracy", "accuracy"])
+def test_monitor_callbacks_in_auto_mode_find_the_metrics_direction_as_under_fit(
+    data, tmp_path, monitor
+):
+    def callbacks(directory):
+        return [
+            keras.callbacks.EarlyStopping(monitor=monitor, patience=1, restore_best_weights=True),
+            keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=0),
+            keras.callbacks.ModelCheckpoint(
+                str(directory / "best-{epoch:02d}.weights.h5"),
+                monitor=monitor,
+                save_best_only=True,
+                save_weights_only=True,
+            ),
+        ]
+
+    (tmp_path / "fit").mkdir()
+    (tmp_path / "loop").mkdir()
+    fit_model, loop_model = twin_models()
+    fit_callbacks, loop_callbacks = callbacks(tmp_path / "fit"), callbacks(tmp_path / "loop")
+    sgd = lambda: keras.optimizers.SGD(0.3)
+    history = fit_run(fit_model, data, fit_callbacks, 8, optimizer=sgd())
+    loop = loop_run(loop_model, data, loop_callbacks, 8, optimizer=sgd())
+    assert loop.history.epoch == history.epoch
+    _close(loop.history.history["learning_rate"], history.history["learning_rate"])
+    assert sorted(p.name for p in (tmp_path / "loop").iterdir()) == sorted(
+        p.name for p in (tmp_path / "fit").iterdir()
+    )
+    assert loop_callbacks[0].best_epoch == fit_callbacks[0].best_epoch
+    for fit_w, loop_w in zip(fit_model.get_weights(), loop_model.get_weights()):
+        _close(loop_w, fit_w)  # The best epoch's weights, restored.
+
+
+def test_a_model_fns_metric_gives_auto_mode_its_direction():
+    x, y, xv, yv = digits_data(200, 50)
+
+    def model_fn(ctx, spec, inputs):
+        hidden = ctx.layer("hidden", lambda: keras.layers.Dense(16, activation="relu"))
+        return [ctx.layer("logits", lambda: keras.layers.Dense(10))(hidden(inputs[0]))]
+
+    trainer = ktl.Trainer(
+        model_fn,
+        ktl.losses.sparse_categorical_cross_entropy_logits,
+        "sgd",
+        eval_metrics=["accuracy"],
+    )
+    loop = ktl.Loop(trainer)
+    stopping = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=10)
+    unknown = keras.callbacks.EarlyStopping(monitor="val_nonexistent", patience=10)
+    loop.add_keras_callback(stopping)
+    loop.run_epochs(ktl.ArrayDataset(x, y, batch_size=BATCH), 2, validation_data=(xv, yv))
+    assert stopping.mode == "max"
+    assert stopping.best == max(loop.history.history["val_accuracy"])
+    loop.add_keras_callback(unknown)  # A name no metric has: Keras' own error, as under fit.
+    with pytest.raises(ktl.HookError, match="mode='max'"):
+        loop.run_epochs(ktl.ArrayDataset(x, y, batch_size=BATCH), 1, validation_data=(xv, yv))

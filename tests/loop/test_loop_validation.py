@@ -54,6 +54,35 @@ def test_run_steps_validates_every_validation_freq_steps_and_at_the_end(data):
     assert loop.history.history["val_loss"][-1] == pytest.approx(expected["loss"])
 
 
+def test_validation_batch_hooks_run_in_priority_order_around_each_batch(data):
+    # 60 validation examples: 2 batches of 50 and 10.
+    train, val = _datasets(data)
+    loop = ktl.Loop(_trainer())
+    calls = []
+    loop.on_validation_batch_end("b", 2, lambda loop, logs: calls.append(("end b", logs)))
+    loop.on_validation_batch_end("a", 1, lambda loop, logs: calls.append(("end a", logs)))
+    loop.on_validation_batch_begin("a", 1, lambda loop, batch: calls.append(("begin", batch)))
+    loop.run_epochs(train, 1, validation_data=val)
+    assert [c[0] if c[0] != "begin" else c for c in calls] == [
+        ("begin", 0), "end a", "end b", ("begin", 1), "end a", "end b"
+    ]  # fmt: skip
+    assert calls[1][1] is calls[2][1]  # One logs dict per batch, shared.
+    assert calls[-1][1] == {
+        "loss": loop.history.history["val_loss"][-1],
+        "accuracy": loop.history.history["val_accuracy"][-1],
+    }
+
+    def bad(loop, logs):
+        raise RuntimeError("boom")
+
+    loop.on_validation_batch_end("bad", 0, bad)
+    with pytest.raises(ktl.HookError, match="OnValidationBatchEnd hook 'bad'") as info:
+        loop.run_epochs(train, 1, validation_data=val)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    with pytest.raises(TypeError, match="fn\\(loop, batch\\)"):
+        loop.on_validation_batch_begin("x", 0, lambda: None)
+
+
 def test_run_steps_validation_is_aligned_with_the_global_step_across_runs(data):
     train, val = _datasets(data, loop_forever=True)
     loop = ktl.Loop(_trainer())

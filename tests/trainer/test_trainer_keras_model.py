@@ -116,6 +116,39 @@ def test_eval_return_dict_matches_model_evaluate():
     assert len(trainer.eval(ds)) == 3  # the list, as before
 
 
+def test_eval_batch_functions_see_each_batch_with_evaluates_running_logs():
+    model = _sequential()
+    trainer = ktl.Trainer(model, LOSS, "adam", eval_metrics=["accuracy"])
+    x, y = BATCH
+    trainer.train_step(None, [x], [y])
+    ds = ktl.ArrayDataset(x, y, batch_size=6)  # 3 batches, the last one short.
+    events = []
+    final = trainer.eval(
+        ds,
+        return_dict=True,
+        on_batch_begin=lambda batch: events.append(("begin", batch)),
+        on_batch_end=lambda batch, logs: events.append(("end", batch, logs)),
+    )
+    assert [e[:2] for e in events] == [
+        ("begin", 0), ("end", 0), ("begin", 1), ("end", 1), ("begin", 2), ("end", 2)
+    ]  # fmt: skip
+    twin = _sequential()
+    twin.build((None, 6))
+    twin.set_weights(trainer.model.get_weights())
+    twin.compile(loss=LOSS, metrics=["accuracy"])
+    seen = []
+    recorder = keras.callbacks.LambdaCallback(
+        on_test_batch_end=lambda batch, logs: seen.append(dict(logs))
+    )
+    twin.evaluate(x, y, batch_size=6, verbose=0, callbacks=[recorder])
+    assert len(seen) == 3
+    for (_, _, logs), expected in zip(events[1::2], seen):
+        assert set(logs) == set(expected)
+        for key in expected:
+            assert logs[key] == pytest.approx(expected[key], rel=1e-5)
+    assert events[-1][2] == final
+
+
 def test_max_executors_argument_sets_the_limit():
     trainer = ktl.Trainer(_sequential(), LOSS, "sgd", max_executors=1)
     assert trainer.max_executors == 1
