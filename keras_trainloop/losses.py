@@ -368,18 +368,24 @@ def _keras_loss_names() -> list[str]:
     return sorted(names)
 
 
-def _wrap_keras_loss(loss: keras.losses.Loss) -> LossFn:
+def _wrap_keras_loss(loss: keras.losses.Loss, per_output: bool = False) -> LossFn:
     def keras_loss_fn(labels: list, predictions: list) -> jax.Array:
         labels, predictions = _first(labels, predictions, f"Keras loss {loss.name!r}")
-        if len(labels) > 2:
+        outputs = len(predictions) if per_output else 1
+        if not outputs <= len(labels) <= outputs + 1:
+            each = "one label per output" if outputs > 1 else "labels[0]"
             raise ValueError(
-                f"A Keras loss takes labels[0] and an optional sample weight labels[1]. "
-                f"Received: {len(labels)} labels for loss {loss.name!r}. "
-                "Fix: yield at most [labels, sample_weight], or use a ktl.losses function, "
-                "which also reads a boolean mask."
+                f"A Keras loss takes {each} and an optional sample weight after them. "
+                f"Received: {len(labels)} labels for {outputs} output(s) and loss "
+                f"{loss.name!r}. Fix: yield {outputs} label array(s), optionally followed "
+                "by a sample weight, or use a ktl.losses function, which also reads a "
+                "boolean mask."
             )
-        sample_weight = labels[1] if len(labels) == 2 else None
-        return loss(labels[0], predictions[0], sample_weight=sample_weight)
+        sample_weight = labels[outputs] if len(labels) > outputs else None
+        total = loss(labels[0], predictions[0], sample_weight=sample_weight)
+        for label, prediction in zip(labels[1:outputs], predictions[1:outputs]):
+            total = total + loss(label, prediction, sample_weight=sample_weight)
+        return total
 
     keras_loss_fn.__name__ = loss.name
     keras_loss_fn.keras_loss = loss
@@ -392,7 +398,7 @@ _ACCEPTED = (
 )
 
 
-def as_loss_fn(obj: Any) -> LossFn | None:
+def as_loss_fn(obj: Any, *, per_output: bool = False) -> LossFn | None:
     """Converts what a user passes as `loss_fn` into `fn(labels, predictions)`.
 
     Args:
@@ -404,6 +410,11 @@ def as_loss_fn(obj: Any) -> LossFn | None:
               `"sparse_categorical_crossentropy"`): called as
               `loss(labels[0], predictions[0], sample_weight=labels[1])`, the
               sample weight only when a second label is present.
+        per_output: for a Keras loss, apply it to every prediction as `fit`
+            applies one loss to each output of a Keras model: the sum of
+            `loss(labels[i], predictions[i], sample_weight=labels[n])` over the
+            `n` predictions, the sample weight only when an `n+1`-th label is
+            present. (The Trainer sets it for a user's Keras model.)
 
     Returns:
         The loss function, or None.
@@ -420,7 +431,7 @@ def as_loss_fn(obj: Any) -> LossFn | None:
     if obj is None:
         return None
     if isinstance(obj, keras.losses.Loss):
-        return _wrap_keras_loss(obj)
+        return _wrap_keras_loss(obj, per_output)
     if isinstance(obj, str):
         try:
             loss = keras.losses.get(obj)
@@ -431,7 +442,7 @@ def as_loss_fn(obj: Any) -> LossFn | None:
             ) from error
         if not isinstance(loss, keras.losses.Loss):
             loss = _KerasFunctionLoss(loss)
-        return _wrap_keras_loss(loss)
+        return _wrap_keras_loss(loss, per_output)
     if isinstance(obj, type):
         raise TypeError(
             f"A loss must be {_ACCEPTED}. Received: loss={obj!r}, a class. "
@@ -440,7 +451,7 @@ def as_loss_fn(obj: Any) -> LossFn | None:
     if callable(obj):
         if getattr(obj, "__module__", "").startswith("keras."):
             # Keras loss functions take single arrays, not lists.
-            return _wrap_keras_loss(_KerasFunctionLoss(obj))
+            return _wrap_keras_loss(_KerasFunctionLoss(obj), per_output)
         return obj
     raise TypeError(
         f"A loss must be {_ACCEPTED}. Received: loss={obj!r} of type {type(obj).__name__}. "

@@ -56,7 +56,7 @@ def create_variables(
         if isinstance(model, FnModel) or not model.built:
             trace = TraceState(training=training, spec=spec)
             with context.tracing(trace), keras.StatelessScope():
-                predictions = call_model(model, inputs, training)
+                predictions = call_model(model, inputs, training, spec)
         if training and not model.trainable_variables:
             raise _no_trainable_error(model_fn, spec)
         if optimizer_built and len(model.trainable_variables) != had_trainable:

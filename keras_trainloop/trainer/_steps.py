@@ -26,17 +26,42 @@ from keras_trainloop.trainer._model_losses import get_losses
 _CONVOLUTIONS = frozenset({"conv_general_dilated"})
 
 
-def call_model(model: keras.Model, inputs: list, training: bool) -> list:
+def keras_inputs(model: keras.Model, inputs: list, spec: Any) -> Any:
+    """A batch's inputs as `fit` would pass them to the user's Keras model.
+
+    A model built on a dict of named inputs (a functional model's
+    `keras.Input`s by name) gets a dict when the spec names the inputs (the
+    keys of a dict `x`, the spec the datasets give by default), whatever the
+    order of those keys; otherwise one input as is and several as a list.
+    """
+    struct = getattr(model, "_inputs_struct", None)  # Functional models' input structure.
+    if (
+        isinstance(struct, dict)
+        and isinstance(spec, tuple)
+        and len(spec) == len(inputs)
+        and set(spec) == set(struct)
+    ):
+        return dict(zip(spec, inputs))
+    return inputs[0] if len(inputs) == 1 else inputs
+
+
+def call_model(model: keras.Model, inputs: list, training: bool, spec: Any = None) -> list:
     """Calls the model on a batch's inputs; returns its predictions as a list.
 
     An `FnModel` gets the list (the spec comes from the trace state); a
-    user's Keras model gets one input as is and several as a list, as `fit`
-    would pass them.
+    user's Keras model gets them as `fit` would pass them (`keras_inputs`).
     """
     if isinstance(model, FnModel):
         outputs = keras.Model.__call__(model, inputs, training=training)  # No sync: traced.
     else:
-        outputs = model(inputs[0] if len(inputs) == 1 else inputs, training=training)
+        outputs = model(keras_inputs(model, inputs, spec), training=training)
+        if isinstance(outputs, dict):
+            raise TypeError(
+                f"The model returns a dict of outputs {tuple(outputs)}; the Trainer pairs "
+                "predictions with labels by position (labels are lists). Fix: build the "
+                "model with a list of outputs, e.g. keras.Model(inputs, [out_a, out_b]), "
+                "and give the labels in the same order."
+            )
     return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
 
@@ -147,7 +172,7 @@ class StepMaths:
         trace = TraceState(training=training, global_step=step, spec=spec)
         with self.context.tracing(trace):
             with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
-                predictions = call_model(self.model, inputs, training)
+                predictions = call_model(self.model, inputs, training, spec)
                 layer_losses = list(self.model.losses)
             extra = get_losses(self.context)
         new_ntv = [scope.get_current_value(v) for v in refs_n]

@@ -42,7 +42,9 @@ class Trainer:
     Args:
         model_fn: `model_fn(ctx, spec, inputs: list) -> list` of predictions (a
             single array is wrapped), or a `keras.Layer`/`keras.Model` called
-            on the inputs (one input as is, several as a list). A
+            on the inputs (one input as is, several as a list; a functional
+            model built on a dict of named inputs gets a dict, matched by
+            the keys of the data's dict `x`, which the spec holds). A
             `keras.Model` (Functional, Sequential or subclassed) is used as
             is: `trainer.model is model_fn`, its `optimizer` is set to this
             trainer's, and its variables hold the trained weights whenever
@@ -53,7 +55,11 @@ class Trainer:
             (`ModelCheckpoint`) loads compiled, as one saved during `fit`.
         loss_fn: `loss_fn(labels: list, predictions: list) -> array`
             (mean-reduced if not scalar), a `keras.losses.Loss`, a Keras loss
-            name, or None to optimize only `ktl.add_loss` terms.
+            name, or None to optimize only `ktl.add_loss` terms. With a Keras
+            model of several outputs (a list), a Keras loss applies to each
+            output and its label and the losses are summed, as `fit` does (a
+            sample weight may follow the labels); dict outputs are refused
+            (labels are positional: build the model with a list of outputs).
         optimizer: a `keras.optimizers.Optimizer` or a Keras optimizer name.
         train_metrics: metrics reported by `train_step` after the loss entries
             (moving averages recommended): `ktl.metrics` objects, Keras
@@ -95,7 +101,7 @@ class Trainer:
     ):
         _inputs.check_arguments(model_fn, context, max_executors)
         self._placement = Placement(distribution)
-        self._loss_fn = losses_lib.as_loss_fn(loss_fn)
+        self._loss_fn = losses_lib.as_loss_fn(loss_fn, per_output=isinstance(model_fn, keras.Model))
         self._takes_class_ids = _inputs.takes_class_ids(loss_fn)
         with distribution_lib.scope(distribution):
             self.optimizer = optimizers_lib.get(optimizer)

@@ -201,3 +201,80 @@ def test_a_variable_held_by_reference_reads_and_writes_the_current_state():
     trainer.train_step(None, [x], [y])
     assert np.abs(kernel.numpy()).max() < 0.5  # one SGD step from zeros
     assert trainer.global_step == 4 and int(model.optimizer.iterations) == 4
+
+
+def _named_inputs_model():
+    keras.utils.set_random_seed(3)
+    a, b = keras.Input((5,), name="a"), keras.Input((5,), name="b")
+    scaled_b = keras.layers.Dense(5, use_bias=False)(b)
+    outputs = keras.layers.Dense(1)(keras.layers.Concatenate()([a, scaled_b]))
+    return keras.Model({"a": a, "b": b}, outputs)
+
+
+@pytest.mark.parametrize("source", ["arrays", "tf.data"])
+def test_dict_inputs_reach_a_functional_model_by_name_in_any_key_order(source):
+    rng = np.random.default_rng(0)
+    x = {  # Not in the model's (sorted) order: matched by name, as fit does.
+        "b": rng.normal(size=(48, 5)).astype(np.float32) * 3,
+        "a": rng.normal(size=(48, 5)).astype(np.float32),
+    }
+    y = rng.normal(size=(48, 1)).astype(np.float32)
+    fit_model = _named_inputs_model()
+    fit_model.compile(keras.optimizers.SGD(0.01), loss="mse")
+    history = fit_model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    model = _named_inputs_model()
+    trainer = ktl.Trainer(model, "mse", keras.optimizers.SGD(0.01))
+    if source == "arrays":
+        ds = ktl.as_dataset(x, y, batch_size=16)
+    else:
+        import tensorflow as tf
+
+        ds = ktl.TFDataset(tf.data.Dataset.from_tensor_slices((x, y)).batch(16))
+    loop = ktl.Loop(trainer)
+    loop.run_epochs(ds, 1)
+    assert loop.history.history["loss"][0] == pytest.approx(history.history["loss"][0], rel=1e-5)
+    for fit_w, w in zip(fit_model.get_weights(), model.get_weights()):
+        np.testing.assert_allclose(w, fit_w, rtol=1e-5, atol=1e-6)
+
+
+def _two_outputs_model(as_dict=False):
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((5,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    outputs = [keras.layers.Dense(1)(hidden), keras.layers.Dense(2)(hidden)]
+    return keras.Model(inputs, dict(zip(("r1", "r2"), outputs)) if as_dict else outputs)
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "sample-weight"])
+def test_one_keras_loss_applies_to_each_output_of_a_keras_model_as_in_fit(weighted):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(48, 5)).astype(np.float32)
+    y = [rng.normal(size=(48, 1)).astype(np.float32), rng.normal(size=(48, 2)).astype(np.float32)]
+    sample_weight = rng.uniform(size=48).astype(np.float32) if weighted else None
+    fit_model = _two_outputs_model()
+    fit_model.compile(keras.optimizers.SGD(0.01), loss="mse")
+    history = fit_model.fit(
+        x, y, sample_weight=sample_weight, batch_size=16, epochs=2, shuffle=False, verbose=0
+    )
+    model = _two_outputs_model()
+    loop = ktl.Loop(ktl.Trainer(model, "mse", keras.optimizers.SGD(0.01)))
+    loop.run_epochs(ktl.as_dataset(x, y, sample_weight=sample_weight, batch_size=16), 2)
+    np.testing.assert_allclose(loop.history.history["loss"], history.history["loss"], rtol=1e-5)
+    for fit_w, w in zip(fit_model.get_weights(), model.get_weights()):
+        np.testing.assert_allclose(w, fit_w, rtol=1e-5, atol=1e-6)
+
+
+def test_wrong_label_count_for_a_keras_models_outputs_names_both_counts():
+    x = np.zeros((8, 5), np.float32)
+    trainer = ktl.Trainer(_two_outputs_model(), "mse", "sgd")
+    with pytest.raises(ValueError, match="Received: 1 labels for 2 output"):
+        trainer.train_step(None, [x], [np.zeros((8, 1), np.float32)])
+    assert trainer.global_step == 0
+
+
+def test_dict_outputs_are_a_clear_error_before_anything_runs():
+    x = np.zeros((8, 5), np.float32)
+    trainer = ktl.Trainer(_two_outputs_model(as_dict=True), "mse", "sgd")
+    with pytest.raises(TypeError, match=r"dict of outputs \('r1', 'r2'\).*list of outputs"):
+        trainer.train_step(None, [x], [np.zeros((8, 1), np.float32), np.zeros((8, 2))])
+    assert trainer.global_step == 0
