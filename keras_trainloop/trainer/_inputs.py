@@ -23,6 +23,8 @@ def check_arguments(model_fn: Any, context: Any, max_executors: Any) -> None:
         )
     if not isinstance(model_fn, keras.layers.Layer):
         _check_model_fn_signature(model_fn)
+    if isinstance(model_fn, keras.Model):
+        _check_no_custom_step(model_fn)
     if context is not None and not isinstance(context, Context):
         raise TypeError(
             f"context must be a ktl.Context. Received: context={short_repr(context)}. "
@@ -30,6 +32,23 @@ def check_arguments(model_fn: Any, context: Any, max_executors: Any) -> None:
         )
     if max_executors is not None:
         check_max_executors(max_executors)
+
+
+_KERAS_STEP_METHODS = ("train_step", "test_step", "compute_loss")
+
+
+def _check_no_custom_step(model: keras.Model) -> None:
+    """A model overriding `fit`'s step or loss would be trained without it: refused."""
+    for method in _KERAS_STEP_METHODS:
+        if getattr(type(model), method) is not getattr(keras.Model, method):
+            raise ValueError(
+                f"The model {type(model).__name__} overrides {method}(), which keras.Model.fit "
+                "runs; the Trainer compiles its own step from loss_fn and the metrics and "
+                f"would silently skip it. Received: model_fn={short_repr(model)} with its own "
+                f"{method}. Fix: keep training with model.fit and drive the loop's hooks "
+                "from it (model.fit(..., callbacks=[ktl.Loop(None).as_keras_callback()])), "
+                "or move the logic into loss_fn (and ktl.add_loss)."
+            )
 
 
 def _check_model_fn_signature(model_fn: Any) -> None:

@@ -103,3 +103,13 @@ def test_float_labels_and_other_losses_are_not_range_checked():
     trainer = ktl.Trainer(dense_fn, ktl.losses.mean_squared_error, "adam")
     trainer.train_step(None, [X], [np.full((8, 3), 7.0, np.float32)])
     assert trainer.global_step == 1
+
+
+@pytest.mark.parametrize("method", ["train_step", "test_step", "compute_loss"])
+def test_a_model_with_its_own_fit_step_or_loss_is_refused_with_the_fit_route(method):
+    def overridden(self, *args, **kwargs):
+        raise AssertionError("never called")
+
+    custom = type("Custom", (keras.Model,), {method: overridden, "call": lambda self, x: x})
+    with pytest.raises(ValueError, match=rf"Custom overrides {method}\(\).*as_keras_callback"):
+        ktl.Trainer(custom(), "mse", "sgd")
