@@ -7,6 +7,8 @@ one batch alone, and looking a Keras metric up by name.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import keras
@@ -99,6 +101,30 @@ class KerasMetric(Metric):
 
     def init_state(self) -> list[jax.Array]:
         return [jnp.array(value) for value in self._initial]
+
+    def build_variables(self, labels: list, predictions: list) -> bool:
+        """Creates the Keras metric's variables where Keras makes them at its first update.
+
+        Some Keras metrics (`F1Score`, `FBetaScore`) have no variables until
+        they see their inputs' shapes. Given a batch's labels and predictions
+        (arrays or shape stand-ins), one update on zeros of those shapes
+        creates them; the metric is reset after it and its state template
+        refreshed. Returns whether variables were created (the owner then
+        makes fresh states).
+        """
+        metric = self.keras_metric
+        labels, predictions = as_list(labels), as_list(predictions)
+        if metric.variables or not labels or not predictions:
+            return False
+
+        def zeros(like: Any) -> np.ndarray:
+            dtype = keras.backend.standardize_dtype(getattr(like, "dtype", None) or "float32")
+            return np.zeros((1, *tuple(like.shape)[1:]), dtype)
+
+        metric.update_state(zeros(labels[0]), zeros(predictions[0]))
+        metric.reset_state()
+        self._initial = initial_variables(metric)
+        return bool(self._initial)
 
     def update(self, state, labels, predictions):
         state = keras_update(self.keras_metric, list(state), labels, predictions)

@@ -103,8 +103,11 @@ class StepCompiler:
                 distribution,
                 self._model_fn,
             )
+        outputs = predictions or _output_shapes(self._state.model)
         if self.takes_class_ids:
-            _inputs.check_class_ids(spec, labels, predictions or _output_shapes(self._state.model))
+            _inputs.check_class_ids(spec, labels, outputs)
+        if outputs is not None:
+            self._build_metric_variables(labels, outputs)
         if distribution is not None and placement.update_state_shardings(self._state.variables()):
             for existing in self.cache.executors():  # Compiled for other variables.
                 self._jit(existing)
@@ -112,6 +115,18 @@ class StepCompiler:
         self._jit(executor)
         self.cache.add(executor)
         return executor
+
+    def _build_metric_variables(self, labels: list, outputs: list) -> None:
+        """Keras metrics that make their variables at a first update get them now (F1Score).
+
+        Before any step used them: a metric set whose metrics created variables
+        gets fresh states (nothing was accumulated into the stale ones).
+        """
+        state, maths, sharding = self._state, self._maths, self._placement.replicated
+        if maths.train_metrics.build_variables(labels, outputs):
+            state.train_mstates = maths.train_metrics.new_states(sharding)
+        if maths.eval_metrics.build_variables(labels, outputs):
+            state.eval_mstates = maths.eval_metrics.new_states(sharding)
 
     def _jit(self, executor: Executor) -> None:
         """Sets `executor.fn`: the step jitted with the state's shardings, if distributed."""

@@ -72,6 +72,21 @@ class MetricSet:
         """How many loss entries come first."""
         return len(self.loss_metrics)
 
+    def build_variables(self, labels: list, predictions: list) -> bool:
+        """Lets each metric create variables Keras makes at a first update (see KerasMetric).
+
+        Returns whether any did: the states made before are then stale (the
+        owner makes new ones).
+        """
+        built = False
+        for metric in self.user_metrics:
+            build = getattr(metric, "build_variables", None)
+            if build is not None and build(labels, predictions):
+                built = True
+        if built:
+            self._template = None
+        return built
+
     def new_states(self, sharding: Any) -> list:
         """Fresh states from host templates made once (each leaf gets its own buffer).
 

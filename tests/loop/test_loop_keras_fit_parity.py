@@ -433,3 +433,33 @@ def test_a_model_fns_metric_gives_auto_mode_its_direction():
     loop.add_keras_callback(unknown)  # A name no metric has: Keras' own error, as under fit.
     with pytest.raises(ktl.HookError, match="mode='max'"):
         loop.run_epochs(ktl.ArrayDataset(x, y, batch_size=BATCH), 1, validation_data=(xv, yv))
+
+
+@pytest.mark.parametrize(
+    ("mode", "monitor", "expected"),
+    [
+        ("max", "val_mse", "max"),
+        ("min", "val_loss", "min"),
+        ("auto", "val_mse", "min"),
+        ("auto", "loss", "min"),
+        ("auto", "acc", "max"),
+        ("auto", "val_accuracy", "max"),
+        ("auto", "hinge", "min"),
+        ("auto", "f1_score", "max"),
+    ],
+)
+def test_early_stopping_picks_fits_direction_for_each_kind_of_metric(mode, monitor, expected):
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 2)).astype(np.float32)
+    y = (x[:, :1] > 0.5).astype(np.float32)
+
+    def metrics():
+        return ["mse", "acc", "accuracy", "hinge", keras.metrics.F1Score(name="f1_score")]
+
+    model = keras.Sequential([keras.layers.Dense(1, activation="relu"), keras.layers.Dense(1)])
+    trainer = ktl.Trainer(model, "mae", "adam", train_metrics=metrics(), eval_metrics=metrics())
+    loop = ktl.Loop(trainer)
+    stopping = keras.callbacks.EarlyStopping(patience=0, monitor=monitor, mode=mode)
+    loop.add_keras_callback(stopping)
+    loop.run_epochs(ktl.as_dataset(x, y, batch_size=5), 2, validation_data=(x[:10], y[:10]))
+    assert stopping.monitor_op is (keras.ops.greater if expected == "max" else keras.ops.less)

@@ -278,3 +278,33 @@ def test_dict_outputs_are_a_clear_error_before_anything_runs():
     with pytest.raises(TypeError, match=r"dict of outputs \('r1', 'r2'\).*list of outputs"):
         trainer.train_step(None, [x], [np.zeros((8, 1), np.float32), np.zeros((8, 2))])
     assert trainer.global_step == 0
+
+
+def test_keras_metrics_that_make_their_variables_at_first_update_match_fit():
+    rng = np.random.default_rng(6)
+    x = rng.random((60, 4)).astype(np.float32)
+    y = keras.utils.to_categorical(rng.integers(0, 3, 60), 3)
+
+    def model():
+        keras.utils.set_random_seed(2)
+        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+
+    def f1():
+        return [keras.metrics.F1Score(average="macro")]  # No variables until it sees shapes.
+
+    fit_model = model()
+    fit_model.compile(keras.optimizers.SGD(0.5), "categorical_crossentropy", metrics=f1())
+    history = fit_model.fit(
+        x, y, batch_size=20, epochs=2, shuffle=False, verbose=0, validation_data=(x, y)
+    )
+    trainer = ktl.Trainer(
+        model(),
+        "categorical_crossentropy",
+        keras.optimizers.SGD(0.5),
+        train_metrics=f1(),
+        eval_metrics=f1(),
+    )
+    loop = ktl.Loop(trainer)
+    loop.run_epochs(ktl.as_dataset(x, y, batch_size=20), 2, validation_data=(x, y))
+    for key in ("f1_score", "val_f1_score", "loss"):
+        np.testing.assert_allclose(loop.history.history[key], history.history[key], rtol=1e-5)
