@@ -193,6 +193,17 @@ class StepMaths:
         total = loss if extra is None else (extra if loss is None else loss + extra)
         return total, loss
 
+    def scale_loss(self, total, ov):
+        """`optimizer.scale_loss(total)` with the optimizer's state `ov`, as `fit` scales it.
+
+        A `LossScaleOptimizer` (or any optimizer given `loss_scale_factor`)
+        divides the gradients by its scale in `stateless_apply`, so they are
+        taken of the scaled loss; other optimizers return the loss as is.
+        """
+        (_, _, refs_o), _ = self._refs()
+        with keras.StatelessScope(state_mapping=list(zip(refs_o, ov))):
+            return self.optimizer.scale_loss(total)
+
     def per_step_updates(self, tv, ntv, step):
         """Runs the `add_per_step_update_fn` functions on the updated variables."""
         fns = self.context.per_step_update_fns
@@ -220,9 +231,9 @@ class StepMaths:
             def loss_and_aux(trainable):
                 predictions, new_ntv, extra = self.forward(spec, trainable, ntv, inputs, True, step)
                 total, loss = self.losses(spec, labels, predictions, extra)
-                return total, (predictions, new_ntv, loss)
+                return self.scale_loss(total, ov), (predictions, new_ntv, loss, total)
 
-            (total, (predictions, new_ntv, loss)), grads = jax.value_and_grad(
+            (_, (predictions, new_ntv, loss, total)), grads = jax.value_and_grad(
                 loss_and_aux, has_aux=True
             )(tv)
             new_tv, new_ov = self.optimizer.stateless_apply(ov, grads, tv)

@@ -36,6 +36,14 @@ from keras_trainloop.trainer._steps import StepMaths
 _EVAL_SYNC_EVERY = 16
 
 
+def _loss_scaled(optimizer: keras.optimizers.Optimizer, model_fn: Any) -> Any:
+    """`optimizer` in a `LossScaleOptimizer` under the "mixed_float16" policy, as `fit` wraps it."""
+    policy = getattr(model_fn, "dtype_policy", None) or keras.config.dtype_policy()
+    if policy.name != "mixed_float16" or isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer
+    return keras.optimizers.LossScaleOptimizer(optimizer)
+
+
 class Trainer:
     """Compiles and runs train and eval steps of a model built from plain functions.
 
@@ -61,6 +69,10 @@ class Trainer:
             sample weight may follow the labels); dict outputs are refused
             (labels are positional: build the model with a list of outputs).
         optimizer: a `keras.optimizers.Optimizer` or a Keras optimizer name.
+            Under the "mixed_float16" dtype policy (the model's, else the
+            global one) it is wrapped in a `keras.optimizers.LossScaleOptimizer`
+            (`trainer.optimizer` is the wrapper), as `fit` does; the loss is
+            scaled by the optimizer's `scale_loss` before the gradients.
         train_metrics: metrics reported by `train_step` after the loss entries
             (moving averages recommended): `ktl.metrics` objects, Keras
             metrics or names, or functions `fn(labels, predictions)`.
@@ -104,7 +116,7 @@ class Trainer:
         self._loss_fn = losses_lib.as_loss_fn(loss_fn, per_output=isinstance(model_fn, keras.Model))
         self._takes_class_ids = _inputs.takes_class_ids(loss_fn)
         with distribution_lib.scope(distribution):
-            self.optimizer = optimizers_lib.get(optimizer)
+            self.optimizer = _loss_scaled(optimizers_lib.get(optimizer), model_fn)
             self._train, self._eval = metric_sets(train_metrics, eval_metrics, self._loss_fn)
             if isinstance(model_fn, keras.Model):  # Saved whole, it loads compiled.
                 compile_like_trainer(

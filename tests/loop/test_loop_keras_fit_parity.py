@@ -463,3 +463,39 @@ def test_early_stopping_picks_fits_direction_for_each_kind_of_metric(mode, monit
     loop.add_keras_callback(stopping)
     loop.run_epochs(ktl.as_dataset(x, y, batch_size=5), 2, validation_data=(x[:10], y[:10]))
     assert stopping.monitor_op is (keras.ops.greater if expected == "max" else keras.ops.less)
+
+
+@pytest.fixture
+def mixed_float16():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda: keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-2)),
+        lambda: keras.optimizers.Adam(1e-2, loss_scale_factor=64.0),
+    ],
+    ids=["LossScaleOptimizer", "loss_scale_factor"],
+)
+def test_loss_scaling_optimizers_train_as_under_fit(data, make_optimizer):
+    fit_model, loop_model = twin_models()
+    history = fit_run(fit_model, data, [], 2, optimizer=make_optimizer())
+    loop = loop_run(loop_model, data, [], 2, optimizer=make_optimizer())
+    _close(loop.history.history["loss"], history.history["loss"])
+    for fit_w, loop_w in zip(fit_model.get_weights(), loop_model.get_weights()):
+        _close(loop_w, fit_w)
+
+
+def test_mixed_float16_wraps_the_optimizer_in_loss_scaling_as_fit(data, mixed_float16):
+    fit_model, loop_model = twin_models()
+    history = fit_run(fit_model, data, [], 2)
+    loop = loop_run(loop_model, data, [], 2)
+    assert isinstance(loop.trainer.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert isinstance(fit_model.optimizer, keras.optimizers.LossScaleOptimizer)
+    _close(loop.history.history["loss"], history.history["loss"])
+    for fit_w, loop_w in zip(fit_model.get_weights(), loop_model.get_weights()):
+        _close(np.asarray(loop_w, np.float32), np.asarray(fit_w, np.float32))
+    assert loop.trainer.global_step == int(fit_model.optimizer.iterations)
