@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from keras_trainloop.loop._run_parts import check_count
+from keras_trainloop.loop._run_parts import VAL_LOGS_KEY, check_count
 
 if TYPE_CHECKING:
     import keras
@@ -94,9 +94,11 @@ class KerasInterop:
 
         In `fit`, `loop_step` starts at the model's `optimizer.iterations`
         and counts batches across epochs; `on_start` hooks get `ds=None`;
-        `on_step` and `on_end` hooks get `[logs["loss"], *other logs]`
-        (Keras' running values, Python floats); `epoch` follows Keras'
-        epoch; `loop.stop()` sets `model.stop_training`. Schedules are exact
+        `on_step`, `on_epoch_end` and `on_end` hooks get `[logs["loss"],
+        *other logs]` (Keras' running values, Python floats) and
+        `loop.logs(metrics)` is `fit`'s own logs dict of the event; the epoch
+        and validation hooks fire at fit's epochs and validations (with
+        `ds=None`); `epoch` follows Keras' epoch; `loop.stop()` sets `model.stop_training`. Schedules are exact
         with `steps_per_execution=1` (with k > 1 Keras calls back once per k
         batches, and `loop_step` jumps by k).
 
@@ -115,8 +117,11 @@ class KerasInterop:
         The run-session API for drivers such as `as_keras_callback`: the
         returned `ExternalRun` reports each step (`run.step(step, metrics)`,
         which fires the `on_step` hooks on schedule), epochs
-        (`run.set_epoch(epoch)`) and the end (`run.end(metrics)`, which fires
-        `on_end`). `loop_step`, `start_step`, `end_step`, `epoch` and
+        (`run.epoch_begin(epoch)`, `run.epoch_end(metrics)`, which fire the
+        epoch hooks; `run.set_epoch(epoch)` only sets it), validations
+        (`run.validation_begin()`, `run.validation_end(logs)`) and the end
+        (`run.end(metrics)`, which fires `on_end`). Each may pass the driver's
+        own logs dict (`logs=`): `loop.logs(metrics)` then returns that dict. `loop_step`, `start_step`, `end_step`, `epoch` and
         `train_step_durations` follow it as in `run_steps`; `stop()` sets
         `run.stop_requested`. `on_start` hooks get `ds=None`.
 
@@ -155,23 +160,56 @@ class ExternalRun:
         """The epoch now running (for hooks reading `loop.epoch`)."""
         self.loop.epoch = epoch
 
-    def step(self, step: int, metrics: list) -> None:
+    def epoch_begin(self, epoch: int) -> None:
+        """Epoch `epoch` begins: sets it and fires the `on_epoch_begin` hooks."""
+        loop = self.loop
+        loop.epoch = epoch
+        if loop._on_epoch_begin.hooks:
+            loop._event_logs = None
+            loop._on_epoch_begin.fire(loop, epoch)
+
+    def epoch_end(self, metrics: list, logs: dict | None = None) -> None:
+        """The epoch ended with `metrics` (and the driver's `logs`): fires `on_epoch_end`."""
+        loop = self.loop
+        if loop._on_epoch_end.hooks:
+            loop._event_logs = logs
+            loop._on_epoch_end.fire(loop, metrics)
+        loop.epoch += 1
+
+    def validation_begin(self) -> None:
+        """A validation begins: fires the `on_validation_begin` hooks (with `ds=None`)."""
+        loop = self.loop
+        if loop._on_validation_begin.hooks:
+            loop._event_logs = None
+            loop._on_validation_begin.fire(loop, None)
+
+    def validation_end(self, logs: dict) -> None:
+        """A validation ended with `logs` (no `val_` prefix): fires `on_validation_end`.
+
+        Its values become `loop.shared_data["val_logs"]` (`val_` prefixed).
+        """
+        loop = self.loop
+        if loop._on_validation_end.hooks:
+            loop._on_validation_end.fire(loop, dict(logs))
+        loop.shared_data[VAL_LOGS_KEY] = {f"val_{name}": value for name, value in logs.items()}
+
+    def step(self, step: int, metrics: list, logs: dict | None = None) -> None:
         """Step `step` ran with `metrics`: fires the `on_step` hooks due, then advances."""
         loop = self.loop
         loop.loop_step = step
         self._metrics = metrics
         if loop._on_step.hooks:
-            loop._event_logs = None
+            loop._event_logs = logs
             loop._on_step.fire(loop, metrics)
         now = time.perf_counter()
         loop.train_step_durations.append(now - self._last_time)
         self._last_time = now
         loop.loop_step = step + 1
 
-    def end(self, metrics: list | None = None) -> None:
+    def end(self, metrics: list | None = None, logs: dict | None = None) -> None:
         """The run ended: fires the `on_end` hooks with `metrics` (default: the last step's)."""
         loop = self.loop
         loop.end_step = loop.loop_step
-        loop._event_logs = None
+        loop._event_logs = logs
         if loop._on_end.hooks:
             loop._on_end.fire(loop, self._metrics if metrics is None else metrics)

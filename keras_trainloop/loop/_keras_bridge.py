@@ -226,25 +226,42 @@ class LoopCallback(_Callback):
         self._check_stop()
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._run.set_epoch(epoch)
         self._epoch_base = self.loop.loop_step
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
-        metrics = [logs["loss"]] if "loss" in logs else []
-        metrics += [value for key, value in logs.items() if key != "loss"]
-        if len(metrics) != len(self._names):  # Names of the values, for plugins.
-            self._names = (["loss"] if "loss" in logs else []) + [k for k in logs if k != "loss"]
-            self.loop.shared_data[LOG_NAMES_KEY] = self._names
-        self._run.step(self._epoch_base + batch, metrics)
+        self._run.epoch_begin(epoch)
         self._check_stop()
 
+    def _metrics(self, logs: dict) -> list:
+        """`[logs["loss"], *other logs]`, and the names of those values for plugins."""
+        metrics = [logs["loss"]] if "loss" in logs else []
+        metrics += [value for key, value in logs.items() if key != "loss"]
+        if len(metrics) != len(self._names):
+            self._names = (["loss"] if "loss" in logs else []) + [k for k in logs if k != "loss"]
+            self.loop.shared_data[LOG_NAMES_KEY] = self._names
+        return metrics
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        logs = logs if logs is not None else {}
+        self._run.step(self._epoch_base + batch, self._metrics(logs), logs)
+        self._check_stop()
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        if self._run is not None:  # fit's validation (not an evaluate() of its own).
+            self._run.validation_begin()
+
+    def on_test_end(self, logs: dict | None = None) -> None:
+        if self._run is not None:
+            self._run.validation_end(logs or {})
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs if logs is not None else {}
         self._epoch_base = self.loop.loop_step
-        self._run.set_epoch(epoch + 1)
+        self._run.epoch_end(self._metrics(logs), logs)
+        self._check_stop()
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        self._run.end()
+        logs = logs if logs is not None else {}
+        self._run.end(self._metrics(logs) if logs else None, logs)
+        self._run = None
 
     def _check_stop(self) -> None:
         if self._run.stop_requested:

@@ -282,6 +282,55 @@ def test_as_keras_callback_continues_from_the_optimizer_iterations():
     assert loop.start_step == 4
 
 
+def test_as_keras_callback_fires_epoch_and_validation_hooks_with_fits_logs():
+    loop = ktl.Loop(None)
+    events = []
+    loop.on_epoch_begin("eb", 0, lambda lp, epoch: events.append(("epoch_begin", epoch)))
+    loop.on_step("step", 0, lambda lp, m: events.append(("step", lp.logs(m))))
+    loop.on_validation_begin("vb", 0, lambda lp, ds: events.append(("val_begin", ds)))
+    loop.on_validation_end("ve", 0, lambda lp, logs: events.append(("val_end", logs)))
+    loop.on_epoch_end("ee", 0, lambda lp, m: events.append(("epoch_end", lp.epoch, lp.logs(m))))
+    loop.on_end("end", 0, lambda lp, m: events.append(("end", lp.logs(m))))
+
+    class Logs(keras.callbacks.Callback):  # Runs after the loop's callback: sees its writes.
+        def __init__(self):
+            super().__init__()
+            self.epoch_logs = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epoch_logs.append(logs)
+
+    fit_logs = Logs()
+    model = _keras_model()
+    x, y = _xy()
+    loop.on_epoch_end("write", 1, lambda lp, m: lp.logs(m).update(written=lp.epoch))
+    model.fit(
+        x,
+        y,
+        batch_size=10,
+        epochs=2,
+        verbose=0,
+        validation_data=(x[:10], y[:10]),
+        callbacks=[loop.as_keras_callback(), fit_logs],
+    )
+    kinds = [e[0] for e in events]
+    assert kinds == (["epoch_begin", "step", "step", "val_begin", "val_end", "epoch_end"] * 2) + [
+        "end"
+    ]
+    assert events[3] == ("val_begin", None)
+    epoch_ends = [e for e in events if e[0] == "epoch_end"]
+    assert [e[1] for e in epoch_ends] == [0, 1]
+    for (_, _, logs), fit_epoch_logs in zip(epoch_ends, fit_logs.epoch_logs):
+        assert logs is fit_epoch_logs  # fit's own dict: one logs dict per event.
+        assert {"loss", "val_loss"} <= set(logs)
+    assert [e[1]["loss"] for e in events if e[0] == "val_end"] == [
+        e[2]["val_loss"] for e in epoch_ends
+    ]
+    assert fit_logs.epoch_logs[1]["written"] == 1
+    assert loop.shared_data["val_logs"]["val_loss"] == epoch_ends[-1][2]["val_loss"]
+    assert events[-1][1]["loss"] == epoch_ends[-1][2]["loss"]
+
+
 def test_loop_stop_from_a_hook_stops_fit():
     loop = ktl.Loop(None)
     loop.on_step("stop", 0, lambda lp, m: lp.stop() if lp.loop_step == 2 else None)
