@@ -9,8 +9,10 @@ kind is read by its adapter: `ArrayDataset`, `TFDataset`, `PyDatasetSource`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+import numpy as np
 
 from keras_trainloop.data._common import is_array_like, short_repr
 from keras_trainloop.data._protocol import Dataset
@@ -35,6 +37,8 @@ _OPTIONS = {
 _FIXES = {
     "y": "yield the targets in the data's elements, (x, y) or (x, y, sample_weight)",
     "sample_weight": "yield the weights in the data's elements, (x, y, sample_weight)",
+    "class_weight": "yield per-example weights in the data's elements, (x, y, sample_weight), "
+    "e.g. tf.data .map(lambda x, y: (x, y, tf.gather(weights, y)))",
     "batch_size": "batch the data in its source (it must yield batches), or pass arrays",
     "shuffle": "shuffle in the source (tf.data .shuffle(n, seed=...), grain "
     ".shuffle(seed=...)); shuffle=True is for arrays and PyDatasets",
@@ -100,7 +104,35 @@ def _check_options(kind: str, given: dict[str, Any]) -> None:
             )
 
 
-def _arrays(x: Any, y: Any, sample_weight: Any, options: dict[str, Any]) -> Dataset:
+def _class_weights(labels: list, class_weight: Any, sample_weight: Any) -> np.ndarray:
+    """Per-example weights from `class_weight`, as `fit` computes them for arrays."""
+    if not isinstance(class_weight, Mapping):
+        raise TypeError(
+            "class_weight must map class ids to weights, as in model.fit. Received: "
+            f"class_weight={short_repr(class_weight)}. Fix: e.g. class_weight={{0: 1.0, 1: 5.0}}."
+        )
+    if sample_weight is not None:
+        raise ValueError(
+            "class_weight and sample_weight cannot be given together (model.fit refuses it "
+            f"too). Received: class_weight={short_repr(class_weight)} and a sample_weight. "
+            "Fix: multiply the class weights into sample_weight yourself."
+        )
+    if len(labels) != 1:
+        raise ValueError(
+            "class_weight needs a single array of targets (model.fit's rule: one output). "
+            f"Received: {len(labels)} target arrays. Fix: pass sample_weight instead."
+        )
+    classes = np.asarray(labels[0])
+    if classes.ndim > 1:  # One-hot rows (their argmax), or a trailing axis of 1.
+        classes = classes.argmax(-1) if classes.shape[-1] != 1 else classes[..., 0]
+    classes = np.round(classes).astype(np.int64).reshape(len(classes), -1)[:, 0]
+    weights = {int(k): float(v) for k, v in class_weight.items()}
+    return np.array([weights.get(int(c), 1.0) for c in classes], np.float32)
+
+
+def _arrays(
+    x: Any, y: Any, sample_weight: Any, class_weight: Any, options: dict[str, Any]
+) -> Dataset:
     from keras_trainloop.data._array import ArrayDataset
 
     if y is None:
@@ -109,6 +141,8 @@ def _arrays(x: Any, y: Any, sample_weight: Any, options: dict[str, Any]) -> Data
         labels = list(y.values())
     else:
         labels = list(y) if isinstance(y, (list, tuple)) else [y]
+    if class_weight is not None:
+        sample_weight = _class_weights(labels, class_weight, sample_weight)
     if sample_weight is not None:
         labels.append(sample_weight)
     options.setdefault("batch_size", _DEFAULT_BATCH_SIZE)
@@ -155,6 +189,7 @@ def as_dataset(
     *,
     batch_size: int | None = None,
     sample_weight: Any = None,
+    class_weight: Any = None,
     shuffle: bool = False,
     seed: int | None = None,
     loop_forever: bool = False,
@@ -200,6 +235,10 @@ def as_dataset(
         y: the targets, with arrays `x` only.
         batch_size: examples per batch, with arrays only; default 32.
         sample_weight: per-example weights, with arrays only; the last label.
+        class_weight: `{class_id: weight}`, with arrays only, as in `fit`: the
+            weight of each example's class (one-hot targets by their argmax;
+            classes not listed weigh 1) becomes its sample weight. Not with
+            `sample_weight`, and for a single target array only.
         shuffle: visit the examples (arrays) or batches (PyDataset) in a new
             order each pass.
         seed: seed of the shuffling of arrays.
@@ -229,8 +268,8 @@ def as_dataset(
     flags = {"shuffle": shuffle, "loop_forever": loop_forever, "drop_remainder": drop_remainder}
     options.update({k: v for k, v in flags.items() if v})
     if kind == _ARRAYS:
-        return _arrays(x, y, sample_weight, options)
-    targets = {"y": y, "sample_weight": sample_weight}
+        return _arrays(x, y, sample_weight, class_weight, options)
+    targets = {"y": y, "sample_weight": sample_weight, "class_weight": class_weight}
     _check_options(kind, {k: v for k, v in targets.items() if v is not None} | options)
     if kind == _DATASET:
         return x

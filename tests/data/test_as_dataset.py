@@ -245,3 +245,34 @@ def test_validation_data_tuples_are_unpacked_as_fit_unpacks_them():
     assert as_validation_data(ds) is ds
     assert isinstance(as_validation_data(_PyBatches()), PyDatasetSource)
     assert len(drain(ktl.as_dataset((X, Y)))[0][1]) == 2  # as_dataset: a tuple is two inputs.
+
+
+@pytest.mark.parametrize("one_hot", [False, True], ids=["class-ids", "one-hot"])
+def test_class_weight_becomes_the_sample_weight_as_in_fit(one_hot):
+    targets = np.eye(10, dtype=np.float32)[Y] if one_hot else Y
+    class_weight = {int(Y[0]): 3.0, int(Y[1]): 0.5}
+    ds = ktl.as_dataset(X, targets, class_weight=class_weight, batch_size=len(X))
+    _, _, labels = ds.yield_batch()
+    assert len(labels) == 2
+    expected = [class_weight.get(int(c), 1.0) for c in Y]
+    np.testing.assert_array_equal(labels[1], np.asarray(expected, np.float32))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"class_weight": [1.0, 2.0]}, TypeError, "class_weight must map class ids"),
+        ({"class_weight": {0: 2.0}, "sample_weight": W}, ValueError, "cannot be given together"),
+    ],
+    ids=["not-a-mapping", "with-sample-weight"],
+)
+def test_bad_class_weight_is_refused_naming_it(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ktl.as_dataset(X, Y, batch_size=4, **kwargs)
+    with pytest.raises(ValueError, match="single array of targets"):
+        ktl.as_dataset(X, [Y, Y], batch_size=4, class_weight={0: 2.0})
+
+
+def test_class_weight_for_other_data_says_how_to_weigh_there():
+    with pytest.raises(ValueError, match="class_weight=.*tf.gather"):
+        ktl.as_dataset([(X, Y)], class_weight={0: 2.0})

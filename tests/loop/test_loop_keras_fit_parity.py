@@ -499,3 +499,21 @@ def test_mixed_float16_wraps_the_optimizer_in_loss_scaling_as_fit(data, mixed_fl
     for fit_w, loop_w in zip(fit_model.get_weights(), loop_model.get_weights()):
         _close(np.asarray(loop_w, np.float32), np.asarray(fit_w, np.float32))
     assert loop.trainer.global_step == int(fit_model.optimizer.iterations)
+
+
+def test_class_weight_trains_as_fit_with_class_weight(data):
+    x, y, _, _ = data
+    class_weight = {0: 3.0, 1: 0.5, 7: 2.0}
+    fit_model, loop_model = twin_models()
+    fit_model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    history = fit_model.fit(
+        x, y, class_weight=class_weight, batch_size=BATCH, epochs=2, shuffle=False, verbose=0
+    )
+    trainer = ktl.Trainer(
+        loop_model, "sparse_categorical_crossentropy", keras.optimizers.Adam(1e-2)
+    )
+    loop = ktl.Loop(trainer)
+    loop.run_epochs(ktl.as_dataset(x, y, class_weight=class_weight, batch_size=BATCH), 2)
+    _close(loop.history.history["loss"], history.history["loss"])
+    for fit_w, loop_w in zip(fit_model.get_weights(), loop_model.get_weights()):
+        _close(loop_w, fit_w)
