@@ -20,6 +20,7 @@ from keras_trainloop.trainer import _interrupts as interrupts
 from keras_trainloop.trainer._background import WORKER
 from keras_trainloop.trainer._build import create_variables
 from keras_trainloop.trainer._cache import Executor, ExecutorCache, GraphType
+from keras_trainloop.trainer._model import FnModel
 from keras_trainloop.trainer._placement import Placement
 from keras_trainloop.trainer._state import TrainState
 from keras_trainloop.trainer._steps import StepMaths, fuse
@@ -107,6 +108,9 @@ class StepCompiler:
         if self.takes_class_ids:
             _inputs.check_class_ids(spec, labels, outputs)
         if outputs is not None:
+            if not isinstance(self._state.model, FnModel):
+                metric_sets = (self._maths.train_metrics, self._maths.eval_metrics)
+                _inputs.check_metrics_for_outputs(metric_sets, outputs)
             self._build_metric_variables(labels, outputs)
         if distribution is not None and placement.update_state_shardings(self._state.variables()):
             for existing in self.cache.executors():  # Compiled for other variables.

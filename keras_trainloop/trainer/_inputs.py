@@ -51,6 +51,28 @@ def _check_no_custom_step(model: keras.Model) -> None:
             )
 
 
+def check_metrics_for_outputs(metric_sets: Any, outputs: list) -> None:
+    """Refuses Keras metrics on a Keras model of several outputs (they would read one).
+
+    A Keras metric reads `labels[0]` and `predictions[0]` (a second label as the
+    sample weight), while `fit` applies metrics per output: with several outputs
+    it would silently measure the first output against a wrong weight.
+    """
+    if len(outputs) < 2:
+        return
+    for metrics in metric_sets:
+        for metric in metrics.user_metrics:
+            if hasattr(metric, "keras_metric") or hasattr(metric, "keras_metrics"):
+                raise ValueError(
+                    f"Metric {metric.name!r} is a Keras metric, which reads labels[0] and "
+                    f"predictions[0] only, but the model has {len(outputs)} outputs (fit "
+                    "applies metrics per output). Fix: measure the output you mean with a "
+                    "function, e.g. ktl.metrics.mean(lambda labels, predictions: "
+                    "keras.metrics.mean_absolute_error(labels[1], predictions[1]), "
+                    'keras_name="out1_mae").'
+                )
+
+
 def _check_model_fn_signature(model_fn: Any) -> None:
     """A `model_fn` must take `(ctx, spec, inputs)`: checked now, not at the first step."""
     try:

@@ -308,3 +308,21 @@ def test_keras_metrics_that_make_their_variables_at_first_update_match_fit():
     loop.run_epochs(ktl.as_dataset(x, y, batch_size=20), 2, validation_data=(x, y))
     for key in ("f1_score", "val_f1_score", "loss"):
         np.testing.assert_allclose(loop.history.history[key], history.history[key], rtol=1e-5)
+
+
+def test_keras_metrics_on_a_model_of_several_outputs_are_refused_before_anything_runs():
+    x = np.zeros((8, 5), np.float32)
+    labels = [np.zeros((8, 1), np.float32), np.zeros((8, 2), np.float32)]
+    trainer = ktl.Trainer(_two_outputs_model(), "mse", "sgd", train_metrics=["mae"])
+    with pytest.raises(ValueError, match=r"'mae' is a Keras metric.*2 outputs.*ktl.metrics.mean"):
+        trainer.train_step(None, [x], labels)
+    assert trainer.global_step == 0
+
+    def second_output_mae(labels, predictions):
+        return keras.metrics.mean_absolute_error(labels[1], predictions[1])
+
+    trainer = ktl.Trainer(
+        _two_outputs_model(), "mse", "sgd", train_metrics=[ktl.metrics.mean(second_output_mae)]
+    )
+    trainer.train_step(None, [x], labels)
+    assert trainer.global_step == 1
