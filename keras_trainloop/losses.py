@@ -392,9 +392,40 @@ def _wrap_keras_loss(loss: keras.losses.Loss, per_output: bool = False) -> LossF
     return keras_loss_fn
 
 
+def _per_output_losses(losses: list | tuple) -> LossFn:
+    """One loss per output, as `compile(loss=[...])` takes them: their sum (None: no loss)."""
+    fns = [None if loss is None else as_loss_fn(loss) for loss in losses]
+    if all(fn is None for fn in fns):
+        raise ValueError(
+            f"A list of losses needs at least one loss. Received: loss={list(losses)!r}. "
+            "Fix: give a loss for at least one output, e.g. ['mse', None]."
+        )
+    n = len(fns)
+
+    def per_output_loss_fn(labels: list, predictions: list) -> jax.Array:
+        labels, predictions = as_list(labels), as_list(predictions)
+        if len(predictions) != n or not n <= len(labels) <= n + 1:
+            raise ValueError(
+                f"A list of {n} losses takes one per output: {n} predictions and {n} labels, "
+                f"then an optional sample weight. Received: {len(predictions)} predictions "
+                f"and {len(labels)} labels. Fix: give one loss per output of the model, "
+                "None for an output without one."
+            )
+        weight = labels[n:]
+        total = None
+        for i, fn in enumerate(fns):
+            if fn is not None:
+                term = jnp.mean(jnp.asarray(fn([labels[i], *weight], [predictions[i]])))
+                total = term if total is None else total + term
+        return total
+
+    return per_output_loss_fn
+
+
 _ACCEPTED = (
     "None, a function fn(labels: list, predictions: list), a keras.losses.Loss instance, "
-    "a Keras loss function, or a Keras loss name such as 'mse'"
+    "a Keras loss function, a Keras loss name such as 'mse', or a list of those (one per "
+    "output)"
 )
 
 
@@ -410,6 +441,10 @@ def as_loss_fn(obj: Any, *, per_output: bool = False) -> LossFn | None:
               `"sparse_categorical_crossentropy"`): called as
               `loss(labels[0], predictions[0], sample_weight=labels[1])`, the
               sample weight only when a second label is present.
+            - a list (or tuple) of those, one per output, as
+              `compile(loss=[...])` takes them (None: an output without a
+              loss): the sum of each output's loss on `[labels[i]]` (and the
+              sample weight `labels[n]` if present) and `[predictions[i]]`.
         per_output: for a Keras loss, apply it to every prediction as `fit`
             applies one loss to each output of a Keras model: the sum of
             `loss(labels[i], predictions[i], sample_weight=labels[n])` over the
@@ -430,6 +465,8 @@ def as_loss_fn(obj: Any, *, per_output: bool = False) -> LossFn | None:
     """
     if obj is None:
         return None
+    if isinstance(obj, (list, tuple)):
+        return _per_output_losses(obj)
     if isinstance(obj, keras.losses.Loss):
         return _wrap_keras_loss(obj, per_output)
     if isinstance(obj, str):

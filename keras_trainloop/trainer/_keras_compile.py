@@ -25,14 +25,23 @@ def compile_like_trainer(
     metrics: Sequence[Any] | None,
 ) -> None:
     """Compiles `model` (if it is not) with `optimizer`, `loss` and `metrics` (see above)."""
-    if model.compiled or not (loss is None or isinstance(loss, (str, keras.losses.Loss))):
+    if model.compiled or not all(_keras_can_load(item) for item in _items(loss)):
         return
     model.compile(
         optimizer=optimizer,
-        loss=loss,
+        loss=list(loss) if isinstance(loss, tuple) else loss,
         metrics=[m for m in map(_keras_metric, metrics or []) if m is not None],
         auto_scale_loss=False,  # The Trainer's optimizer itself, not a loss-scaling wrapper.
     )
+
+
+def _items(loss: Any) -> list:
+    return list(loss) if isinstance(loss, (list, tuple)) else [loss]
+
+
+def _keras_can_load(loss: Any) -> bool:
+    """Whether Keras can save and load `loss` back: None, a name or a `keras.losses.Loss`."""
+    return loss is None or isinstance(loss, (str, keras.losses.Loss))
 
 
 def _keras_metric(metric: Any) -> Any:

@@ -66,8 +66,10 @@ class Trainer:
             name, or None to optimize only `ktl.add_loss` terms. With a Keras
             model of several outputs (a list), a Keras loss applies to each
             output and its label and the losses are summed, as `fit` does (a
-            sample weight may follow the labels); dict outputs are refused
-            (labels are positional: build the model with a list of outputs).
+            sample weight may follow the labels); a list of losses, one per
+            output (None for an output without one), is summed as `compile`
+            sums it; dict outputs are refused (labels are positional: build
+            the model with a list of outputs).
         optimizer: a `keras.optimizers.Optimizer` or a Keras optimizer name.
             Under the "mixed_float16" dtype policy (the model's, else the
             global one) it is wrapped in a `keras.optimizers.LossScaleOptimizer`

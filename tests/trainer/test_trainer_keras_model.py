@@ -326,3 +326,34 @@ def test_keras_metrics_on_a_model_of_several_outputs_are_refused_before_anything
     )
     trainer.train_step(None, [x], labels)
     assert trainer.global_step == 1
+
+
+@pytest.mark.parametrize("first", ["mse", None], ids=["two-losses", "none-for-one-output"])
+def test_a_list_of_losses_one_per_output_trains_as_compile_with_that_list(first):
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(48, 5)).astype(np.float32)
+    y = [rng.normal(size=(48, 1)).astype(np.float32), rng.normal(size=(48, 2)).astype(np.float32)]
+    sample_weight = rng.uniform(size=48).astype(np.float32)
+    losses = [first, keras.losses.MeanAbsoluteError()]
+    fit_model = _two_outputs_model()
+    fit_model.compile(keras.optimizers.SGD(0.05), loss=losses)
+    history = fit_model.fit(
+        x, y, sample_weight=sample_weight, batch_size=16, epochs=2, shuffle=False, verbose=0
+    )
+    model = _two_outputs_model()
+    loop = ktl.Loop(ktl.Trainer(model, losses, keras.optimizers.SGD(0.05)))
+    loop.run_epochs(ktl.as_dataset(x, y, sample_weight=sample_weight, batch_size=16), 2)
+    np.testing.assert_allclose(loop.history.history["loss"], history.history["loss"], rtol=1e-5)
+    for fit_w, w in zip(fit_model.get_weights(), model.get_weights()):
+        np.testing.assert_allclose(w, fit_w, rtol=1e-5, atol=1e-6)
+    assert model.compiled  # Keras can save and load that list back.
+
+
+def test_a_list_of_losses_of_another_length_than_the_outputs_is_a_clear_error():
+    x = np.zeros((8, 5), np.float32)
+    labels = [np.zeros((8, 1), np.float32), np.zeros((8, 2), np.float32)]
+    trainer = ktl.Trainer(_two_outputs_model(), ["mse", "mse", "mae"], "sgd")
+    with pytest.raises(ValueError, match="list of 3 losses takes one per output.*2 predictions"):
+        trainer.train_step(None, [x], labels)
+    with pytest.raises(ValueError, match="at least one loss"):
+        ktl.Trainer(_two_outputs_model(), [None, None], "sgd")
