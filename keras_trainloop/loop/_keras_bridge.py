@@ -51,7 +51,7 @@ def add_keras_callback(loop: Any, callback: Any, priority: float) -> None:
 
 
 def _metric_direction(metric: Any) -> str | None:
-    """ "up" or "down" for a trainer metric: its Keras metric's direction, else its type's."""
+    """A trainer metric's direction ("up", "down"): its Keras metric's, else its type's."""
     direction = getattr(getattr(metric, "keras_metric", None), "_direction", None)
     if direction in ("up", "down"):
         return direction
