@@ -39,7 +39,11 @@ def chunked(
     batch's shapes (one int tensor per leaf after the leaves), from
     `padded_batch`, when a dimension is unknown (a short last batch, variable
     lengths); with every shape static it is `batch`, with no per-batch
-    function (tf.data's per-element calls cost tens of µs).
+    function (tf.data's per-element calls cost tens of µs). The shape function
+    runs as a parallel, deterministic `map` (order kept; tf.data tunes its
+    threads): on W5 of bench/ the Loop went from 1.37-1.41x to 1.46-1.55x the
+    loop over `as_numpy_iterator()` (paired, alternated runs on a loaded
+    2-core machine).
     """
 
     def leaves(inputs: Any, labels: Any) -> list:
@@ -54,7 +58,12 @@ def chunked(
         tensors = leaves(inputs, labels)
         return (*tensors, *(tf.shape(t) for t in tensors))
 
-    return dataset.map(with_shapes).padded_batch(CHUNK).prefetch(2), True
+    return (
+        dataset.map(with_shapes, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .padded_batch(CHUNK)
+        .prefetch(2),
+        True,
+    )
 
 
 def static_shapes(arrays: list) -> list:
