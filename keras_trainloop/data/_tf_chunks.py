@@ -41,7 +41,7 @@ def chunked(
     lengths); with every shape static it is `batch`, with no per-batch
     function (tf.data's per-element calls cost tens of µs). The shape function
     runs as a parallel, deterministic `map` (order kept; tf.data tunes its
-    threads): on W5 of bench/ the Loop went from 1.37-1.41x to 1.46-1.55x the
+    threads): on W5 of bench/ the Loop went from 1.37-1.41x to 1.37-1.55x (median 1.50) the
     loop over `as_numpy_iterator()` (paired, alternated runs on a loaded
     2-core machine).
     """
