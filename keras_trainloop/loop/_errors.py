@@ -8,6 +8,10 @@ class HookError(RuntimeError):
 
     The message names the hook kind (`OnStart`, `OnStep` or `OnEnd`), the
     hook's name and the loop step; `__cause__` is the original exception.
+    The loop raises it as an instance of the original exception's type too
+    where Python allows (`hook_error`), so `except TypeError` around a run
+    catches a hook's (a Keras callback's) `TypeError` as it would around
+    `model.fit`.
     The hooks of the same event registered after the failing one, and the
     `OnEnd` hooks, did not run.
 
@@ -36,8 +40,44 @@ class HookError(RuntimeError):
             "Fix: correct the hook; its original exception is chained as __cause__."
         )
 
+    __str__ = RuntimeError.__str__  # The message, also where the cause's type has its own.
+
     def __reduce__(self):
-        return type(self), (self.kind, self.hook_name, self.step, self.__cause__)
+        return hook_error, (self.kind, self.hook_name, self.step, self.__cause__)
+
+
+_NOT_MIXED = (EOFError,)
+"""Never mixed in: `EOFError` means "end of data" to the Dataset protocol."""
+_MIXED: dict[type, type] = {}
+
+
+def hook_error(kind: str, hook_name: str, step: int, cause: BaseException) -> HookError:
+    """The `HookError` for `cause`, of a subclass of `HookError` and of `type(cause)`.
+
+    `except ktl.HookError` and `except <the cause's type>` both catch it. Types
+    Python cannot mix with `RuntimeError` (a different instance layout, as
+    `OSError`; a conflicting metaclass) and `EOFError` give a plain `HookError`.
+    """
+    return _mixed_class(type(cause))(kind, hook_name, step, cause)
+
+
+def _mixed_class(cause_type: type) -> type:
+    if isinstance(cause_type, type) and issubclass(HookError, cause_type):
+        return HookError  # Exception, RuntimeError: it is one already.
+    mixed = _MIXED.get(cause_type)
+    if mixed is None:
+        mixed = HookError
+        if not issubclass(cause_type, _NOT_MIXED):
+            try:
+                mixed = type(
+                    "HookError",
+                    (HookError, cause_type),
+                    {"__module__": HookError.__module__, "__doc__": HookError.__doc__},
+                )
+            except TypeError:  # Layout or metaclass conflict: a plain HookError.
+                mixed = HookError
+        _MIXED[cause_type] = mixed
+    return mixed
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -49,6 +89,8 @@ class NonFiniteLossError(FloatingPointError):
     dispatched, and all at the end of the run. So up to 15 steps may run after the bad one before this is raised;
     they were trained (their updates were applied), and `loop.loop_step`
     counts them. `OnEnd` hooks do not run. Keep a checkpoint to go back to.
+    A hook that reads the loss in `loop.logs` and stops the run at that step
+    (Keras' `TerminateOnNaN`) ends it gracefully instead, as under `fit`.
 
     Attributes:
         step: the global step of the first batch with a non-finite loss.

@@ -231,8 +231,8 @@ class LoopEvents:
         """A new Keras logs dict for `metrics` (see `logs`).
 
         Reads the pending batch losses without raising: a non-finite one makes
-        `"loss"` NaN (Keras' `TerminateOnNaN` sees it) and is raised by the
-        loop after the hooks of the event.
+        `"loss"` NaN or Inf (Keras' `TerminateOnNaN` sees it) and is raised by
+        the loop after the hooks of the event, unless they stopped the run.
         """
         check = self._nonfinite
         if check.pending:

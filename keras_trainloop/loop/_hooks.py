@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from keras_trainloop._describe import short_repr
-from keras_trainloop.loop._errors import HookError, NonFiniteLossError
+from keras_trainloop.loop._errors import NonFiniteLossError, hook_error
 
 _COST_WINDOW = 1024
 """Durations kept per hook for its median cost (the most recent calls)."""
@@ -247,7 +247,8 @@ class HookList:
         Each call is timed into the hook's `cost`.
 
         Raises:
-            HookError: a hook (or its schedule) raised; the hooks after it were not called.
+            HookError: a hook (or its schedule) raised; the hooks after it were not
+                called. It is also of the hook's exception type (see `hook_error`).
             NonFiniteLossError: as is, when a hook reading `loop.logs` made the loop
                 find a non-finite batch loss.
         """
@@ -265,7 +266,7 @@ class HookList:
             except NonFiniteLossError:
                 raise  # The loop's own check (a hook read `loop.logs`), not the hook's error.
             except Exception as e:
-                raise HookError(self.kind, hook.name, loop.loop_step, e) from e
+                raise hook_error(self.kind, hook.name, loop.loop_step, e) from e
 
     def names(self) -> list[str]:
         """The hook names in calling order."""

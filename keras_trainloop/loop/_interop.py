@@ -65,11 +65,13 @@ class KerasInterop:
         `run_steps` fires no epoch events: callbacks that act at epoch end
         (CSVLogger, EarlyStopping) need `run_epochs`.
 
-        `keras.callbacks.TerminateOnNaN`: the loop's own check comes first: a
-        NaN or Inf batch loss makes `"loss"` NaN in the logs (TerminateOnNaN
-        prints its message and stops the run) and the run raises
-        `ktl.NonFiniteLossError` naming the first bad step, as without the
-        callback; with it, the NaN is noticed at the step it happens.
+        `keras.callbacks.TerminateOnNaN` works as under `fit`: at the step whose
+        batch loss is NaN or Inf, `"loss"` in the logs turns NaN or Inf, and the
+        callback stops the run gracefully (the epoch ends, validation and the
+        on_end hooks run; no error, as `fit` returns) or, with
+        `raise_error=True`, raises (a `ktl.HookError`, a `RuntimeError`; the
+        on_end hooks do not run). Without a hook that stops the run on it, the
+        loop raises `ktl.NonFiniteLossError` naming the first bad step.
 
         Args:
             callback: any `keras.callbacks.Callback`.

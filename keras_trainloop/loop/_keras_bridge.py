@@ -165,11 +165,11 @@ class _KerasDriver:
         self._check_stop(loop)
 
     def on_batch_begin(self, loop: Any, step: int) -> None:
-        self.callback.on_train_batch_begin(step - self.epoch_start)
+        self.callback.on_train_batch_begin(step - self.epoch_start, logs={})
         self._check_stop(loop)
 
     def on_batch_end(self, loop: Any, metrics: list) -> None:
-        self.callback.on_train_batch_end(loop.loop_step - self.epoch_start, loop.logs(metrics))
+        self.callback.on_train_batch_end(loop.loop_step - self.epoch_start, logs=loop.logs(metrics))
         self._check_stop(loop)
 
     def on_epoch_end(self, loop: Any, metrics: list) -> None:
@@ -183,10 +183,10 @@ class _KerasDriver:
 
     def on_validation_batch_begin(self, loop: Any, batch: int) -> None:
         self.test_batch = batch
-        self.callback.on_test_batch_begin(batch)
+        self.callback.on_test_batch_begin(batch, logs={})
 
     def on_validation_batch_end(self, loop: Any, logs: dict) -> None:
-        self.callback.on_test_batch_end(self.test_batch, logs)
+        self.callback.on_test_batch_end(self.test_batch, logs=logs)
 
     def on_validation_end(self, loop: Any, logs: dict) -> None:
         _ = loop.trainer.model  # What the callback writes back is used by the next step.

@@ -28,7 +28,9 @@ def _first_nonfinite_and_sum(losses: list, sizes: jax.Array) -> tuple[jax.Array,
     stacked = jnp.stack([jnp.mean(loss) for loss in losses])
     bad = ~jnp.isfinite(stacked)
     index = jnp.where(jnp.any(bad), jnp.argmax(bad), -1)
-    return index, jnp.sum(stacked * sizes)
+    # The padding (weight 0) adds 0, also after an Inf (0 * Inf is NaN): an Inf loss
+    # keeps the mean Inf, as Keras' mean of the losses under fit.
+    return index, jnp.sum(jnp.where(sizes > 0, stacked * sizes, 0.0))
 
 
 class PendingCall:

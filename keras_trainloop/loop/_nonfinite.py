@@ -16,8 +16,10 @@ Contract: a `NonFiniteLossError` names the first bad step (`step`) and the last 
 dispatched when it is raised (`detected_at`): the steps through `detected_at` were
 trained, so the loop's `loop_step` after it is `detected_at + 1`. A read for logs
 (`read_all`, from `loop.logs` inside a hook) never raises: the mean turns NaN (Keras'
-`TerminateOnNaN` sees it) and the loop raises after the hooks (`raise_if_bad`). The reads
-also feed `mean`, the `"loss"` of the logs.
+`TerminateOnNaN` sees it) and the loop raises after the hooks (`raise_if_bad`), unless a
+hook that ran then stopped the run (`stopped_by_hook`): the hook handled the loss it saw,
+and the run ends gracefully, as Keras' `TerminateOnNaN` ends `fit`. The reads also feed
+`mean`, the `"loss"` of the logs.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class NonFiniteCheck:
         self._sizes: list[int] = []  # ... their batch sizes ...
         self._first = 0  # ... and the step of the oldest.
         self._bad_step: int | None = None  # The first non-finite loss read.
+        self._handled = False  # A hook saw it and stopped the run: no error.
 
     def reset(self, sync_every: int) -> None:
         """Forgets everything: a new run, reading single steps every `sync_every`."""
@@ -56,6 +59,7 @@ class NonFiniteCheck:
         self._losses.clear()
         self._sizes.clear()
         self._bad_step = None
+        self._handled = False
         self.mean.reset()
 
     def reset_mean(self) -> None:
@@ -135,10 +139,17 @@ class NonFiniteCheck:
             self._losses.clear()
             self._sizes.clear()
 
+    def stopped_by_hook(self) -> None:
+        """The hooks that just ran stopped the run: a non-finite loss read so far was
+        in the logs they read, so it is theirs to handle and raises nothing (Keras'
+        `TerminateOnNaN` stops `fit` so). One read later still raises."""
+        if self._bad_step is not None:
+            self._handled = True
+
     def raise_if_bad(self, detected_at: int) -> None:
         """Raises `NonFiniteLossError` if a non-finite loss was read (`detected_at`: the last
-        step dispatched)."""
-        if self._bad_step is not None:
+        step dispatched), unless a hook that saw it stopped the run."""
+        if self._bad_step is not None and not self._handled:
             raise NonFiniteLossError(self._bad_step, detected_at)
 
     def _read_call(self) -> None:

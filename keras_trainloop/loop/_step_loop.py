@@ -99,6 +99,8 @@ class StepLoop:
                 if on_step.hooks:
                     loop._event_logs = None
                     on_step.fire(loop, metrics)
+                    if loop._stop_requested:  # E.g. TerminateOnNaN: a graceful stop.
+                        check.stopped_by_hook()
                     check.raise_if_bad(step + n - 1)  # Found by a hook reading loop.logs.
                 last = clock()
                 self.step_seconds = seconds = (last - start) / n

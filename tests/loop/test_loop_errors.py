@@ -125,3 +125,58 @@ def test_the_loss_check_compiles_once_whatever_the_number_of_pending_steps(train
     for steps in (1, 2, 3, 5, 17):
         loop.run_steps(Batches(loop_forever=True), steps)
     assert _loss_watch._first_nonfinite_and_sum._cache_size() - before <= 1
+
+
+def test_a_stop_by_a_hook_that_did_not_read_the_nan_loss_still_raises(trainer):
+    loop = ktl.Loop(trainer, max_fused_steps=1)
+    ktl.every_n_steps(loop, 6, "stop", 0, lambda lp, metrics: lp.stop())  # reads no loss
+    ended = []
+    loop.on_end("ended", 0, lambda lp, metrics: ended.append(True))
+    with pytest.raises(ktl.NonFiniteLossError) as info:
+        loop.run_steps(Batches(loop_forever=True, nan_at=2), 40)
+    assert (info.value.step, info.value.detected_at) == (2, 5)
+    assert ended == []
+
+
+def test_a_hook_that_reads_the_nan_loss_and_stops_ends_the_run_gracefully(trainer):
+    loop = ktl.Loop(trainer, max_fused_steps=1)
+    seen = []
+
+    def stop_on_bad_loss(lp, metrics):
+        loss = lp.logs(metrics)["loss"]
+        seen.append(loss)
+        if not np.isfinite(loss):
+            lp.stop()
+
+    ktl.every_n_steps(loop, 1, "watch", 0, stop_on_bad_loss)
+    loop.run_steps(Batches(loop_forever=True, nan_at=2), 40)
+    assert loop.loop_step == 3 and len(seen) == 3 and np.isnan(seen[-1])
+
+
+@pytest.mark.parametrize(
+    "cause", [TypeError("t"), KeyError("k"), FileNotFoundError(2, "f"), Boom("b")]
+)
+def test_a_hook_error_is_also_of_the_hooks_exception_type_as_under_fit(trainer, cause):
+    def hook(loop, metrics):
+        raise cause
+
+    loop = ktl.Loop(trainer)
+    loop.on_step("failing", 0, hook)
+    with pytest.raises(type(cause)) as info:  # As `except TypeError:` around model.fit.
+        loop.run_steps(Batches(loop_forever=True), 3)
+    error = info.value
+    assert isinstance(error, ktl.HookError) and error.__cause__ is cause
+    assert str(error).startswith(f"OnStep hook 'failing' raised {type(cause).__name__}")
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is type(error) and str(again) == str(error)
+
+
+def test_an_eof_error_from_a_hook_is_never_read_as_the_end_of_the_data(trainer):
+    def hook(loop, metrics):
+        raise EOFError("not the data's end")
+
+    loop = ktl.Loop(trainer)
+    loop.on_step("failing", 0, hook)
+    with pytest.raises(ktl.HookError) as info:
+        loop.run_epochs(Batches([5]), 2)
+    assert not isinstance(info.value, EOFError) and isinstance(info.value.__cause__, EOFError)

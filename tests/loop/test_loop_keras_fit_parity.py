@@ -331,16 +331,124 @@ def test_tensorboard_writes_the_users_model_summary_and_scalars(data, tmp_path):
     assert "epoch_loss" in set(val.Tags()["tensors"])  # from val_loss, as under fit
 
 
-def test_terminate_on_nan_raises_non_finite_loss_error():
-    x = np.ones((8, 3), np.float32)
+class _TrainEndRecorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.events = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.events.append(("epoch_end", epoch))
+
+    def on_train_end(self, logs=None):
+        self.events.append(("train_end",))
+
+
+def _nan_at_batch_1():
+    """8 examples, a NaN in the 2nd batch of 4; validation data beside."""
+    x = np.linspace(-1, 1, 24, dtype=np.float32).reshape(8, 3)
     x[5] = np.nan
-    trainer = ktl.Trainer(
-        keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)]), "mse", "sgd"
+    return x, np.ones((8, 1), np.float32), x[:4], np.zeros((4, 1), np.float32)
+
+
+def _dense_twins():
+    first = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    second = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    second.set_weights(first.get_weights())
+    return first, second
+
+
+def _nan_runs(terminate, **fit_kwargs):
+    """The same run under fit and the Loop; each returns its History or its error."""
+    x, y, xv, yv = _nan_at_batch_1()
+    fit_model, loop_model = _dense_twins()
+    out = {}
+    fit_model.compile("sgd", "mse")
+    fit_rec, loop_rec = _TrainEndRecorder(), _TrainEndRecorder()
+    try:
+        out["fit"] = fit_model.fit(
+            x,
+            y,
+            batch_size=4,
+            epochs=3,
+            shuffle=False,
+            verbose=0,
+            validation_data=(xv, yv),
+            callbacks=[fit_rec, terminate()],
+        )
+    except RuntimeError as error:
+        out["fit"] = error
+    loop = ktl.Loop(ktl.Trainer(loop_model, "mse", "sgd"))
+    loop.add_keras_callback(loop_rec)
+    loop.add_keras_callback(terminate())
+    try:
+        loop.run_epochs(
+            ktl.ArrayDataset(x, y, batch_size=4),
+            3,
+            validation_data=ktl.ArrayDataset(xv, yv, batch_size=4),
+        )
+        out["loop"] = loop.history
+    except RuntimeError as error:
+        out["loop"] = error
+    return out, (fit_rec, loop_rec), (fit_model, loop_model), loop
+
+
+def test_terminate_on_nan_stops_the_run_gracefully_at_the_bad_batch_as_fit(capsys):
+    out, (fit_rec, loop_rec), (fit_model, loop_model), loop = _nan_runs(
+        keras.callbacks.TerminateOnNaN
     )
-    loop = ktl.Loop(trainer)
+    fit_h, loop_h = out["fit"].history, out["loop"].history
+    assert len(fit_h["loss"]) == len(loop_h["loss"]) == 1  # no error, one epoch in history
+    for key in ("loss", "val_loss"):
+        np.testing.assert_equal(np.asarray(loop_h[key]), np.asarray(fit_h[key]))  # NaN/Inf
+    assert loop_rec.events == fit_rec.events == [("epoch_end", 0), ("train_end",)]
+    assert loop.loop_step == 2 and int(loop_model.optimizer.iterations) == 2
+    for got, want in zip(loop_model.get_weights(), fit_model.get_weights()):
+        np.testing.assert_equal(got, want)
+    assert capsys.readouterr().out.count("Batch 1: Invalid loss, terminating training") == 2
+
+
+def test_an_inf_batch_loss_keeps_the_epoch_loss_inf_as_fit():
+    x = np.ones((4, 1), np.float32)
+    y = np.array([[1.0], [1.0], [np.inf], [np.inf]], np.float32)
+    models = [keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]) for _ in range(2)]
+    models[1].set_weights(models[0].get_weights())
+    models[0].compile("sgd", "mse")
+    fit_h = (
+        models[0]
+        .fit(
+            x,
+            y,
+            batch_size=2,
+            epochs=2,
+            shuffle=False,
+            verbose=0,
+            callbacks=[keras.callbacks.TerminateOnNaN()],
+        )
+        .history
+    )
+    loop = ktl.Loop(ktl.Trainer(models[1], "mse", "sgd"))
     loop.add_keras_callback(keras.callbacks.TerminateOnNaN())
+    loop.run_epochs(ktl.ArrayDataset(x, y, batch_size=2), 2)
+    assert np.isinf(fit_h["loss"][0])
+    assert loop.history.history["loss"] == fit_h["loss"]
+
+
+def test_terminate_on_nan_with_raise_error_raises_without_on_train_end_as_fit():
+    out, (fit_rec, loop_rec), _, loop = _nan_runs(
+        lambda: keras.callbacks.TerminateOnNaN(raise_error=True)
+    )
+    assert isinstance(out["loop"], ktl.HookError) and isinstance(out["loop"], RuntimeError)
+    assert "NaN or Inf loss encountered at batch 1" in str(out["fit"])
+    assert "NaN or Inf loss encountered at batch 1" in str(out["loop"])
+    assert loop_rec.events == fit_rec.events == []  # on_train_end did not run
+    assert loop.loop_step == 2
+
+
+def test_a_nan_loss_without_a_stopping_callback_still_raises_non_finite_loss_error():
+    x, y, _, _ = _nan_at_batch_1()
+    loop = ktl.Loop(ktl.Trainer(_dense_twins()[0], "mse", "sgd"))
     with pytest.raises(ktl.NonFiniteLossError, match="at step 1"):
-        loop.run_epochs(ktl.ArrayDataset(x, np.zeros((8, 1), np.float32), batch_size=4), 3)
+        loop.run_epochs(ktl.ArrayDataset(x, y, batch_size=4), 3)
 
 
 class _TestBatchRecorder(keras.callbacks.Callback):
@@ -517,3 +625,54 @@ def test_class_weight_trains_as_fit_with_class_weight(data):
     _close(loop.history.history["loss"], history.history["loss"])
     for fit_w, loop_w in zip(fit_model.get_weights(), loop_model.get_weights()):
         _close(loop_w, fit_w)
+
+
+def test_lambda_callbacks_of_two_arguments_get_fits_events_and_logs_keyword(data):
+    """fit passes `logs` to every event (`logs=` to the batch ones), so lambdas of
+    `(batch, logs)` and callbacks that take `logs` by keyword work."""
+    events = {"fit": [], "loop": []}
+
+    def lambdas(seen):
+        def note(kind):
+            return lambda index, logs: seen.append((kind, index, isinstance(logs, dict)))
+
+        return keras.callbacks.LambdaCallback(
+            on_train_batch_begin=note("batch_begin"),
+            on_train_batch_end=note("batch_end"),
+            on_test_batch_begin=note("test_batch_begin"),
+            on_test_batch_end=note("test_batch_end"),
+            on_epoch_begin=note("epoch_begin"),
+            on_epoch_end=note("epoch_end"),
+        )
+
+    class KeywordLogs(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, *, logs):
+            events["loop" if self.model is loop_model else "fit"].append(("kw", batch))
+
+    fit_model, loop_model = twin_models()
+    fit_run(fit_model, data, [lambdas(events["fit"]), KeywordLogs()], 2)
+    loop_run(loop_model, data, [lambdas(events["loop"]), KeywordLogs()], 2)
+    assert events["loop"] == events["fit"]
+    assert ("test_batch_end", 0, True) in events["loop"] and ("kw", 0) in events["loop"]
+
+
+def test_a_callbacks_type_error_reaches_the_user_as_a_type_error_as_under_fit(data):
+    x, y, _, _ = data
+
+    def adam_on_a_schedule():
+        model = sequential()
+        schedule = keras.optimizers.schedules.PolynomialDecay(0.1, decay_steps=10)
+        return model, keras.optimizers.Adam(schedule)
+
+    scheduler = keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr / 2)
+    model, optimizer = adam_on_a_schedule()
+    model.compile(optimizer, "sparse_categorical_crossentropy")
+    with pytest.raises(TypeError, match="created with a `LearningRateSchedule`") as under_fit:
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[scheduler])
+    model, optimizer = adam_on_a_schedule()
+    loop = ktl.Loop(ktl.Trainer(model, "sparse_categorical_crossentropy", optimizer))
+    loop.add_keras_callback(keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr / 2))
+    with pytest.raises(TypeError, match="created with a `LearningRateSchedule`") as under_loop:
+        loop.run_epochs(ktl.ArrayDataset(x, y, batch_size=BATCH), 2)
+    assert isinstance(under_loop.value, ktl.HookError)
+    assert str(under_fit.value) in str(under_loop.value)
