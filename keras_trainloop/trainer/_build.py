@@ -46,8 +46,9 @@ def create_variables(
     Returns the predictions of the build call (None when the model was not called).
 
     Raises:
-        ValueError: a train step would have no trainable variable, or a spec
-            after the first created new trainable variables.
+        ValueError: a train step of a `model_fn` function would have no
+            trainable variable, or a spec after the first created new
+            trainable variables.
     """
     had_trainable = len(model.trainable_variables)
     optimizer_built = optimizer.built
@@ -57,7 +58,9 @@ def create_variables(
             trace = TraceState(training=training, spec=spec)
             with context.tracing(trace), keras.StatelessScope():
                 predictions = call_model(model, inputs, training, spec)
-        if training and not model.trainable_variables:
+        if training and isinstance(model, FnModel) and not model.trainable_variables:
+            # A Keras model of the user's with none (all frozen, or only state that
+            # its call assigns) trains as under fit: its other state still updates.
             raise _no_trainable_error(model_fn, spec)
         if optimizer_built and len(model.trainable_variables) != had_trainable:
             raise ValueError(

@@ -147,7 +147,8 @@ class TrainState:
             self.eval_mstates = jax.device_put(self.eval_mstates, sharding)
 
     def finalize(self) -> None:
-        """Syncs, then applies the optimizer's EMA weights (`use_ema=True`), as `fit` ends."""
+        """Syncs, then lets the optimizer finalize the weights, as `fit` ends: EMA weights
+        with `use_ema=True`, also inside a `LossScaleOptimizer` (it asks its inner one)."""
         self.sync()
-        if self.optimizer.built and getattr(self.optimizer, "use_ema", False):
+        if self.optimizer.built:
             self.optimizer.finalize_variable_values(self.model.trainable_variables)

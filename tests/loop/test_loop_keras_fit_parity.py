@@ -272,9 +272,11 @@ def test_progbar_logger_prints_as_under_fit(data, capsys):
         assert "loss:" in out and "accuracy:" in out
 
 
-def test_ema_optimizer_ends_the_run_with_the_ema_weights_as_fit(data):
+@pytest.mark.parametrize("loss_scaled", [False, True], ids=["adam", "loss-scaled-adam"])
+def test_ema_optimizer_ends_the_run_with_the_ema_weights_as_fit(data, loss_scaled):
     def ema():
-        return keras.optimizers.Adam(1e-2, use_ema=True, ema_momentum=0.9)
+        adam = keras.optimizers.Adam(1e-2, use_ema=True, ema_momentum=0.9)
+        return keras.optimizers.LossScaleOptimizer(adam) if loss_scaled else adam
 
     fit_model, loop_model = twin_models()
     fit_run(fit_model, data, [], 2, optimizer=ema(), validation=False)
@@ -676,3 +678,36 @@ def test_a_callbacks_type_error_reaches_the_user_as_a_type_error_as_under_fit(da
         loop.run_epochs(ktl.ArrayDataset(x, y, batch_size=BATCH), 2)
     assert isinstance(under_loop.value, ktl.HookError)
     assert str(under_fit.value) in str(under_loop.value)
+
+
+class _CountingModel(keras.Model):
+    """No trainable variable: its call counts itself in a non-trainable one."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = self.add_variable(shape=(), initializer="zeros", trainable=False)
+
+    def call(self, inputs):
+        self.calls.assign(self.calls + 1)
+        return inputs
+
+
+def test_a_keras_model_without_trainable_variables_trains_its_state_as_under_fit():
+    x = np.linspace(0, 1, 8, dtype=np.float32).reshape(8, 1)
+    seen = {"fit": [], "loop": []}
+
+    class CallsAtBatchEnd(keras.callbacks.Callback):
+        def __init__(self, key):
+            super().__init__()
+            self.key = key
+
+        def on_batch_end(self, batch, logs=None):
+            seen[self.key].append((batch, int(self.model.calls)))
+
+    fit_model = _CountingModel()
+    fit_model.compile("sgd", "mse")
+    fit_model.fit(x, x * 2, batch_size=2, verbose=0, callbacks=[CallsAtBatchEnd("fit")])
+    loop = ktl.Loop(ktl.Trainer(_CountingModel(), "mse", "sgd"))
+    loop.add_keras_callback(CallsAtBatchEnd("loop"))
+    loop.run_epochs(ktl.ArrayDataset(x, x * 2, batch_size=2), 1)
+    assert seen["loop"] == seen["fit"] == [(0, 1), (1, 2), (2, 3), (3, 4)]
