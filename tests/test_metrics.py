@@ -731,3 +731,47 @@ def test_keras_name_can_be_set_or_follows_the_source(make, keras_name):
 def test_keras_name_must_be_a_non_empty_string(keras_name):
     with pytest.raises(TypeError, match=rf"Received: keras_name={keras_name!r}"):
         M.MeanMetric("m", "m", "m", _batch_mean, keras_name=keras_name)
+
+
+def test_keras_metric_objects_log_without_keras_suffix_so_train_and_eval_lists_pair_up():
+    keras.metrics.AUC(), keras.metrics.Precision()  # Later ones get Keras' "_1", "_2"...
+    x = np.random.default_rng(0).normal(size=(32, 3)).astype(np.float32)
+    y = (x[:, :1] > 0).astype(np.float32)
+    trainer = ktl.Trainer(
+        keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, activation="sigmoid")]),
+        "binary_crossentropy",
+        "adam",
+        train_metrics=[keras.metrics.AUC(), keras.metrics.Precision()],
+        eval_metrics=[keras.metrics.AUC(), keras.metrics.Precision()],
+    )
+    loop = ktl.Loop(trainer)
+    loop.run_epochs(ktl.ArrayDataset(x, y, batch_size=8), 1, validation_data=(x, y))
+    history = loop.history.history
+    assert {"auc", "precision", "val_auc", "val_precision"} <= set(history)
+    assert not any(key.startswith(("auc_", "val_auc_", "precision_")) for key in history)
+
+
+def test_two_metrics_of_one_name_in_a_set_keep_distinct_log_names():
+    x = np.random.default_rng(0).normal(size=(32, 3)).astype(np.float32)
+    y = (x[:, :1] > 0).astype(np.float32)
+    first, second = keras.metrics.AUC(), keras.metrics.AUC(curve="PR")
+    trainer = ktl.Trainer(
+        keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, activation="sigmoid")]),
+        "binary_crossentropy",
+        "adam",
+        eval_metrics=[first, second, M.mean("mse"), M.mean("mse")],
+    )
+    ktl.Loop(trainer).run_steps(ktl.ArrayDataset(x, y, batch_size=8, loop_forever=True), 2)
+    values = trainer.eval(ktl.ArrayDataset(x, y, batch_size=8), return_dict=True)
+    # The second of a name takes Keras' own name of its metric where that is free.
+    assert {"auc", second.name, "mse", "mean_squared_error"} <= set(values)
+    assert second.name != "auc"
+    assert len(set(values) - {"loss"}) == 4  # the four metrics, none hidden
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("RootMeanSquaredError", "rmse"), ("sparse_categorical_accuracy", "sca"), ("AUC", "AUC")],
+)
+def test_short_names_take_initials_of_long_names_camel_case_included(name, expected):
+    assert M.as_metric(name).short_name == expected

@@ -65,7 +65,10 @@ class KerasMetric(Metric):
         metric_type: defaults to "accuracy" when the Keras metric's name
             contains "acc", else to that name.
         keras_name: the key in Keras-shaped logs; defaults to `metric.name`
-            as is (suffix included), the key `model.fit` logs it under.
+            without that suffix too (`AUC()` logs as "auc" and "val_auc"
+            whichever AUCs the process made before, so separate train and
+            eval lists pair up as `fit`'s one list does); a metric set with
+            two of one name keeps Keras' own names (see `MetricSet`).
 
     Raises:
         TypeError: `metric` is not a `keras.metrics.Metric` instance.
@@ -94,7 +97,7 @@ class KerasMetric(Metric):
             name,
             short_name or short(name),
             metric_type or infer_type(base),
-            keras_name=metric.name if keras_name is None else keras_name,
+            keras_name=base if keras_name is None else keras_name,
         )
         self.keras_metric = metric
         self._initial = initial_variables(metric)

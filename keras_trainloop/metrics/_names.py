@@ -43,13 +43,15 @@ def infer_type(name: str) -> str:
 
 
 def short(name: str) -> str:
-    """A short display name: "accuracy" -> "acc", long names by their initials."""
+    """A short display name: "accuracy" -> "acc", long names by their initials
+    ("sparse_categorical_accuracy" -> "sca", "RootMeanSquaredError" -> "rmse")."""
     words = [w for w in re.split(r"[\s_\-/]+", name) if w]
     words = ["acc" if w.lower() == "accuracy" else w for w in words]
     joined = "_".join(words)
     if len(joined) <= 10:
         return joined
-    return "".join(w[0] for w in words).lower()
+    # Initials, camelCase words split too: "RootMeanSquaredError" -> "rmse".
+    return "".join(part[0] for w in words for part in snake_case(w).split("_") if part).lower()
 
 
 def function_name(fn: Any) -> str:

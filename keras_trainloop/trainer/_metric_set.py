@@ -17,10 +17,29 @@ import numpy as np
 from keras_trainloop import metrics as metrics_lib
 
 
-def _keras_names(metric: Any) -> tuple[str, ...]:
-    """A user metric's log names: the one Keras gives it, then its short name if different."""
-    keras_name = getattr(metric, "keras_name", None) or metric.name
-    return (keras_name,) if metric.short_name == keras_name else (keras_name, metric.short_name)
+def _keras_names(metrics: Sequence[Any]) -> list[tuple[str, ...]]:
+    """Each user metric's log names: its Keras name, then its short name if different.
+
+    Two metrics of one Keras name (two `AUC()`s, both "auc" without Keras'
+    "_1" suffix) keep Keras' own names where those differ ("auc", "auc_1"),
+    else get "_1", "_2"...: no value hides another in the logs.
+    """
+    taken: set[str] = set()
+    out = []
+    for metric in metrics:
+        name = getattr(metric, "keras_name", None) or metric.name
+        if name in taken:
+            own = getattr(getattr(metric, "keras_metric", None), "name", None)
+            if own and own not in taken:
+                name = own
+            else:
+                base, k = name, 1
+                while f"{base}_{k}" in taken:
+                    k += 1
+                name = f"{base}_{k}"
+        taken.add(name)
+        out.append((name,) if metric.short_name == name else (name, metric.short_name))
+    return out
 
 
 def _named(names: list[tuple[str, ...]], values: Sequence[Any]) -> dict[str, Any]:
@@ -61,7 +80,7 @@ class MetricSet:
         self.loss_metrics = tuple(loss_metrics)
         self.user_metrics = tuple(user_metrics)
         self.all = list(self.loss_metrics + self.user_metrics)
-        names = [_keras_names(m) for m in self.user_metrics]
+        names = _keras_names(self.user_metrics)
         self.log_names = list(loss_log_names) + (
             names if keep_short_names else [n[:1] for n in names]
         )
