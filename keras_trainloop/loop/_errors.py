@@ -62,7 +62,7 @@ def hook_error(kind: str, hook_name: str, step: int, cause: BaseException) -> Ho
 
 
 def _mixed_class(cause_type: type) -> type:
-    if isinstance(cause_type, type) and issubclass(HookError, cause_type):
+    if issubclass(HookError, cause_type):
         return HookError  # Exception, RuntimeError: it is one already.
     mixed = _MIXED.get(cause_type)
     if mixed is None:
